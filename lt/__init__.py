@@ -1,0 +1,14 @@
+"""lt: a functional, stateless library for GPT-style language models in NumPy.
+
+Parameters are immutable pytrees (``lt.tree``), randomness comes from explicit keys
+(``lt.random``), components are pure (``lt.nn``), and gradients come from
+``lt.value_and_grad`` over lt's own primitives (``lt.ops``).
+"""
+
+from . import nn, ops, random, tree
+from .autodiff import grad, value_and_grad, vjp
+from .nn import GPT
+
+__version__ = "0.1.0"
+
+__all__ = ["GPT", "nn", "ops", "random", "tree", "grad", "value_and_grad", "vjp"]

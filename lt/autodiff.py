@@ -1,0 +1,130 @@
+"""Reverse-mode differentiation over lt's primitives: ``value_and_grad``, ``grad``, ``vjp``.
+
+The differentiated arguments' floating-point leaves become tracers on a fresh tape; the
+function runs once, recording each primitive; the tape is then walked backwards, each
+node's VJP turning its outputs' cotangents into its inputs'. Integer and boolean leaves
+(token ids, masks) and everything else (keys, configs) pass through untraced; their
+gradient is zeros of their own shape and dtype, so a gradient tree always has the
+structure of its argument.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import tree
+from .ops.primitive import Tape, Tracer, value_of
+
+__all__ = ["value_and_grad", "grad", "vjp"]
+
+
+def _is_float_array(x) -> bool:
+    return isinstance(x, (np.ndarray, np.floating, float)) and np.issubdtype(np.asarray(x).dtype, np.floating)
+
+
+def _trace(tape: Tape, arg):
+    """``arg`` with every floating-point leaf replaced by a tracer on ``tape``."""
+    return tree.map(lambda x: tape.new(np.asarray(x)) if _is_float_array(x) else x, arg)
+
+
+def _backward(tape: Tape, seeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Cotangents of every traced value, from the cotangents of the outputs in ``seeds``."""
+    cts = dict(seeds)
+    for node in reversed(tape.nodes):
+        gs = [cts.pop(i, None) for i in node.outputs]
+        if all(g is None for g in gs):
+            continue
+        if node.out_meta is None:
+            g = gs[0]
+        else:
+            g = tuple(np.zeros(s, d) if x is None else x for x, (s, d) in zip(gs, node.out_meta))
+        in_cts = node.prim.vjp(node.residual, g)
+        node.residual = None                         # free activations as we go
+        for i, ct in zip(node.inputs, in_cts):
+            if i is None or ct is None:
+                continue
+            cts[i] = ct if i not in cts else cts[i] + ct
+    return cts
+
+
+def _untrace(x):
+    return tree.map(value_of, x)
+
+
+def _gradient_tree(traced_arg, original_arg, cts: dict):
+    def leaf_grad(t, x):
+        if type(t) is Tracer:
+            g = cts.get(t.id)
+            if g is None:
+                return np.zeros(t.shape, t.dtype)
+            return np.ascontiguousarray(g, dtype=t.dtype).reshape(t.shape)
+        return np.zeros(np.shape(x), np.asarray(x).dtype) if isinstance(x, (np.ndarray, np.generic)) else x
+    return tree.map(leaf_grad, traced_arg, original_arg)
+
+
+def _argnums(argnums, n_args: int) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for i in nums:
+        if not -n_args <= i < n_args:
+            raise ValueError(f"argnums {i} is out of range for a call with {n_args} positional arguments")
+    return tuple(i % n_args for i in nums)
+
+
+def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """A function returning ``(fn(...), gradient of fn)`` with respect to ``argnums``.
+
+    ``fn`` must return a scalar (or ``(scalar, aux)`` with ``has_aux``). The gradient is a
+    tree shaped like the argument (a tuple of trees when ``argnums`` is a sequence), frozen.
+    """
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        nums = _argnums(argnums, len(args))
+        tape = Tape()
+        traced = list(args)
+        for i in nums:
+            traced[i] = _trace(tape, args[i])
+        out = fn(*traced, **kwargs)
+        value, aux = out if has_aux else (out, None)
+        if np.ndim(value_of(value)) != 0:
+            raise TypeError(f"value_and_grad needs a function with a scalar output, got shape {np.shape(value_of(value))}")
+        seeds = {value.id: np.ones((), value.dtype)} if type(value) is Tracer else {}
+        cts = _backward(tape, seeds)
+        grads = tuple(_gradient_tree(traced[i], args[i], cts) for i in nums)
+        result = np.asarray(value_of(value))
+        if has_aux:
+            result = (result, _untrace(aux))
+        return result, (grads[0] if isinstance(argnums, int) else grads)
+    return wrapped
+
+
+def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """The gradient of scalar ``fn`` with respect to ``argnums`` (JAX's ``grad``)."""
+    vg = value_and_grad(fn, argnums, has_aux)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        value, g = vg(*args, **kwargs)
+        return (g, value[1]) if has_aux else g
+    return wrapped
+
+
+def vjp(fn: Callable, *primals):
+    """``(fn(*primals), pullback)``: ``pullback(cotangent)`` gives one cotangent per primal.
+
+    ``fn`` returns one array; the tape is kept until the pullback runs (once).
+    """
+    tape = Tape()
+    traced = [_trace(tape, p) for p in primals]
+    out = fn(*traced)
+    value = np.asarray(value_of(out))
+
+    def pullback(cotangent):
+        cotangent = np.asarray(cotangent, dtype=value.dtype)
+        if cotangent.shape != value.shape:
+            raise ValueError(f"cotangent shape {cotangent.shape} != output shape {value.shape}")
+        cts = _backward(tape, {out.id: cotangent} if type(out) is Tracer else {})
+        return tuple(_gradient_tree(t, p, cts) for t, p in zip(traced, primals))
+    return value, pullback

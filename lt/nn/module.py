@@ -1,0 +1,118 @@
+"""What every component shares: a parameter spec, init from place-derived keys, validation.
+
+A component is a frozen attrs class of hyperparameters. Its ``spec()`` is a tree of
+:class:`Param` (shape and initialiser) with the exact structure of its params; ``init``
+draws each leaf from the key ``fold_in(... fold_in(rng, path[0]) ..., path[-1])``, so a
+parameter's initial value depends only on its place in the model, and a sub-component
+initialised with the key of its place gets the same numbers as inside the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+import numpy as np
+
+from .. import random, tree
+
+__all__ = ["Param", "Module", "init_params", "check_params", "positive", "probability"]
+
+
+@attrs.frozen
+class Param:
+    """A parameter's shape and how to initialise it: ``normal`` (with ``std``), ``zeros``, ``ones``."""
+
+    shape: tuple[int, ...]
+    init: str = "normal"
+    std: float = 0.02
+
+    def sample(self, rng: random.Key, dtype) -> np.ndarray:
+        if self.init == "zeros":
+            return np.zeros(self.shape, dtype)
+        if self.init == "ones":
+            return np.ones(self.shape, dtype)
+        out = random.normal(rng, self.shape, dtype)
+        out *= out.dtype.type(self.std)
+        return out
+
+
+def _init_node(spec, rng: random.Key, dtype):
+    if isinstance(spec, Param):
+        return tree._seal(spec.sample(rng, dtype))
+    if isinstance(spec, Mapping):
+        return tree.FrozenDict({name: _init_node(sub, random.fold_in(rng, name), dtype)
+                                for name, sub in spec.items()})
+    return tuple(_init_node(sub, random.fold_in(rng, i), dtype) for i, sub in enumerate(spec))
+
+
+def init_params(spec, rng: random.Key, dtype=np.float32):
+    """A frozen params tree for ``spec``; each leaf's key comes from its path."""
+    if not isinstance(rng, random.Key):
+        raise TypeError(f"init needs an lt.random.Key as rng, got {type(rng).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"params dtype must be float32 or float64, got {dtype}")
+    return _init_node(spec, rng, dtype)
+
+
+def _spec_shapes(spec) -> dict[str, tuple]:
+    flat, _ = tree.flatten(spec)
+    return dict(zip(tree.paths(spec), (p.shape for p in flat)))
+
+
+def check_params(spec, params, owner: str) -> None:
+    """Raise a ValueError naming the first path whose presence or shape differs from ``spec``."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{owner} params must be a mapping (from {owner}.init), got {type(params).__name__}")
+    expected = _spec_shapes(spec)
+    found = dict(tree.items(params))
+    for path, shape in expected.items():
+        if path not in found:
+            raise ValueError(f"{owner} params: missing {path} (expected shape {shape})")
+        got = tuple(getattr(found[path], "shape", ()))
+        if got != shape:
+            raise ValueError(f"{owner} params: {path} has shape {got}, expected {shape}")
+        dtype = getattr(found[path], "dtype", None)
+        if dtype is None or not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"{owner} params: {path} must be a float array, got {dtype}")
+    extra = [p for p in found if p not in expected]
+    if extra:
+        raise ValueError(f"{owner} params: unexpected {extra[0]} (not part of this {owner})")
+
+
+class Module:
+    """Mixin for components: ``init`` and ``num_params`` from ``spec()``."""
+
+    def spec(self):
+        raise NotImplementedError
+
+    def init(self, rng: random.Key, dtype=np.float32):
+        """Fresh parameters, a frozen tree shaped like ``spec()``."""
+        return init_params(self.spec(), rng, dtype)
+
+    def num_params(self) -> int:
+        """Number of scalar parameters (computed from shapes; nothing is allocated)."""
+        return int(sum(int(np.prod(p.shape)) for p in tree.leaves(self.spec())))
+
+
+# ------------------------------------------------------------------ validators
+
+def positive(instance, attribute, value) -> None:
+    """attrs validator: an int > 0 (booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be a positive integer, got {value!r}")
+
+
+def probability(instance, attribute, value) -> None:
+    """attrs validator: a dropout rate in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be in [0, 1), got {value!r}")
+
+
+def one_of(*choices):
+    """attrs validator: one of the given strings."""
+    def check(instance, attribute, value):
+        if value not in choices:
+            raise ValueError(f"{type(instance).__name__}.{attribute.name} must be one of {choices}, got {value!r}")
+    return check

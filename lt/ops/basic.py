@@ -1,0 +1,306 @@
+"""Array primitives: broadcasting arithmetic, matmul and linear, shapes, reductions.
+
+Each forward returns ``(out, residual)`` and its VJP sits right under it, keeping only
+what the backward needs. Broadcasting VJPs sum the cotangent over broadcast axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .primitive import Tracer, primitive
+
+__all__ = ["add", "sub", "mul", "div", "neg", "exp", "log", "tanh", "astype", "matmul",
+           "linear", "reshape", "transpose", "split", "concat", "index", "sum", "mean",
+           "unbroadcast"]
+
+
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum ``g`` over the axes that broadcasting added or stretched to reach ``g.shape``."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape)
+
+
+# ----------------------------------------------------------------- elementwise
+
+@primitive
+def add(a, b):
+    """``a + b`` with broadcasting."""
+    return np.add(a, b), (np.shape(a), np.shape(b))
+
+
+@add.defvjp
+def _add_vjp(shapes, g):
+    return unbroadcast(g, shapes[0]), unbroadcast(g, shapes[1])
+
+
+@primitive
+def sub(a, b):
+    """``a - b`` with broadcasting."""
+    return np.subtract(a, b), (np.shape(a), np.shape(b))
+
+
+@sub.defvjp
+def _sub_vjp(shapes, g):
+    return unbroadcast(g, shapes[0]), unbroadcast(-g, shapes[1])
+
+
+@primitive
+def mul(a, b):
+    """``a * b`` with broadcasting."""
+    return np.multiply(a, b), (a, b)
+
+
+@mul.defvjp
+def _mul_vjp(res, g):
+    a, b = res
+    return unbroadcast(g * b, np.shape(a)), unbroadcast(g * a, np.shape(b))
+
+
+@primitive
+def div(a, b):
+    """``a / b`` with broadcasting."""
+    out = np.divide(a, b)
+    return out, (a, b, out)
+
+
+@div.defvjp
+def _div_vjp(res, g):
+    a, b, out = res
+    ga = g / b
+    return unbroadcast(ga, np.shape(a)), unbroadcast(-ga * out, np.shape(b))
+
+
+@primitive
+def neg(a):
+    """``-a``."""
+    return np.negative(a), None
+
+
+@neg.defvjp
+def _neg_vjp(_, g):
+    return (-g,)
+
+
+@primitive
+def exp(a):
+    """``e ** a``; the VJP reuses the output."""
+    out = np.exp(a)
+    return out, out
+
+
+@exp.defvjp
+def _exp_vjp(out, g):
+    return (g * out,)
+
+
+@primitive
+def log(a):
+    """Natural logarithm."""
+    return np.log(a), a
+
+
+@log.defvjp
+def _log_vjp(a, g):
+    return (g / a,)
+
+
+@primitive
+def tanh(a):
+    """Hyperbolic tangent; the VJP reuses the output: ``g * (1 - tanh²)``."""
+    out = np.tanh(a)
+    return out, out
+
+
+@tanh.defvjp
+def _tanh_vjp(out, g):
+    return (g * (1 - out * out),)
+
+
+@primitive
+def astype(a, dtype):
+    """``a`` cast to ``dtype``; the cotangent is cast back."""
+    return np.asarray(a).astype(dtype), np.asarray(a).dtype
+
+
+@astype.defvjp
+def _astype_vjp(dtype, g):
+    return g.astype(dtype), None
+
+
+# ----------------------------------------------------------------- products
+
+def _swap(x):
+    return np.swapaxes(x, -1, -2)
+
+
+@primitive
+def matmul(a, b):
+    """``a @ b`` for arrays of two or more dimensions, with broadcast batch dimensions."""
+    if np.ndim(a) < 2 or np.ndim(b) < 2:
+        raise ValueError(f"lt.ops.matmul needs arrays of 2+ dimensions, got {np.shape(a)} and {np.shape(b)}")
+    return np.matmul(a, b), (a, b)
+
+
+@matmul.defvjp
+def _matmul_vjp(res, g):
+    a, b = res
+    return unbroadcast(g @ _swap(b), a.shape), unbroadcast(_swap(a) @ g, b.shape)
+
+
+@primitive
+def linear(x, w, b=None):
+    """``x @ w + b`` with ``x`` (..., in), ``w`` (in, out), ``b`` (out,): one 2-D matmul."""
+    if w.ndim != 2 or x.shape[-1] != w.shape[0]:
+        raise ValueError(f"linear: input (..., {x.shape[-1]}) does not fit a weight of shape {w.shape}")
+    x2 = x.reshape(-1, w.shape[0])                      # (N, in)
+    y = x2 @ w                                          # (N, out)
+    if b is not None:
+        y += b
+    return y.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, x.shape, b is not None)
+
+
+@linear.defvjp
+def _linear_vjp(res, g):
+    x2, w, x_shape, has_bias = res
+    g2 = g.reshape(-1, w.shape[1])                      # (N, out)
+    dx = (g2 @ w.T).reshape(x_shape)                    # (N, in) -> (..., in)
+    dw = x2.T @ g2                                      # (in, out)
+    db = g2.sum(axis=0) if has_bias else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------- shapes
+
+@primitive
+def reshape(a, shape):
+    """``a`` with a new shape (a view where NumPy can make one)."""
+    return np.reshape(a, shape), np.shape(a)
+
+
+@reshape.defvjp
+def _reshape_vjp(shape, g):
+    return np.reshape(g, shape), None
+
+
+@primitive
+def transpose(a, axes=None):
+    """``a`` with its axes permuted (reversed when ``axes`` is None)."""
+    axes = tuple(range(np.ndim(a)))[::-1] if axes is None else tuple(axes)
+    return np.transpose(a, axes), axes
+
+
+@transpose.defvjp
+def _transpose_vjp(axes, g):
+    return np.transpose(g, np.argsort(axes)), None
+
+
+@primitive
+def split(a, sections, axis=-1):
+    """``a`` cut into equal ``sections`` (an int) or at the given indices along ``axis``."""
+    parts = tuple(np.split(a, sections, axis=axis))
+    return parts, axis
+
+
+@split.defvjp
+def _split_vjp(axis, gs):
+    return np.concatenate(gs, axis=axis), None, None
+
+
+@primitive
+def concat(*arrays, axis=0):
+    """Arrays joined along ``axis``."""
+    sizes = [np.shape(x)[axis] for x in arrays]
+    return np.concatenate(arrays, axis=axis), (np.cumsum(sizes)[:-1], axis)
+
+
+@concat.defvjp
+def _concat_vjp(res, g):
+    offsets, axis = res
+    return tuple(np.split(g, offsets, axis=axis))
+
+
+def _is_basic_index(idx) -> bool:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items)
+
+
+@primitive
+def index(a, idx):
+    """``a[idx]`` for any NumPy index; the VJP scatter-adds, so repeated indices sum."""
+    return a[idx], (a.shape, a.dtype, idx)
+
+
+@index.defvjp
+def _index_vjp(res, g):
+    shape, dtype, idx = res
+    out = np.zeros(shape, dtype)
+    if _is_basic_index(idx):
+        out[idx] = g
+    else:
+        np.add.at(out, idx, g)
+    return out, None
+
+
+# ----------------------------------------------------------------- reductions
+
+def _expand(g, shape, axis, keepdims):
+    if axis is not None and not keepdims:
+        axes = (axis,) if np.isscalar(axis) else tuple(axis)
+        g = np.expand_dims(g, tuple(ax % len(shape) for ax in axes))
+    return np.broadcast_to(g, shape)
+
+
+@primitive
+def sum(a, axis=None, keepdims=False):
+    """Sum over ``axis`` (all axes when None)."""
+    return np.sum(a, axis=axis, keepdims=keepdims), (np.shape(a), axis, keepdims)
+
+
+@sum.defvjp
+def _sum_vjp(res, g):
+    return (_expand(g, *res),)
+
+
+@primitive
+def mean(a, axis=None, keepdims=False):
+    """Mean over ``axis`` (all axes when None)."""
+    out = np.mean(a, axis=axis, keepdims=keepdims)
+    return out, (np.shape(a), axis, keepdims, np.size(a) // max(np.size(out), 1))
+
+
+@mean.defvjp
+def _mean_vjp(res, g):
+    shape, axis, keepdims, n = res
+    return (_expand(g / n, shape, axis, keepdims),)
+
+
+# ----------------------------------------------------------------- tracer syntax
+
+def _bind_operators():
+    """Give traced values the arithmetic and methods model code writes."""
+    T = Tracer
+    T.__add__ = lambda s, o: add(s, o)
+    T.__radd__ = lambda s, o: add(o, s)
+    T.__sub__ = lambda s, o: sub(s, o)
+    T.__rsub__ = lambda s, o: sub(o, s)
+    T.__mul__ = lambda s, o: mul(s, o)
+    T.__rmul__ = lambda s, o: mul(o, s)
+    T.__truediv__ = lambda s, o: div(s, o)
+    T.__rtruediv__ = lambda s, o: div(o, s)
+    T.__neg__ = lambda s: neg(s)
+    T.__matmul__ = lambda s, o: matmul(s, o)
+    T.__rmatmul__ = lambda s, o: matmul(o, s)
+    T.__getitem__ = lambda s, i: index(s, i)
+    T.reshape = lambda s, *shape: reshape(s, shape[0] if len(shape) == 1 else shape)
+    T.transpose = lambda s, *axes: transpose(s, (axes[0] if len(axes) == 1 else axes) or None)
+    T.T = property(lambda s: transpose(s))
+    T.sum = lambda s, axis=None, keepdims=False: sum(s, axis, keepdims)
+    T.mean = lambda s, axis=None, keepdims=False: mean(s, axis, keepdims)
+    T.astype = lambda s, dtype: astype(s, dtype)
+
+
+_bind_operators()

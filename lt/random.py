@@ -1,0 +1,160 @@
+"""Counter-based random keys and the samplers that take them.
+
+A :class:`Key` is a value (two 64-bit words), not a generator: the same key always gives
+the same numbers, and nothing here keeps state. New keys come from ``fold_in(rng, data)``
+(a Philox block keyed by ``rng`` at a counter made from ``data``), so
+``split(rng, n)[i] == fold_in(rng, i)`` and asking for more keys never changes the first.
+
+Every sampler turns raw Philox-4x64 bits into numbers with lt's own arithmetic, so the
+same seed gives the same floats on any NumPy version (NumPy keeps bit generators'
+raw streams stable; its distribution code is not part of that promise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+import numpy as np
+
+__all__ = ["Key", "key", "fold_in", "split", "bits", "uniform", "normal", "bernoulli",
+           "categorical", "randint", "permutation"]
+
+_MASK64 = (1 << 64) - 1
+# The last counter word separates the uses of one key, so they never share bits.
+_STREAM, _FOLD_INT, _FOLD_STR, _SEED = 0, 1, 2, 3
+
+
+@attrs.frozen(repr=False)
+class Key:
+    """A PRNG key: two unsigned 64-bit words. Immutable, hashable and picklable."""
+
+    words: tuple[int, int] = attrs.field(converter=lambda w: (int(w[0]) & _MASK64, int(w[1]) & _MASK64))
+
+    def __repr__(self) -> str:
+        return f"Key(0x{self.words[0]:016x}, 0x{self.words[1]:016x})"
+
+
+def _philox(k: Key, counter: tuple[int, int, int, int], n: int) -> np.ndarray:
+    """``n`` raw uint64 words of the Philox-4x64 stream keyed by ``k`` from ``counter``."""
+    gen = np.random.Philox(key=np.array(k.words, dtype=np.uint64),
+                           counter=np.array(counter, dtype=np.uint64))
+    return gen.random_raw(n)
+
+
+def _check_key(rng) -> Key:
+    if not isinstance(rng, Key):
+        raise TypeError(f"expected an lt.random.Key (from lt.random.key(seed)), got {type(rng).__name__}")
+    return rng
+
+
+def key(seed: int) -> Key:
+    """The key for an integer ``seed`` (any size; negative seeds are taken modulo 2**128)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed) % (1 << 128)
+    w = _philox(Key((seed, seed >> 64)), (0, 0, 0, _SEED), 2)
+    return Key((w[0], w[1]))
+
+
+def fold_in(rng: Key, data) -> Key:
+    """A new key derived from ``rng`` and ``data`` (a non-negative int below 2**128, or a str).
+
+    Different data give independent keys; the same data always give the same key.
+    Strings name places in a model: ``fold_in(rng, "attn")``.
+    """
+    _check_key(rng)
+    if isinstance(data, str):
+        h = int.from_bytes(hashlib.blake2b(data.encode("utf-8"), digest_size=16).digest(), "little")
+        tag = _FOLD_STR
+    elif isinstance(data, (int, np.integer)) and not isinstance(data, (bool, np.bool_)):
+        h, tag = int(data), _FOLD_INT
+        if not 0 <= h < (1 << 128):
+            raise ValueError(f"fold_in data must be in [0, 2**128), got {h}")
+    else:
+        raise TypeError(f"fold_in data must be an int or a str, got {type(data).__name__}")
+    w = _philox(rng, (h & _MASK64, h >> 64, 0, tag), 2)
+    return Key((w[0], w[1]))
+
+
+def split(rng: Key, n: int = 2) -> tuple[Key, ...]:
+    """``n`` independent keys; ``split(rng, n)[i] == fold_in(rng, i)``."""
+    if int(n) < 0:
+        raise ValueError(f"split: n must be >= 0, got {n}")
+    return tuple(fold_in(rng, i) for i in range(int(n)))
+
+
+def _shape(shape) -> tuple[int, ...]:
+    return (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+
+
+def bits(rng: Key, shape=()) -> np.ndarray:
+    """Raw uniform uint64 words of the key's stream, shaped ``shape``."""
+    shape = _shape(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    return _philox(_check_key(rng), (0, 0, 0, _STREAM), n).reshape(shape)
+
+
+def _unit(raw: np.ndarray, dtype) -> np.ndarray:
+    """Floats in [0, 1) from raw words: the top 24 (float32) or 53 (float64) bits."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return (raw >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
+    if dtype == np.float64:
+        return (raw >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    raise TypeError(f"expected float32 or float64, got {dtype}")
+
+
+def uniform(rng: Key, shape=(), dtype=np.float32, minval=0.0, maxval=1.0) -> np.ndarray:
+    """Uniform floats in ``[minval, maxval)``."""
+    u = _unit(bits(rng, shape), dtype)
+    if minval != 0.0 or maxval != 1.0:
+        u = u * u.dtype.type(maxval - minval) + u.dtype.type(minval)
+    return u
+
+
+def normal(rng: Key, shape=(), dtype=np.float32) -> np.ndarray:
+    """Standard normal floats by the Box–Muller transform (computed in float64)."""
+    shape = _shape(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    half = (n + 1) // 2
+    raw = bits(rng, 2 * half)
+    u1 = 1.0 - _unit(raw[:half], np.float64)          # (0, 1]: log is finite
+    u2 = _unit(raw[half:], np.float64)
+    r = np.sqrt(-2.0 * np.log(u1))
+    theta = 2.0 * np.pi * u2
+    z = np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:n]
+    return z.reshape(shape).astype(dtype, copy=False)
+
+
+def bernoulli(rng: Key, p: float, shape=()) -> np.ndarray:
+    """Booleans that are True with probability ``p`` (compared on 53-bit integers)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"bernoulli: p must be in [0, 1], got {p}")
+    threshold = np.uint64(int(p * 2.0 ** 53))
+    return (bits(rng, shape) >> np.uint64(11)) < threshold if p < 1.0 else np.ones(_shape(shape), bool)
+
+
+def categorical(rng: Key, logits, axis: int = -1) -> np.ndarray:
+    """Indices drawn from ``softmax(logits)`` along ``axis`` (the Gumbel-max trick).
+
+    Entries at the dtype's most negative value (masked) are never drawn unless a whole
+    row is masked.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    u = ((bits(rng, logits.shape) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    gumbel = -np.log(-np.log(u))
+    return np.argmax(logits + gumbel, axis=axis)
+
+
+def randint(rng: Key, shape, minval: int, maxval: int) -> np.ndarray:
+    """Integers uniform in ``[minval, maxval)`` (int64)."""
+    if maxval <= minval:
+        raise ValueError(f"randint: need minval < maxval, got [{minval}, {maxval})")
+    span = np.uint64(maxval - minval)
+    return (bits(rng, shape) % span).astype(np.int64) + np.int64(minval)
+
+
+def permutation(rng: Key, n: int) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)``."""
+    return np.argsort(bits(rng, n), kind="stable")

@@ -1,0 +1,303 @@
+"""Pytrees: immutable nested containers of arrays, and the utilities that walk them.
+
+A tree is a leaf or a container of trees. Containers are mappings (keys sorted when
+walked), tuples, lists and named tuples; ``None`` is an empty container. Everything
+else is a leaf. A *frozen* tree uses only read-only containers (:class:`FrozenDict`,
+``tuple``, named tuples) and read-only array leaves, so nothing can change it in place:
+``lt.tree.set`` is the edit, and it returns a new tree that shares every untouched leaf.
+
+Paths name a place in a tree with dots: ``blocks.3.attn.qkv.w``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+__all__ = [
+    "FrozenDict", "TreeDef", "freeze", "flatten", "unflatten", "leaves", "structure",
+    "map", "paths", "items", "get", "set", "size",
+]
+
+
+class FrozenDict(Mapping):
+    """A read-only mapping: a params tree's container. Picklable; compares like a dict."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, *args, **kwargs):
+        object.__setattr__(self, "_data", dict(*args, **kwargs))
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+    def __reduce__(self):
+        return (FrozenDict, (self._data,))
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a FrozenDict cannot be changed in place; "
+                        "use lt.tree.set(tree, path, value), which returns a new tree")
+
+    __setitem__ = __delitem__ = __setattr__ = __delattr__ = _refuse
+    update = pop = popitem = clear = setdefault = _refuse
+
+
+def _is_namedtuple(x) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+class TreeDef:
+    """The structure of a tree without its leaves; equal structures compare equal.
+
+    ``kind`` is one of "leaf", "none", "dict", "tuple", "namedtuple"; ``meta``
+    holds the sorted keys (dict) or the named-tuple type.
+    """
+
+    __slots__ = ("kind", "meta", "children", "num_leaves")
+
+    def __init__(self, kind: str, meta: Any = None, children: tuple = ()):
+        self.kind, self.meta, self.children = kind, meta, children
+        self.num_leaves = 1 if kind == "leaf" else sum(c.num_leaves for c in children)
+
+    def _key(self):
+        return (self.kind, self.meta, tuple(c._key() for c in self.children))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TreeDef) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return "None"
+        if self.kind == "dict":
+            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.meta, self.children))
+            return "{" + inner + "}"
+        return "(" + ", ".join(repr(c) for c in self.children) + ")"
+
+
+_LEAF = TreeDef("leaf")
+_NONE = TreeDef("none")
+
+
+def _children(node) -> tuple[str, Any, list] | None:
+    """(kind, meta, children) for a container, None for a leaf."""
+    if node is None:
+        return "none", None, []
+    if isinstance(node, Mapping):
+        keys = tuple(sorted(node))
+        return "dict", keys, [node[k] for k in keys]
+    if _is_namedtuple(node):
+        return "namedtuple", type(node), list(node)
+    if isinstance(node, (tuple, list)):
+        return "tuple", None, list(node)   # a list and its frozen tuple are one structure
+    return None
+
+
+def _flatten_into(node, out: list) -> TreeDef:
+    parts = _children(node)
+    if parts is None:
+        out.append(node)
+        return _LEAF
+    kind, meta, kids = parts
+    if kind == "none":
+        return _NONE
+    return TreeDef(kind, meta, tuple(_flatten_into(k, out) for k in kids))
+
+
+def flatten(tree) -> tuple[list, TreeDef]:
+    """Leaves in a fixed order (mapping keys sorted) and the structure to rebuild from them."""
+    out: list = []
+    return out, _flatten_into(tree, out)
+
+
+def leaves(tree) -> list:
+    """The leaves of ``tree`` in flatten order."""
+    return flatten(tree)[0]
+
+
+def structure(tree) -> TreeDef:
+    """The structure of ``tree``: two trees with equal structures can be zipped leaf by leaf."""
+    return flatten(tree)[1]
+
+
+def _build(treedef: TreeDef, it: Iterator):
+    kind = treedef.kind
+    if kind == "leaf":
+        return next(it)
+    if kind == "none":
+        return None
+    kids = [_build(c, it) for c in treedef.children]
+    if kind == "dict":
+        return FrozenDict(zip(treedef.meta, kids))
+    if kind == "namedtuple":
+        return treedef.meta(*kids)
+    return tuple(kids)
+
+
+def unflatten(treedef: TreeDef, leaves_: list):
+    """Rebuild a frozen tree of structure ``treedef`` from leaves in flatten order."""
+    leaves_ = list(leaves_)
+    if len(leaves_) != treedef.num_leaves:
+        raise ValueError(f"unflatten: the structure has {treedef.num_leaves} leaves, "
+                         f"got {len(leaves_)}")
+    return _build(treedef, iter(leaves_))
+
+
+def _seal(leaf):
+    """Mark an array leaf read-only in place (for arrays lt itself just made)."""
+    if isinstance(leaf, np.ndarray) and leaf.flags.writeable:
+        leaf.flags.writeable = False
+    return leaf
+
+
+def _freeze_leaf(leaf):
+    if isinstance(leaf, np.ndarray):
+        if leaf.flags.writeable:
+            leaf = leaf.copy()
+            leaf.flags.writeable = False
+        return leaf
+    return leaf
+
+
+def freeze(tree):
+    """A frozen copy of ``tree``: read-only containers; writeable arrays are copied and sealed.
+
+    Arrays that are already read-only are shared, so freezing a frozen tree is cheap.
+    """
+    flat, treedef = flatten(tree)
+    return unflatten(treedef, [_freeze_leaf(x) for x in flat])
+
+
+def _path_str(parts) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _walk(node, prefix: tuple) -> Iterator[tuple[tuple, Any]]:
+    parts = _children(node)
+    if parts is None:
+        yield prefix, node
+        return
+    kind, meta, kids = parts
+    names = meta if kind == "dict" else range(len(kids))
+    for name, kid in zip(names, kids):
+        yield from _walk(kid, prefix + (name,))
+
+
+def items(tree) -> list[tuple[str, Any]]:
+    """``(dotted path, leaf)`` pairs in flatten order."""
+    return [(_path_str(p), leaf) for p, leaf in _walk(tree, ())]
+
+
+def paths(tree) -> list[str]:
+    """Dotted paths of the leaves in flatten order, e.g. ``blocks.3.attn.qkv.w``."""
+    return [_path_str(p) for p, _ in _walk(tree, ())]
+
+
+def _mismatch(trees, prefix) -> str | None:
+    """Where the first tree's structure departs from another's, described for a user."""
+    parts = [_children(t) for t in trees]
+    first = parts[0]
+    where = _path_str(prefix) or "<root>"
+    for other in parts[1:]:
+        if (first is None) != (other is None):
+            return f"at {where}: a leaf in one tree and a container in another"
+        if first is None:
+            continue
+        if first[0] != other[0] or first[1] != other[1] or len(first[2]) != len(other[2]):
+            return f"at {where}: {first[0]} {first[1] or len(first[2])} vs {other[0]} {other[1] or len(other[2])}"
+    if first is None:
+        return None
+    names = first[1] if first[0] == "dict" else range(len(first[2]))
+    for i, name in enumerate(names):
+        found = _mismatch([p[2][i] for p in parts], prefix + (name,))
+        if found:
+            return found
+    return None
+
+
+def map(fn: Callable, tree, *rest):
+    """Apply ``fn`` leaf by leaf (to matching leaves of ``rest``); returns a frozen tree.
+
+    New array leaves are sealed read-only in place; they belong to the new tree.
+    """
+    flat, treedef = flatten(tree)
+    others = []
+    for other in rest:
+        oflat, odef = flatten(other)
+        if odef != treedef:
+            raise ValueError("lt.tree.map: trees differ in structure "
+                             + (_mismatch([tree, other], ()) or ""))
+        others.append(oflat)
+    return unflatten(treedef, [_seal(fn(*xs)) for xs in zip(flat, *others)])
+
+
+def _split_path(path) -> tuple:
+    if isinstance(path, str):
+        return tuple(path.split(".")) if path else ()
+    return tuple(path)
+
+
+def _child(node, name, done: tuple):
+    parts = _children(node)
+    where = _path_str(done) or "<root>"
+    if parts is None:
+        raise KeyError(f"{where} is a leaf; it has no child {name!r}")
+    kind, meta, kids = parts
+    if kind == "dict":
+        if name not in node:
+            raise KeyError(f"{where} has no key {name!r}; keys are {list(meta)}")
+        return node[name]
+    try:
+        return kids[int(name)]
+    except (ValueError, IndexError):
+        raise KeyError(f"{where} has {len(kids)} items; {name!r} is not an index of it") from None
+
+
+def get(tree, path):
+    """The subtree at ``path`` (dotted string or sequence of keys)."""
+    node, done = tree, ()
+    for name in _split_path(path):
+        node = _child(node, name, done)
+        done += (name,)
+    return node
+
+
+def _replace(node, parts: tuple, value, done: tuple):
+    if not parts:
+        return freeze(value)
+    name, rest = parts[0], parts[1:]
+    new_child = _replace(_child(node, name, done), rest, value, done + (name,))
+    kind = _children(node)[0]
+    if kind == "dict":
+        return FrozenDict({k: (new_child if k == name else v) for k, v in node.items()})
+    kids = list(node)
+    kids[int(name)] = new_child
+    return type(node)(*kids) if kind == "namedtuple" else tuple(kids)
+
+
+def set(tree, path, value):
+    """A new frozen tree with the subtree at ``path`` replaced by ``value``.
+
+    Everything off the path is shared with ``tree``, which is left untouched.
+    """
+    return _replace(freeze(tree), _split_path(path), value, ())
+
+
+def size(tree) -> int:
+    """Total number of elements over all array leaves."""
+    return int(sum(np.size(x) for x in leaves(tree)))
