@@ -6,8 +6,11 @@ Parameters are immutable pytrees (``lt.tree``), randomness comes from explicit k
 """
 
 from . import nn, ops, random, tree
+from ._allocator import tune_malloc
 from .autodiff import grad, value_and_grad, vjp
 from .nn import GPT
+
+tune_malloc()          # reuse freed pages across steps (LT_TUNE_MALLOC=0 to opt out)
 
 __version__ = "0.1.0"
 

@@ -301,6 +301,8 @@ def _bind_operators():
     T.sum = lambda s, axis=None, keepdims=False: sum(s, axis, keepdims)
     T.mean = lambda s, axis=None, keepdims=False: mean(s, axis, keepdims)
     T.astype = lambda s, dtype: astype(s, dtype)
+    T.ufuncs.update({np.add: add, np.subtract: sub, np.multiply: mul, np.true_divide: div,
+                     np.negative: neg, np.exp: exp, np.log: log, np.tanh: tanh, np.matmul: matmul})
 
 
 _bind_operators()

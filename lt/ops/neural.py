@@ -115,10 +115,23 @@ def _relu_vjp(y, g):
 
 # ----------------------------------------------------------------- softmax
 
+def _apply_mask(s: np.ndarray, mask, axis: int = -1):
+    """Fill masked scores in place. Returns the mask when some row is fully masked, else None.
+
+    Masked weights come out exactly 0 (their gradient with them), except in a fully masked
+    row, which is uniform; its scores are constants, so the backward must zero them there.
+    """
+    if mask is None:
+        return None
+    mask = np.asarray(mask, bool)
+    np.copyto(s, masked_fill_value(s.dtype), where=~mask)
+    return None if mask.any(axis=axis).all() else mask
+
+
 def _softmax_inplace(s: np.ndarray, axis: int) -> np.ndarray:
     s -= s.max(axis=axis, keepdims=True)
     np.exp(s, out=s)
-    s /= s.sum(axis=axis, keepdims=True)
+    s *= 1.0 / s.sum(axis=axis, keepdims=True)          # one divide per row, not per element
     return s
 
 
@@ -126,17 +139,19 @@ def _softmax_inplace(s: np.ndarray, axis: int) -> np.ndarray:
 def softmax(x, mask=None, axis=-1):
     """Softmax along ``axis``; where ``mask`` (bool, True = keep) is False the weight is 0."""
     s = np.array(x, copy=True)
-    if mask is not None:
-        np.copyto(s, masked_fill_value(s.dtype), where=~np.asarray(mask, bool))
+    mask = _apply_mask(s, mask, axis)
     y = _softmax_inplace(s, axis)
-    return y, (y, axis)
+    return y, (y, axis, mask)
 
 
 @softmax.defvjp
 def _softmax_vjp(res, g):
-    y, axis = res
+    y, axis, dead_rows_mask = res
     gy = g * y
-    return gy - y * gy.sum(axis=axis, keepdims=True), None, None
+    dx = gy - y * gy.sum(axis=axis, keepdims=True)
+    if dead_rows_mask is not None:
+        dx *= dead_rows_mask
+    return dx, None, None
 
 
 # ----------------------------------------------------------------- attention
@@ -147,13 +162,12 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
 
     q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv); mask bool, broadcastable to
     (..., Tq, Tk), True = may attend. With ``return_weights`` also returns the weights
-    before dropout, (..., Tq, Tk). Keeps q, k, v, the weights and the dropout mask.
+    before dropout, (..., Tq, Tk). Keeps q/√d, k, v, the weights and the dropout mask.
     """
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    q = q * scale                                       # scale the small (.., Tq, d), not the scores
     s = q @ np.swapaxes(k, -1, -2)                      # (..., Tq, Tk)
-    s *= scale
-    if mask is not None:
-        np.copyto(s, masked_fill_value(s.dtype), where=~np.asarray(mask, bool))
+    dead_rows_mask = _apply_mask(s, mask)
     p = _softmax_inplace(s, -1)
     keep = None
     if dropout > 0.0 and rng is not None:
@@ -163,13 +177,13 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
     else:
         p_used = p
     out = p_used @ v                                    # (..., Tq, dv)
-    res = (q, k, v, p, p_used, keep, dropout, scale)
+    res = (q, k, v, p, p_used, keep, dropout, scale, dead_rows_mask)
     return ((out, p) if return_weights else out), res
 
 
 @attention.defvjp
 def _attention_vjp(res, g):
-    q, k, v, p, p_used, keep, dropout, scale = res
+    q, k, v, p, p_used, keep, dropout, scale, dead_rows_mask = res
     g_weights = None
     if isinstance(g, tuple):
         g, g_weights = g
@@ -184,9 +198,11 @@ def _attention_vjp(res, g):
     row = np.einsum("...j,...j->...", dp, p)[..., None]
     dp -= row
     dp *= p
-    dp *= scale
+    if dead_rows_mask is not None:
+        dp *= dead_rows_mask
     dq = dp @ k                                         # (..., Tq, d)
-    dk = np.swapaxes(dp, -1, -2) @ q                    # (..., Tk, d)
+    dq *= scale
+    dk = np.swapaxes(dp, -1, -2) @ q                    # (..., Tk, d); q is already q/√d
     return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
 
 
@@ -239,6 +255,9 @@ def cross_entropy(logits, targets, ignore_index=-100):
     t = np.asarray(targets).reshape(-1)                 # (N,)
     kept = t != ignore_index
     safe_t = np.where(kept, t, 0)
+    if safe_t.size and (safe_t.min() < 0 or safe_t.max() >= V):
+        raise ValueError(f"cross_entropy: targets must be in [0, {V}) or ignore_index={ignore_index}, "
+                         f"got {safe_t.min() if safe_t.min() < 0 else safe_t.max()}")
     p = x - x.max(axis=-1, keepdims=True)
     picked = p[np.arange(len(t)), safe_t]               # shifted logit of each target
     np.exp(p, out=p)

@@ -20,13 +20,22 @@ __all__ = ["Tracer", "Tape", "Primitive", "primitive", "value_of"]
 class Tracer:
     """An array recorded on a tape. Supports shape queries and arithmetic through lt.ops.
 
-    NumPy functions do not accept it (they would silently drop the gradient): use the
-    operations in :mod:`lt.ops`, or ``float(t)`` for a value that needs no gradient.
+    NumPy ufuncs that lt has a primitive for (add, multiply, exp, ...) dispatch to it; other
+    NumPy functions refuse it (they would silently drop the gradient): use :mod:`lt.ops`,
+    or ``float(t)`` for a value that needs no gradient.
     """
 
     __slots__ = ("value", "tape", "id")
-    __array_ufunc__ = None          # make `ndarray + tracer` defer to Tracer.__radd__
     __array_priority__ = 1000
+    ufuncs: dict = {}               # NumPy ufunc -> lt primitive, filled in by lt.ops.basic
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """``ndarray + tracer``, ``np.exp(tracer)``, ...: the lt primitive, where there is one."""
+        op = self.ufuncs.get(ufunc)
+        if op is None or method != "__call__" or kwargs:
+            raise TypeError(f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
+                            "gradient; use the operations in lt.ops")
+        return op(*inputs)
 
     def __init__(self, value: np.ndarray, tape: "Tape", id_: int):
         self.value, self.tape, self.id = value, tape, id_
