@@ -5,13 +5,15 @@ Parameters are immutable pytrees (``lt.tree``), randomness comes from explicit k
 ``lt.value_and_grad`` over lt's own primitives (``lt.ops``).
 """
 
-from . import nn, ops, random, tree
+from . import checkpoint, data, nn, ops, optim, random, tree
 from ._allocator import tune_malloc
 from .autodiff import grad, value_and_grad, vjp
 from .nn import GPT
+from .training import NonFiniteError, TrainState, evaluate, make_train_step, train
 
 tune_malloc()          # reuse freed pages across steps (LT_TUNE_MALLOC=0 to opt out)
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "nn", "ops", "random", "tree", "grad", "value_and_grad", "vjp"]
+__all__ = ["GPT", "checkpoint", "data", "nn", "ops", "optim", "random", "tree",
+           "TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "grad", "value_and_grad", "vjp"]

@@ -6,7 +6,8 @@ else is a leaf. A *frozen* tree uses only read-only containers (:class:`FrozenDi
 ``tuple``, named tuples) and read-only array leaves, so nothing can change it in place:
 ``lt.tree.set`` is the edit, and it returns a new tree that shares every untouched leaf.
 
-Paths name a place in a tree with dots: ``blocks.3.attn.qkv.w``.
+Paths name a place in a tree with dots: ``blocks.3.attn.qkv.w`` (mapping keys, sequence
+indices, named-tuple field names).
 """
 
 from __future__ import annotations
@@ -192,10 +193,18 @@ def _walk(node, prefix: tuple) -> Iterator[tuple[tuple, Any]]:
     if parts is None:
         yield prefix, node
         return
-    kind, meta, kids = parts
-    names = meta if kind == "dict" else range(len(kids))
-    for name, kid in zip(names, kids):
+    for name, kid in zip(_names(parts), parts[2]):
         yield from _walk(kid, prefix + (name,))
+
+
+def _names(parts) -> tuple:
+    """How paths name a container's children: keys, named-tuple fields, or indices."""
+    kind, meta, kids = parts
+    if kind == "dict":
+        return meta
+    if kind == "namedtuple":
+        return meta._fields
+    return tuple(range(len(kids)))
 
 
 def items(tree) -> list[tuple[str, Any]]:
@@ -222,8 +231,7 @@ def _mismatch(trees, prefix) -> str | None:
             return f"at {where}: {first[0]} {first[1] or len(first[2])} vs {other[0]} {other[1] or len(other[2])}"
     if first is None:
         return None
-    names = first[1] if first[0] == "dict" else range(len(first[2]))
-    for i, name in enumerate(names):
+    for i, name in enumerate(_names(first)):
         found = _mismatch([p[2][i] for p in parts], prefix + (name,))
         if found:
             return found
@@ -262,6 +270,8 @@ def _child(node, name, done: tuple):
         if name not in node:
             raise KeyError(f"{where} has no key {name!r}; keys are {list(meta)}")
         return node[name]
+    if kind == "namedtuple" and name in meta._fields:
+        return getattr(node, name)
     try:
         return kids[int(name)]
     except (ValueError, IndexError):
@@ -286,8 +296,15 @@ def _replace(node, parts: tuple, value, done: tuple):
     if kind == "dict":
         return FrozenDict({k: (new_child if k == name else v) for k, v in node.items()})
     kids = list(node)
-    kids[int(name)] = new_child
+    kids[_index_of(node, name)] = new_child
     return type(node)(*kids) if kind == "namedtuple" else tuple(kids)
+
+
+def _index_of(node, name) -> int:
+    """The position of child ``name`` (an index, or a named-tuple field) in a sequence."""
+    if _is_namedtuple(node) and name in node._fields:
+        return node._fields.index(name)
+    return int(name)
 
 
 def set(tree, path, value):

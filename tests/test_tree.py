@@ -122,6 +122,9 @@ def test_namedtuples_and_none_keep_their_kind():
     assert len(flat) == 1
     back = tree.unflatten(treedef, [np.ones(2)])
     assert isinstance(back["s"], State) and back["s"].nu is None and back["n"] is None
+    assert tree.paths(t) == ["s.mu"] and tree.get(t, "s.mu") is t["s"].mu
+    edited = tree.set(t, "s.mu", np.full(2, 3.0))
+    assert isinstance(edited["s"], State) and np.array_equal(edited["s"].mu, [3.0, 3.0])
 
 
 def test_model_params_are_frozen():

@@ -1,0 +1,67 @@
+"""Batches from a token array: reproducible random windows, sequential evaluation windows.
+
+A batch is ``(inputs, targets)``, both (B, T) int64, with ``targets`` the inputs shifted by
+one token. Random windows come from a key, so the batch of training step ``s`` is
+``random_windows(fold_in(data_rng, s), ...)`` and resuming needs no generator state.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from . import random
+
+__all__ = ["Batch", "split", "random_windows", "sequential_windows"]
+
+
+class Batch(NamedTuple):
+    inputs: np.ndarray       # (B, T) token ids
+    targets: np.ndarray      # (B, T) the next token of each input
+
+
+def _check_tokens(tokens, seq_len: int) -> np.ndarray:
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise TypeError(f"tokens must be a 1-D integer array, got {tokens.dtype} of shape {tokens.shape}")
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens for one window, got {len(tokens)}")
+    return tokens
+
+
+def split(tokens, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): the first ``1 - val_fraction`` of the tokens, and the rest.
+
+    A contiguous split, so validation text is never seen in training windows.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    tokens = np.asarray(tokens)
+    cut = len(tokens) - int(round(len(tokens) * val_fraction))
+    return tokens[:cut], tokens[cut:]
+
+
+def random_windows(rng: random.Key, tokens, batch_size: int, seq_len: int) -> Batch:
+    """``batch_size`` windows at uniformly random starts drawn from ``rng``."""
+    tokens = _check_tokens(tokens, seq_len)
+    starts = random.randint(rng, (batch_size,), 0, len(tokens) - seq_len)    # (B,)
+    idx = starts[:, None] + np.arange(seq_len)                               # (B, T)
+    return Batch(tokens[idx].astype(np.int64), tokens[idx + 1].astype(np.int64))
+
+
+def sequential_windows(tokens, batch_size: int, seq_len: int, max_batches: int | None = None) -> Iterator[Batch]:
+    """Non-overlapping windows from the start, in order, for evaluation (the same every time).
+
+    The last batch may be smaller; a tail shorter than a window is left out.
+    """
+    tokens = _check_tokens(tokens, seq_len)
+    n_windows = (len(tokens) - 1) // seq_len
+    starts = np.arange(n_windows) * seq_len
+    for i, first in enumerate(range(0, n_windows, batch_size)):
+        if max_batches is not None and i >= max_batches:
+            return
+        idx = starts[first:first + batch_size, None] + np.arange(seq_len)
+        yield Batch(tokens[idx].astype(np.int64), tokens[idx + 1].astype(np.int64))

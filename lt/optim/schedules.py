@@ -1,0 +1,68 @@
+"""Learning-rate schedules: functions from the number of updates already applied to a rate.
+
+A schedule is any callable ``step -> float``; ``step`` is 0 for the first update. Optimizers
+accept a float (a constant rate) or a schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+__all__ = ["Schedule", "constant", "linear_warmup", "cosine_decay", "warmup_cosine", "as_schedule"]
+
+Schedule = Callable[[int], float]
+
+
+def _check(name: str, value, minimum: float = 0.0) -> None:
+    if not isinstance(value, (int, float)) or value < minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
+
+
+def constant(value: float) -> Schedule:
+    """The same rate at every step."""
+    _check("value", value)
+    return lambda step: float(value)
+
+
+def linear_warmup(peak: float, warmup: int, init: float = 0.0) -> Schedule:
+    """From ``init`` up to ``peak`` linearly over ``warmup`` steps, then ``peak``.
+
+    Step 0 gets ``init + (peak - init) / warmup``, so the first update is not wasted at 0.
+    """
+    _check("peak", peak)
+    _check("warmup", warmup)
+    if warmup == 0:
+        return constant(peak)
+    return lambda step: float(peak) if step >= warmup else init + (peak - init) * (step + 1) / warmup
+
+
+def cosine_decay(init: float, total: int, end: float = 0.0) -> Schedule:
+    """Half a cosine from ``init`` at step 0 to ``end`` at step ``total``, then ``end``."""
+    _check("init", init)
+    _check("total", total, 1)
+
+    def schedule(step: int) -> float:
+        frac = min(step, total) / total
+        return end + (init - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return schedule
+
+
+def warmup_cosine(peak: float, warmup: int, total: int, end: float = 0.0) -> Schedule:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to ``end``.
+
+    ``total`` counts every step, warmup included (optax's convention): the cosine runs
+    over steps ``warmup .. total`` and reaches ``end`` exactly at step ``total``.
+    """
+    _check("warmup", warmup)
+    if not isinstance(total, int) or total <= warmup:
+        raise ValueError(f"total ({total!r}) must be an int greater than warmup ({warmup})")
+    ramp, decay = linear_warmup(peak, warmup), cosine_decay(peak, total - warmup, end)
+    return lambda step: ramp(step) if step < warmup else decay(step - warmup)
+
+
+def as_schedule(learning_rate) -> Schedule:
+    """A float becomes a constant schedule; a callable is used as it is."""
+    if callable(learning_rate):
+        return learning_rate
+    return constant(learning_rate)

@@ -1,0 +1,213 @@
+"""Optimizers as pairs of pure functions, in optax's vocabulary.
+
+A :class:`GradientTransformation` is ``(init, update)``: ``init(params) -> state`` and
+``update(grads, state, params) -> (updates, state)``. Updates are deltas;
+``apply_updates`` adds them. States are named tuples of frozen arrays, so an optimizer
+step never changes its inputs and a state can be checkpointed like params.
+
+The rules match ``torch.optim`` (SGD with momentum/nesterov, Adam, AdamW) step for step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from .. import tree
+from .schedules import as_schedule
+
+__all__ = ["GradientTransformation", "ScheduleState", "sgd", "adam", "adamw", "chain",
+           "clip_by_global_norm", "global_norm", "apply_updates", "decay_mask", "learning_rate"]
+
+
+class GradientTransformation(NamedTuple):
+    init: Callable[[Any], Any]
+    update: Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+class ScheduleState(NamedTuple):
+    """Updates applied so far, and the learning rate of the latest one (of the first, before any)."""
+    count: np.ndarray            # () int64
+    learning_rate: np.ndarray    # () float64
+
+
+class MomentumState(NamedTuple):
+    schedule: ScheduleState
+    momentum: Any                # tree like params, or None without momentum
+
+
+class AdamState(NamedTuple):
+    schedule: ScheduleState
+    mu: Any                      # first moment, tree like params
+    nu: Any                      # second moment, tree like params
+
+
+def _scalar(x, dtype) -> np.ndarray:
+    return tree._seal(np.asarray(x, dtype))
+
+
+def _schedule_init(schedule) -> ScheduleState:
+    return ScheduleState(_scalar(0, np.int64), _scalar(schedule(0), np.float64))
+
+
+def _schedule_step(schedule, state: ScheduleState) -> tuple[float, ScheduleState]:
+    """The rate for this update, and the state after it."""
+    count = int(state.count)
+    lr = float(schedule(count))
+    return lr, ScheduleState(_scalar(count + 1, np.int64), _scalar(lr, np.float64))
+
+
+def _zeros_like(params):
+    return tree.map(lambda p: np.zeros_like(p), params)
+
+
+def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> GradientTransformation:
+    """Stochastic gradient descent, ``torch.optim.SGD``'s rule (no dampening).
+
+    ``buf = momentum * buf + g``; the step is ``-lr * buf`` (``-lr * (g + momentum * buf)``
+    with nesterov).
+    """
+    if nesterov and momentum <= 0:
+        raise ValueError("nesterov needs momentum > 0")
+    schedule = as_schedule(learning_rate)
+
+    def init(params):
+        return MomentumState(_schedule_init(schedule), _zeros_like(params) if momentum else None)
+
+    def update(grads, state, params=None):
+        lr, sched = _schedule_step(schedule, state.schedule)
+        if not momentum:
+            return tree.map(lambda g: g * g.dtype.type(-lr), grads), MomentumState(sched, None)
+        buf = tree.map(lambda b, g: b * b.dtype.type(momentum) + g, state.momentum, grads)
+        direction = tree.map(lambda g, b: g + b * b.dtype.type(momentum), grads, buf) if nesterov else buf
+        return tree.map(lambda d: d * d.dtype.type(-lr), direction), MomentumState(sched, buf)
+    return GradientTransformation(init, update)
+
+
+def decay_mask(params):
+    """The default weight-decay mask: True for parameters with two or more dimensions.
+
+    Matrices (linear weights, embeddings) decay; biases and layer-norm scales do not.
+    """
+    return tree.map(lambda p: np.ndim(p) >= 2, params)
+
+
+def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformation:
+    schedule = as_schedule(learning_rate)
+
+    def init(params):
+        return AdamState(_schedule_init(schedule), _zeros_like(params), _zeros_like(params))
+
+    def update(grads, state, params=None):
+        lr, sched = _schedule_step(schedule, state.schedule)
+        t = int(sched.count)
+        step_size = lr / (1.0 - b1 ** t)                    # bias corrections, as torch applies them
+        root_correction = np.sqrt(1.0 - b2 ** t)
+        mu = tree.map(lambda m, g: _ema(m, g, b1), state.mu, grads)
+        nu = tree.map(lambda v, g: _ema(v, g * g, b2), state.nu, grads)
+        if weight_decay:
+            if params is None:
+                raise ValueError("adamw's update needs params for the weight decay")
+            decays = tree.leaves(mask(params) if callable(mask) else (mask if mask is not None else decay_mask(params)))
+        else:
+            decays = [False] * len(tree.leaves(grads))
+        flat_p = tree.leaves(params) if params is not None else [None] * len(decays)
+        flat_mu, flat_nu = tree.leaves(mu), tree.leaves(nu)
+        steps = [_adam_step(m, v, p, step_size, root_correction, eps, lr * weight_decay if d else 0.0)
+                 for m, v, p, d in zip(flat_mu, flat_nu, flat_p, decays)]
+        updates = tree.unflatten(tree.structure(grads), steps)
+        return updates, AdamState(sched, mu, nu)
+    return GradientTransformation(init, update)
+
+
+def _ema(avg: np.ndarray, x: np.ndarray, decay: float) -> np.ndarray:
+    """``decay * avg + (1 - decay) * x`` in avg's dtype, in one fresh array."""
+    out = np.multiply(avg, avg.dtype.type(decay))
+    out += x * x.dtype.type(1.0 - decay)
+    return out
+
+
+def _adam_step(m, v, p, step_size, root_correction, eps, decay_rate) -> np.ndarray:
+    """``-step_size * m / (sqrt(v) / root_correction + eps) - decay_rate * p``."""
+    denom = np.sqrt(v)
+    denom *= denom.dtype.type(1.0 / root_correction)
+    denom += denom.dtype.type(eps)
+    out = np.divide(m, denom, out=denom)
+    out *= out.dtype.type(-step_size)
+    if decay_rate:
+        out -= p * p.dtype.type(decay_rate)
+    return out
+
+
+def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adam (Kingma & Ba), ``torch.optim.Adam``'s rule with bias correction; no weight decay."""
+    return _adam(learning_rate, b1, b2, eps, 0.0, None)
+
+
+def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.01, mask=None) -> GradientTransformation:
+    """AdamW: Adam plus decoupled decay ``-lr * weight_decay * p`` (``torch.optim.AdamW``).
+
+    By default only parameters with two or more dimensions decay (:func:`decay_mask`);
+    ``mask`` — a tree of bools shaped like params, or a function of params giving one —
+    overrides that.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    return _adam(learning_rate, b1, b2, eps, weight_decay, mask)
+
+
+def global_norm(updates) -> float:
+    """The L2 norm of all leaves together."""
+    return float(np.sqrt(sum(float(np.vdot(x, x)) for x in tree.leaves(updates))))
+
+
+class EmptyState(NamedTuple):
+    pass
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale the updates down so that their global norm is at most ``max_norm``."""
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+
+    def update(grads, state, params=None):
+        norm = global_norm(grads)
+        if norm <= max_norm or not np.isfinite(norm):
+            return grads, state
+        scale = max_norm / norm
+        return tree.map(lambda g: g * g.dtype.type(scale), grads), state
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply transformations in order; the state is the tuple of their states."""
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(grads, state, params=None):
+        new_states = []
+        for t, s in zip(transforms, state):
+            grads, s = t.update(grads, s, params)
+            new_states.append(s)
+        return grads, tuple(new_states)
+    return GradientTransformation(init, update)
+
+
+def apply_updates(params, updates):
+    """``params + updates``, each leaf cast back to its parameter's dtype; a new frozen tree."""
+    return tree.map(lambda p, u: np.add(p, u, dtype=p.dtype), params, updates)
+
+
+def learning_rate(state) -> float | None:
+    """The learning rate of the latest update (or of the first, before any), read from an
+    optimizer state; None when the optimizer has no learning rate."""
+    if isinstance(state, ScheduleState):
+        return float(state.learning_rate)
+    if isinstance(state, tuple):
+        for sub in state:
+            lr = learning_rate(sub)
+            if lr is not None:
+                return lr
+    return None

@@ -1,0 +1,168 @@
+"""Training: pure steps, real learning, accumulation, evaluation, bit-identical resume, NaN stops."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import lt
+from lt import data, optim, random, tree
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
+CHARS = sorted(set(TEXT))
+TOKENS = np.array([CHARS.index(c) for c in TEXT])
+MODEL = lt.GPT.preset("tiny", vocab_size=len(CHARS), max_seq_len=32)
+
+
+def fresh_state(opt, dtype=np.float32):
+    return lt.TrainState.create(MODEL.init(random.key(0), dtype), opt)
+
+
+def run(opt, steps, state=None, **kwargs):
+    state = state or fresh_state(opt)
+    return lt.train(MODEL, opt, state, TOKENS, steps=steps, batch_size=4, seq_len=32,
+                    rng=random.key(7), progress=False, on_log=lambda r: None, **kwargs)
+
+
+def same_tree(a, b) -> bool:
+    return tree.structure(a) == tree.structure(b) and all(
+        x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(tree.leaves(a), tree.leaves(b)))
+
+
+def test_a_step_never_changes_its_inputs():
+    opt = optim.adamw(1e-2)
+    state = fresh_state(opt)
+    batch = data.random_windows(random.key(1), TOKENS, 4, 32)
+    before = [np.array(x) for x in tree.leaves((state, batch))]
+    step = lt.make_train_step(lt.GPT.preset("tiny", vocab_size=len(CHARS), max_seq_len=32, dropout=0.1), opt)
+    new, metrics = step(state, batch, random.key(2))
+    assert all(np.array_equal(a, b) for a, b in zip(before, tree.leaves((state, batch))))
+    assert new.step == 1 and state.step == 0
+    assert not same_tree(new.params, state.params)
+    assert set(metrics) >= {"loss", "grad_norm", "lr", "tokens"} and metrics["tokens"] == 4 * 32
+
+
+def test_training_tiny_on_repeated_text_drives_the_loss_down():
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine(1e-2, 10, 150), weight_decay=0.0))
+    state, log = run(opt, 150, log_every=10)
+    first, last = log[0]["loss"], log[-1]["loss"]
+    assert first > 2.5 and last < 0.35 * first
+    ev = lt.evaluate(MODEL, state.params, data.sequential_windows(TOKENS, 4, 32, 4))
+    assert ev["loss"] < 0.35 * first and ev["perplexity"] == pytest.approx(np.exp(ev["loss"]))
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_the_whole():
+    """k micro-batches, weighted by token count, equal one batch holding all of them."""
+    params = MODEL.init(random.key(0), np.float64)
+    b = data.random_windows(random.key(3), TOKENS, 6, 16)
+    targets = b.targets.copy()
+    targets[0, :10] = -100                              # micro-batches with different counts
+    targets[4, :3] = -100
+    opt = optim.sgd(1.0)
+    state = lt.TrainState.create(params, opt)
+    step = lt.make_train_step(MODEL, opt)
+    whole, m1 = step(state, (b.inputs, targets), None)
+    parts, m2 = step(state, (b.inputs.reshape(3, 2, 16), targets.reshape(3, 2, 16)), None)
+    assert m1["tokens"] == m2["tokens"] == 6 * 16 - 13
+    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-12)
+    assert all(np.allclose(x, y, rtol=1e-10, atol=1e-14) for x, y in zip(tree.leaves(whole.params), tree.leaves(parts.params)))
+
+
+def test_evaluate_weights_batches_by_token_count():
+    params = MODEL.init(random.key(0))
+    b1 = data.random_windows(random.key(1), TOKENS, 2, 8)
+    b2 = data.random_windows(random.key(2), TOKENS, 1, 8)
+    ev = lt.evaluate(MODEL, params, [b1, b2])
+    l1, l2 = float(MODEL.loss(params, *b1)), float(MODEL.loss(params, *b2))
+    assert ev["tokens"] == 24 and ev["loss"] == pytest.approx((16 * l1 + 8 * l2) / 24, rel=1e-5)
+
+
+def test_resuming_from_step_k_is_bit_identical_to_never_stopping(tmp_path):
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine(5e-3, 3, 12)))
+    model = lt.GPT.preset("tiny", vocab_size=len(CHARS), max_seq_len=32, dropout=0.1)
+    kw = dict(batch_size=4, seq_len=32, rng=random.key(7), progress=False, on_log=lambda r: None)
+    straight, _ = lt.train(model, opt, lt.TrainState.create(model.init(random.key(0)), opt), TOKENS, steps=12, **kw)
+    path = tmp_path / "ckpt.safetensors"
+    lt.train(model, opt, lt.TrainState.create(model.init(random.key(0)), opt), TOKENS, steps=5,
+             checkpoint_path=path, **kw)
+    ck = lt.checkpoint.load(path, model, opt.init(model.init(random.key(0))))
+    assert ck.step == 5
+    resumed, _ = lt.train(model, opt, lt.TrainState(ck.params, ck.opt_state, ck.step), TOKENS, steps=12, **kw)
+    assert same_tree(resumed.params, straight.params) and same_tree(resumed.opt_state, straight.opt_state)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, lt
+    from lt import optim, random
+    text = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
+    chars = sorted(set(text)); tokens = np.array([chars.index(c) for c in text])
+    model = lt.GPT.preset("tiny", vocab_size=len(chars), max_seq_len=32, dropout=0.1)
+    opt = optim.adamw(optim.warmup_cosine(5e-3, 3, 20))
+    path, steps, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
+    state = lt.TrainState.create(model.init(random.key(0)), opt)
+    if resume:
+        ck = lt.checkpoint.load(path, model, state.opt_state)
+        state = lt.TrainState(ck.params, ck.opt_state, ck.step)
+    state, _ = lt.train(model, opt, state, tokens, steps=steps, batch_size=4, seq_len=32, rng=random.key(7),
+                        checkpoint_path=path, checkpoint_every=5, log_every=1, progress=False,
+                        on_log=lambda r: print("step", r["step"], flush=True))
+    np.save(sys.argv[4], np.concatenate([x.ravel() for x in lt.tree.leaves(state.params)]))
+""")
+
+
+def test_resume_after_sigkill_between_checkpoints_is_bit_identical(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ref = tmp_path / "ref.npy"
+    subprocess.run([sys.executable, script, tmp_path / "a.safetensors", "20", "new", ref], env=env, check=True,
+                   capture_output=True)
+    ckpt = tmp_path / "b.safetensors"
+    proc = subprocess.Popen([sys.executable, script, ckpt, "20", "new", tmp_path / "unused.npy"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:                             # killed after step 12: checkpoint 10 on disk
+        if line.strip() == "step 12":
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert lt.checkpoint.read_metadata(ckpt)["step"] == "10"
+    out = tmp_path / "resumed.npy"
+    subprocess.run([sys.executable, script, ckpt, "20", "resume", out], env=env, check=True, capture_output=True)
+    assert np.array_equal(np.load(out), np.load(ref))
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]     # no temporary file left
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    boom = optim.sgd(lambda step: 1e-3 if step < 4 else 1e30)      # step 4's update overflows
+    with pytest.raises(lt.NonFiniteError, match="step 5"):
+        run(boom, 10, checkpoint_path=path, checkpoint_every=2)
+    ck = lt.checkpoint.load(path, MODEL)
+    assert ck.step == 4 and all(np.isfinite(x).all() for x in tree.leaves(ck.params))
+
+
+def test_random_windows_are_reproducible_shifted_windows():
+    b = data.random_windows(random.key(5), TOKENS, 8, 16)
+    assert np.array_equal(b.inputs, data.random_windows(random.key(5), TOKENS, 8, 16).inputs)
+    assert not np.array_equal(b.inputs, data.random_windows(random.key(6), TOKENS, 8, 16).inputs)
+    assert np.array_equal(b.inputs[:, 1:], b.targets[:, :-1])
+    text = "".join(CHARS[i] for i in b.inputs[0]) + CHARS[b.targets[0, -1]]
+    assert text in TEXT
+
+
+def test_split_and_sequential_windows_cover_disjoint_parts():
+    train, val = data.split(TOKENS, 0.1)
+    assert len(train) + len(val) == len(TOKENS) and np.array_equal(np.concatenate([train, val]), TOKENS)
+    assert len(val) == round(0.1 * len(TOKENS))
+    windows = list(data.sequential_windows(val, 3, 10))
+    flat = np.concatenate([w.inputs.ravel() for w in windows])
+    assert np.array_equal(flat, val[:len(flat)]) and len(flat) == (len(val) - 1) // 10 * 10
+    with pytest.raises(ValueError, match="seq_len"):
+        data.random_windows(random.key(0), TOKENS[:5], 2, 10)
