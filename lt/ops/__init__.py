@@ -3,10 +3,11 @@
 Model code is written once on these; outside ``lt.value_and_grad`` they are plain NumPy.
 """
 
+from .attention import attention, masked_fill_value, softmax
 from .basic import (add, astype, concat, div, exp, index, linear, log, matmul, mean, mul,
                     neg, reshape, split, sub, sum, tanh, transpose, unbroadcast)
-from .neural import (attention, cross_entropy, dropout, embedding, gelu, layer_norm,
-                     masked_fill_value, relu, softmax)
+from .layers import dropout, embedding, gelu, layer_norm, relu
+from .loss import cross_entropy
 from .primitive import Primitive, Tape, Tracer, primitive, value_of
 
 __all__ = [
