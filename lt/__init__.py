@@ -5,15 +5,20 @@ Parameters are immutable pytrees (``lt.tree``), randomness comes from explicit k
 ``lt.value_and_grad`` over lt's own primitives (``lt.ops``).
 """
 
-from . import checkpoint, data, nn, ops, optim, random, tree
+from . import (checkpoint, corpus, data, distributed, files, generate, hf, nn, ops, optim, random,
+               safetensors_io, tokenizers, tree)
 from ._allocator import tune_malloc
 from .autodiff import grad, value_and_grad, vjp
+from .generate import beam_search
 from .nn import GPT
+from .tokenizers import BPETokenizer, CharTokenizer
 from .training import NonFiniteError, TrainState, evaluate, make_train_step, train
 
 tune_malloc()          # reuse freed pages across steps (LT_TUNE_MALLOC=0 to opt out)
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "checkpoint", "data", "nn", "ops", "optim", "random", "tree",
+__all__ = ["GPT", "BPETokenizer", "CharTokenizer", "beam_search", "checkpoint", "corpus", "data",
+           "distributed", "files", "generate", "hf", "nn", "ops", "optim", "random", "safetensors_io",
+           "tokenizers", "tree",
            "TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "grad", "value_and_grad", "vjp"]

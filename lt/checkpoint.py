@@ -1,4 +1,4 @@
-"""Checkpoints: params, optimizer state and step in one safetensors file.
+"""Checkpoints: params, optimizer state and step in one safetensors file (lt.safetensors_io).
 
 Tensors are keyed ``params/<path>`` and ``opt_state/<path>`` by tree path; the header
 metadata holds the format name and version, the step and the model config (JSON), so a
@@ -11,18 +11,18 @@ whole. Loading checks the format, the config and every path, shape and dtype, an
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
 
-from . import tree
+from . import safetensors_io, tree
 from .nn import GPT
+from .safetensors_io import SafetensorsError
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_model", "read_metadata",
-           "atomic_write", "FORMAT", "FORMAT_VERSION"]
+           "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "lt-checkpoint"
 FORMAT_VERSION = 1
@@ -40,42 +40,12 @@ class Checkpoint(NamedTuple):
     metadata: dict
 
 
-def _safetensors():
-    try:
-        import safetensors.numpy as st
-        from safetensors import safe_open
-    except ImportError as e:                              # pragma: no cover - a core dependency
-        raise ImportError("checkpoints need the safetensors package: pip install safetensors") from e
-    return st, safe_open
-
-
-def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)``, fsync the file, rename it to ``path``, fsync the directory."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def model_config(model: GPT) -> dict:
     return attrs.asdict(model)
 
 
 def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict | None = None) -> None:
     """Write a checkpoint atomically. ``metadata`` adds string entries to the header."""
-    st, _ = _safetensors()
     model.check_params(params)
     tensors = {f"params/{p}": np.asarray(x, order="C") for p, x in tree.items(params)}
     if opt_state is not None:
@@ -84,33 +54,27 @@ def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict
     meta.update({"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step)),
                  "model": json.dumps(model_config(model), sort_keys=True),
                  "has_opt_state": "1" if opt_state is not None else "0"})
-    atomic_write(path, lambda tmp: st.save_file(tensors, str(tmp), metadata=meta))
+    safetensors_io.save(path, tensors, meta)
 
 
 def _open(path):
     """(metadata, tensors) of an lt checkpoint file, or a CheckpointError saying why not."""
-    st, _ = _safetensors()
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    meta = read_metadata(path)
     try:
-        meta = read_metadata(path)
-        tensors = st.load_file(str(path))
-    except CheckpointError:
-        raise
-    except Exception as e:                                # safetensors' errors for bad bytes
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from None
-    return meta, tensors
+        return meta, safetensors_io.load(path)
+    except SafetensorsError as e:
+        raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
 
 
 def read_metadata(path) -> dict:
     """The header metadata of a checkpoint, checked to be lt's format and a known version."""
-    _, safe_open = _safetensors()
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from None
+        meta = dict(safetensors_io.SafeTensors(path).metadata)
+    except SafetensorsError as e:
+        raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an lt checkpoint "
                               f"(format {meta.get('format')!r}, expected {FORMAT!r})")

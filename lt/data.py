@@ -1,4 +1,4 @@
-"""Batches from a token array: reproducible random windows, sequential evaluation windows.
+"""Data: the bundled corpus (from lt.corpus), and batches from a token array.
 
 A batch is ``(inputs, targets)``, both (B, T) int64, with ``targets`` the inputs shifted by
 one token. Random windows come from a key, so the batch of training step ``s`` is
@@ -12,8 +12,10 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from . import random
+from .corpus import CorpusUnavailableError, corpora, load_play, load_text, plays, split_text
 
-__all__ = ["Batch", "split", "random_windows", "sequential_windows"]
+__all__ = ["Batch", "split", "random_windows", "sequential_windows", "CorpusUnavailableError",
+           "corpora", "load_play", "load_text", "plays", "split_text"]
 
 
 class Batch(NamedTuple):

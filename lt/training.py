@@ -4,6 +4,12 @@
 gives step ``s`` the key ``fold_in(run_rng, s)`` and the batch drawn from
 ``fold_in(data_rng, s)``, so a run resumed from the checkpoint of step ``k`` makes exactly
 the same steps as one that never stopped.
+
+With ``comm`` (an mpi4py communicator, see :mod:`lt.distributed`) the same loop runs data-
+parallel: every rank draws the same global batch, computes gradients on its own rows, and
+the gradients are averaged over ranks before the update, so the params stay identical on
+every rank. Only rank 0 prints, evaluates and writes checkpoints; a checkpoint is the same
+file whatever the number of ranks, and resumes with any number.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from . import checkpoint, data, optim, random, tree
+from . import checkpoint, data, distributed, optim, random, tree
 from .autodiff import value_and_grad
 from .nn import GPT
 from .progress import Progress
 
-__all__ = ["TrainState", "NonFiniteError", "make_train_step", "evaluate", "train"]
+__all__ = ["TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "format_record"]
 
 
 class TrainState(NamedTuple):
@@ -40,13 +46,19 @@ def _count(targets, ignore_index: int) -> int:
     return int(np.count_nonzero(np.asarray(targets) != ignore_index))
 
 
-def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100) -> Callable:
+def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100,
+                    comm=None) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``model`` and ``optimizer``.
 
     ``batch`` is ``(inputs, targets)`` of shape (B, T), or (k, B, T) for k micro-batches whose
     gradients are accumulated, each weighted by its number of counted target tokens (so the
     result is the gradient of the mean loss over all of them). ``rng`` drives dropout.
+
+    With ``comm`` of several ranks, ``batch`` is the global batch: each rank takes its rows
+    (:func:`lt.distributed.shard`) and the ranks' gradients become that of the global mean loss
+    (:func:`lt.distributed.mean_gradients`); loss and tokens in the metrics are global too.
     """
+    parallel = distributed.of(comm).size > 1
     loss_and_grad = value_and_grad(model.loss)
 
     def grads_of(params, inputs, targets, rng):
@@ -67,7 +79,11 @@ def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, igno
 
     def train_step(state: TrainState, batch, rng=None):
         inputs, targets = batch
+        if parallel:
+            (inputs, targets), rng = distributed.shard(batch, comm), distributed.rank_rng(rng, comm)
         loss, grads, tokens = grads_of(state.params, inputs, targets, rng)
+        if parallel:                                   # global values: every rank decides alike below
+            loss, grads, tokens = distributed.mean_gradients(comm, loss, grads, tokens)
         grad_norm = optim.global_norm(grads)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise NonFiniteError(f"step {state.step}: loss {loss}, gradient norm {grad_norm}; "
@@ -96,23 +112,40 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
           steps: int, batch_size: int, seq_len: int, rng: random.Key, val_tokens=None,
           eval_every: int = 0, eval_batches: int = 8, log_every: int = 10, accumulate: int = 1,
           checkpoint_path=None, checkpoint_every: int = 0, checkpoint_metadata: dict | None = None,
-          progress: bool | None = None, on_log: Callable[[dict], None] | None = None) -> tuple[TrainState, list]:
+          progress: bool | None = None, on_log: Callable[[dict], None] | None = None,
+          verbose: bool = True, comm=None) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
     Every ``log_every`` steps a record (step, loss, lr, tokens/s, and eval loss when one was
-    taken) goes to ``on_log`` (default: printed). With ``checkpoint_path``, a checkpoint is
+    taken) is printed (unless ``verbose=False``) and passed to ``on_log``. A progress bar
+    runs on stderr when it is a terminal (``progress`` forces it on or off). With ``checkpoint_path``, a checkpoint is
     written every ``checkpoint_every`` steps and at the end. A non-finite loss or gradient
     raises :class:`NonFiniteError` naming the step; the last checkpoint written stays intact.
+
+    With ``comm`` (e.g. ``lt.distributed.world().comm``) every rank of the communicator calls
+    this with the same arguments; rank 0 alone logs, evaluates (the eval loss is broadcast, so
+    every rank returns the same log) and writes checkpoints, after checking that all ranks hold
+    identical params and optimizer state. When a checkpoint write returns on any rank, the
+    file is on disk.
     """
     if steps < state.step:
         raise ValueError(f"steps ({steps}) is before the state's step ({state.step})")
-    train_step = make_train_step(model, optimizer)
+    root = distributed.of(comm).is_root
+    train_step = make_train_step(model, optimizer, comm=comm)
     data_rng, log = random.fold_in(rng, "data"), []
-    bar = Progress(steps, start=state.step, enabled=progress)
-    emit = on_log or (lambda record: bar.write(_format(record)))
+    bar = Progress(steps, start=state.step, enabled=progress if root else False)
 
-    def save():
-        checkpoint.save(checkpoint_path, model, state.params, state.opt_state, state.step, checkpoint_metadata)
+    def emit(record):
+        if root and verbose:
+            bar.write(format_record(record))
+        if root and on_log:
+            on_log(record)
+
+    def save():                                       # collective: every rank calls it at the same steps
+        distributed.check_in_sync(comm, (state.params, state.opt_state), "params and optimizer state")
+        if root:
+            checkpoint.save(checkpoint_path, model, state.params, state.opt_state, state.step, checkpoint_metadata)
+        distributed.barrier(comm)
 
     def batch_for(step: int):
         draws = [data.random_windows(random.fold_in(random.fold_in(data_rng, step), i), train_tokens, batch_size, seq_len)
@@ -134,9 +167,10 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
                 record = {"step": state.step, "loss": float(np.mean(losses)), "lr": metrics["lr"],
                           "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
             if val_tokens is not None and eval_every and (state.step % eval_every == 0 or state.step == steps):
-                ev = evaluate(model, state.params, data.sequential_windows(val_tokens, batch_size, seq_len, eval_batches))
+                ev = evaluate(model, state.params, data.sequential_windows(val_tokens, batch_size, seq_len,
+                                                                           eval_batches)) if root else None
                 record = record or {"step": state.step, "loss": float(np.mean(losses)), "lr": metrics["lr"]}
-                record["eval_loss"] = ev["loss"]
+                record["eval_loss"] = distributed.broadcast(comm, ev and ev["loss"])
             if record is not None:
                 log.append(record)
                 emit(record)
@@ -150,7 +184,8 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
     return state, log
 
 
-def _format(record: dict) -> str:
+def format_record(record: dict) -> str:
+    """One log line: ``step 100 | loss 2.1234 | lr 1.00e-03 | 15000 tok/s | eval 2.2345``."""
     parts = [f"step {record['step']}", f"loss {record['loss']:.4f}"]
     if record.get("lr") is not None:
         parts.append(f"lr {record['lr']:.2e}")

@@ -1,12 +1,13 @@
 """Checkpoints: exact round trips, self-describing headers, atomic writes, specific errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 import lt
-from lt import checkpoint, optim, random, tree
+from lt import checkpoint, optim, random, safetensors_io, tree
 from lt.checkpoint import CheckpointError
 
 MODEL = lt.GPT.preset("tiny")
@@ -53,9 +54,8 @@ def test_garbage_and_foreign_safetensors_files_are_refused(tmp_path):
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError):
         checkpoint.load(junk)
-    import safetensors.numpy
     foreign = tmp_path / "foreign.safetensors"
-    safetensors.numpy.save_file({"x": np.zeros(3, np.float32)}, str(foreign))
+    safetensors_io.save(foreign, {"x": np.zeros(3, np.float32)})
     with pytest.raises(CheckpointError, match="not an lt checkpoint"):
         checkpoint.load(foreign)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -68,20 +68,19 @@ def test_another_models_checkpoint_names_the_differing_fields(saved):
 
 
 def test_missing_or_reshaped_tensor_is_named(saved, tmp_path):
-    import safetensors.numpy
     path = saved[0]
-    tensors = safetensors.numpy.load_file(str(path))
+    tensors = safetensors_io.load(path)
     meta = checkpoint.read_metadata(path)
     missing = dict(tensors)
     del missing["params/blocks.1.attn.qkv.w"]
     p1 = tmp_path / "missing.safetensors"
-    safetensors.numpy.save_file(missing, str(p1), metadata=meta)
+    safetensors_io.save(p1, missing, meta)
     with pytest.raises(CheckpointError, match=r"missing tensor params/blocks\.1\.attn\.qkv\.w"):
         checkpoint.load(p1)
     reshaped = dict(tensors)
     reshaped["opt_state/1.mu.ln_f.scale"] = np.zeros(7, np.float32)
     p2 = tmp_path / "reshaped.safetensors"
-    safetensors.numpy.save_file(reshaped, str(p2), metadata=meta)
+    safetensors_io.save(p2, reshaped, meta)
     checkpoint.load(p2)                                    # params alone are fine
     with pytest.raises(CheckpointError, match=r"opt_state/1\.mu\.ln_f\.scale is float32\[7\].*float32\[32\]"):
         checkpoint.load(p2, opt_state_template=OPT.init(saved[1]))
@@ -90,13 +89,10 @@ def test_missing_or_reshaped_tensor_is_named(saved, tmp_path):
 def test_a_failed_write_leaves_the_previous_checkpoint_whole(saved, monkeypatch):
     path, params, state = saved
     before = path.read_bytes()
-    import safetensors.numpy
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def crash(fd):
         raise OSError("disk full")
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    monkeypatch.setattr(os, "fsync", crash)                 # dies after writing, before the rename
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(path, MODEL, params, state, step=18)
     assert path.read_bytes() == before

@@ -27,7 +27,7 @@ def fresh_state(opt, dtype=np.float32):
 def run(opt, steps, state=None, **kwargs):
     state = state or fresh_state(opt)
     return lt.train(MODEL, opt, state, TOKENS, steps=steps, batch_size=4, seq_len=32,
-                    rng=random.key(7), progress=False, on_log=lambda r: None, **kwargs)
+                    rng=random.key(7), progress=False, verbose=False, **kwargs)
 
 
 def same_tree(a, b) -> bool:
@@ -86,7 +86,7 @@ def test_evaluate_weights_batches_by_token_count():
 def test_resuming_from_step_k_is_bit_identical_to_never_stopping(tmp_path):
     opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine(5e-3, 3, 12)))
     model = lt.GPT.preset("tiny", vocab_size=len(CHARS), max_seq_len=32, dropout=0.1)
-    kw = dict(batch_size=4, seq_len=32, rng=random.key(7), progress=False, on_log=lambda r: None)
+    kw = dict(batch_size=4, seq_len=32, rng=random.key(7), progress=False, verbose=False)
     straight, _ = lt.train(model, opt, lt.TrainState.create(model.init(random.key(0)), opt), TOKENS, steps=12, **kw)
     path = tmp_path / "ckpt.safetensors"
     lt.train(model, opt, lt.TrainState.create(model.init(random.key(0)), opt), TOKENS, steps=5,
@@ -139,6 +139,7 @@ def test_resume_after_sigkill_between_checkpoints_is_bit_identical(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]     # no temporary file left
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     boom = optim.sgd(lambda step: 1e-3 if step < 4 else 1e30)      # step 4's update overflows

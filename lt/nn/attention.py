@@ -107,9 +107,16 @@ class MultiHeadAttention(Module):
                        for i, x in enumerate((query, key, value)))
         return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
 
-    def apply(self, params, query, key, value, mask=None, rng=None, return_weights=False):
-        """query (B, T, D), key/value (B, S, D) -> (B, T, D) [and weights (B, H, T, S)]."""
+    def apply(self, params, query, key, value, mask=None, rng=None, return_weights=False, kv=None):
+        """query (B, T, D), key/value (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
+
+        ``kv``, if given, is called as ``kv(k, v)`` with this call's keys and values
+        (B, H, S, d) and returns the keys and values to attend over (B, H, S', d): a KV
+        cache's hook to append the new positions and hand back the whole context.
+        """
         q, k, v = self.project_qkv(params, query, key, value)
+        if kv is not None:
+            k, v = kv(k, v)
         rate = self.dropout if rng is not None else 0.0
         attn_rng = random.fold_in(rng, "weights") if rate else None
         out = ops.attention(q, k, v, mask, rate, attn_rng, return_weights=return_weights)

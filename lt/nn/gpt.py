@@ -31,6 +31,7 @@ __all__ = ["GPT", "PRESETS"]
 PRESETS = {
     "tiny": (500, 128, 2, 2, 32, 128),
     "small": (1000, 256, 4, 4, 64, 256),
+    "mini": (256, 256, 4, 4, 128, 512),       # nanoGPT's CPU Shakespeare model; the CLI's default
     "medium": (5000, 512, 6, 6, 192, 768),
     "large": (10000, 1024, 12, 8, 256, 1024),
     "gpt2": (50257, 1024, 12, 12, 768, 3072),
@@ -169,6 +170,12 @@ class GPT(Module):
         if single:
             logits, hidden = logits[0], [h[0] for h in hidden]
         return (logits, tuple(hidden)) if return_hidden_states else logits
+
+    def generate(self, params, prompt_ids, *, rng=None, max_new_tokens: int, **options):
+        """Continue ``prompt_ids`` by ``max_new_tokens`` tokens: :func:`lt.generate.generate`
+        (``temperature``, ``top_k``, ``top_p``, ``eos_id``, ``callback``, ... as there)."""
+        from ..generate import generate           # lazily: generate sits above nn
+        return generate(self, params, prompt_ids, rng=rng, max_new_tokens=max_new_tokens, **options)
 
     def loss(self, params, ids, targets=None, rng=None, *, ignore_index: int = -100,
              attention_mask=None):

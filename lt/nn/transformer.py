@@ -44,11 +44,15 @@ class TransformerBlock(Module):
         return {"ln1": self.ln.spec(), "attn": self.attn.spec(),
                 "ln2": self.ln.spec(), "ffn": self.ffn.spec()}
 
-    def apply(self, params, x, mask=None, rng=None):
-        """(B, T, D) -> (B, T, D); ``mask`` broadcastable to (B, H, T, T)."""
+    def apply(self, params, x, mask=None, rng=None, kv=None):
+        """(B, T, D) -> (B, T, D); ``mask`` broadcastable to (B, H, T, T).
+
+        ``kv``: the attention's key/value hook (see ``MultiHeadAttention.apply``); with a
+        KV cache, ``mask`` is then broadcastable to (B, H, T, S) over the cached keys.
+        """
         attn_rng = None if rng is None else random.fold_in(rng, "attn")
         ffn_rng = None if rng is None else random.fold_in(rng, "ffn")
         h = self.ln.apply(params["ln1"], x)
-        x = x + self.attn.apply(params["attn"], h, h, h, mask, attn_rng)
+        x = x + self.attn.apply(params["attn"], h, h, h, mask, attn_rng, kv=kv)
         h = self.ln.apply(params["ln2"], x)
         return x + self.ffn.apply(params["ffn"], h, ffn_rng)

@@ -43,8 +43,11 @@ def for_rows(kernel: Callable[[int, int], None], n_rows: int, row_size: int) -> 
 
     ``kernel`` must only read and write its own rows ``lo:hi`` of preallocated arrays.
     """
+    if n_rows * row_size < _MIN_ELEMENTS:                  # the common small case: no system calls
+        kernel(0, n_rows)
+        return
     threads = min(num_threads(), n_rows)
-    if threads <= 1 or n_rows * row_size < _MIN_ELEMENTS:
+    if threads <= 1:
         kernel(0, n_rows)
         return
     bounds = [n_rows * i // threads for i in range(threads + 1)]

@@ -1,0 +1,290 @@
+"""The ``lt`` command: train, generate, eval, info.
+
+    lt train                      a character-level model on the bundled Shakespeare corpus
+    lt generate --run DIR --prompt TEXT
+    lt eval --run DIR [--data FILE]
+    lt info                       presets with parameter counts and memory
+
+Bad arguments and missing files end with one ``lt: error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import attrs
+import numpy as np
+
+from . import checkpoint, data, distributed, random, runs, tokenizers
+from .files import atomic_write_text
+from .nn import GPT, PRESETS
+from .runs import RunFiles, RunSettings
+from .training import TrainState, evaluate, train
+
+# nanoGPT's CPU recipe for character-level Shakespeare: a few minutes on 2 cores.
+TRAIN_DEFAULTS = dict(preset="mini", data="corpus:shakespeare", tokenizer="char", vocab_size=512,
+                      seq_len=64, batch_size=12, steps=2000, lr=1e-3, min_lr=1e-4, warmup=100,
+                      weight_decay=0.1, grad_clip=1.0, beta2=0.99, dropout=0.0, seed=1337,
+                      eval_every=250, eval_batches=20, checkpoint_every=500)
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__                        # argparse names it in its messages
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lt", description="Train GPT-style models in NumPy and sample from them.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (default: characters of Shakespeare)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help=f"model size (default {TRAIN_DEFAULTS['preset']})")
+    t.add_argument("--data", metavar="FILE", help="a UTF-8 text file instead of the bundled corpus")
+    t.add_argument("--tokenizer", choices=["char", "bpe"], help="char (default) or byte-level BPE")
+    t.add_argument("--vocab-size", type=_positive(int), help="BPE vocabulary size (default 512)")
+    t.add_argument("--steps", type=_positive(int), help="total training steps (default 2000)")
+    t.add_argument("--batch-size", type=_positive(int), help="sequences per step (default 12)")
+    t.add_argument("--seq-len", type=_positive(int), help="tokens per sequence (default 64)")
+    t.add_argument("--lr", type=_positive(float), help="peak learning rate (default 1e-3)")
+    t.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 1e-4)")
+    t.add_argument("--warmup", type=int, help="warmup steps (default 100)")
+    t.add_argument("--weight-decay", type=float, help="AdamW decay of matrices (default 0.1)")
+    t.add_argument("--dropout", type=float, help="dropout rate (default 0)")
+    t.add_argument("--seed", type=int, help="seed of the run's key (default 1337)")
+    t.add_argument("--eval-every", type=_positive(int), help="steps between evaluations (default 250)")
+    t.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints (default 500)")
+    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<data>-<tokenizer>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--mpi", action="store_true", help="data-parallel over MPI ranks (launch with mpiexec)")
+    t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (default 400)")
+
+    g = sub.add_parser("generate", help="continue a prompt with a trained run")
+    g.add_argument("--run", required=True, metavar="DIR")
+    g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", type=int, default=300)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--beams", type=int, help="beam search with this many beams instead of sampling")
+
+    e = sub.add_parser("eval", help="loss and perplexity of a run on held-out text")
+    e.add_argument("--run", required=True, metavar="DIR")
+    e.add_argument("--data", metavar="FILE", help="a text file (default: the run's validation split)")
+    e.add_argument("--max-batches", type=_positive(int), default=50)
+
+    sub.add_parser("info", help="presets with parameter counts and memory")
+    return p
+
+
+# ----------------------------------------------------------------- train
+
+_RESUMABLE = {"steps", "out", "resume", "mpi", "sample_tokens"}
+
+
+def _settings(args) -> RunSettings:
+    """New settings from the flags (defaults filled in), for a fresh run."""
+    v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
+    model = GPT.preset(v["preset"], max_seq_len=max(v["seq_len"], PRESETS[v["preset"]][1]), dropout=v["dropout"])
+    return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
+                       tokenizer=v["tokenizer"], seq_len=v["seq_len"], batch_size=v["batch_size"],
+                       steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
+                       weight_decay=v["weight_decay"], grad_clip=v["grad_clip"], beta2=v["beta2"],
+                       seed=v["seed"], eval_every=v["eval_every"], eval_batches=v["eval_batches"],
+                       checkpoint_every=v["checkpoint_every"])
+
+
+def _default_out(args) -> pathlib.Path:
+    name = "shakespeare" if args.data is None else pathlib.Path(args.data).stem
+    return pathlib.Path("runs") / f"{name}-{args.tokenizer or TRAIN_DEFAULTS['tokenizer']}"
+
+
+def _check_resume_flags(args, saved: RunSettings) -> RunSettings:
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in _RESUMABLE | {"command"}}
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+        raise UsageError(f"lt train --resume takes the run's saved settings; drop {flags} (only --steps may change)")
+    return attrs.evolve(saved, steps=args.steps or saved.steps)
+
+
+def _prepare(args) -> dict:
+    """Settings, tokenizer, token ids and the starting state of a new or resumed run."""
+    files = RunFiles(args.out or _default_out(args))
+    if args.resume:
+        settings = _check_resume_flags(args, runs.load_settings(files))
+    else:
+        if files.checkpoint.exists() or files.settings.exists():
+            raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
+        settings = _settings(args)
+    text = runs.load_text(settings.data)
+    train_text, val_text = runs.split_text(text, settings.val_fraction)
+    if args.resume:
+        tokenizer = tokenizers.load(files.tokenizer)
+    else:
+        tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
+                                       args.vocab_size or TRAIN_DEFAULTS["vocab_size"])
+    model = GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size})
+    settings = attrs.evolve(settings, model=attrs.asdict(model))
+    optimizer = runs.make_optimizer(settings)
+    fresh = TrainState.create(model.init(random.fold_in(random.key(settings.seed), "init")), optimizer)
+    if args.resume:
+        ck = checkpoint.load(files.checkpoint, model, fresh.opt_state)
+        state = TrainState(ck.params, ck.opt_state, ck.step)
+    else:
+        state = fresh
+        files.root.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(files.tokenizer)
+        runs.save_settings(files, settings)
+    return {"out": str(files.root), "settings": json.dumps(attrs.asdict(settings)),
+            "tokenizer": json.dumps(tokenizer.to_dict()), "train_ids": runs.encode(tokenizer, train_text),
+            "val_ids": runs.encode(tokenizer, val_text), "state": tuple(state)}
+
+
+def cmd_train(args) -> int:
+    world = _world(args.mpi)
+    # Rank 0 reads and writes files; the other ranks get what it prepared over MPI.
+    job = distributed.broadcast(world.comm, _prepare(args) if world.is_root else None)
+    files, settings = RunFiles(job["out"]), RunSettings(**json.loads(job["settings"]))
+    tokenizer = tokenizers.from_dict(json.loads(job["tokenizer"]))
+    model, optimizer = GPT(**settings.model), runs.make_optimizer(settings)
+    state = TrainState(*job["state"])
+    if world.is_root:
+        ranks = f" on {world.size} MPI ranks" if world.size > 1 else ""
+        print(f"{files.root}: {model.num_params():,} parameters, {tokenizer.vocab_size} tokens in the vocabulary, "
+              f"{len(job['train_ids']):,} training tokens; steps {state.step} -> {settings.steps}{ranks}", flush=True)
+    log_file = open(files.log, "a") if world.is_root else None
+
+    def on_log(record):
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+    start = time.perf_counter()
+    try:
+        state, _ = train(model, optimizer, state, job["train_ids"], steps=settings.steps,
+                         batch_size=settings.batch_size, seq_len=settings.seq_len, rng=random.key(settings.seed),
+                         val_tokens=job["val_ids"], eval_every=settings.eval_every,
+                         eval_batches=settings.eval_batches, log_every=50, checkpoint_path=files.checkpoint,
+                         checkpoint_every=settings.checkpoint_every, on_log=on_log, comm=world.comm)
+    finally:
+        if log_file:
+            log_file.close()
+    if world.is_root:
+        print(f"trained to step {state.step} in {time.perf_counter() - start:.0f} s; checkpoint {files.checkpoint}")
+        if args.sample_tokens > 0:
+            sample = _sample(model, state.params, tokenizer, "\n", args.sample_tokens, 0.8, None, None, random.key(0))
+            atomic_write_text(files.sample, sample)
+            print("--- sample ---" + sample)
+    return 0
+
+
+def _world(mpi_flag: bool) -> distributed.World:
+    """The MPI world with ``--mpi`` or when launched under mpiexec with several ranks."""
+    try:
+        return distributed.world(mpi=True if mpi_flag else None)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+
+
+# ----------------------------------------------------------------- generate / eval / info
+
+def _sample(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng, echo=False) -> str:
+    """Generate ``n`` tokens after ``prompt``, printing the text as it comes when ``echo``."""
+    from . import generate
+    ids = runs.encode(tokenizer, prompt)
+    n = min(n, model.max_seq_len - len(ids))
+    if n <= 0:
+        raise ValueError(f"the prompt has {len(ids)} tokens; the model's context holds {model.max_seq_len}")
+    new, shown = [], ""
+    for tok in generate.stream(model, params, ids, rng=rng, max_new_tokens=n, temperature=temperature,
+                               top_k=top_k, top_p=top_p):
+        new.append(tok)
+        if echo:
+            text = tokenizer.decode(np.array(new))
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    return prompt + tokenizer.decode(np.array(new, dtype=np.int64))
+
+
+def cmd_generate(args) -> int:
+    settings, model, params, tokenizer = runs.load_run(args.run)
+    if not args.prompt:
+        raise UsageError("--prompt must not be empty")
+    if args.beams:
+        from . import generate
+        ids = runs.encode(tokenizer, args.prompt)
+        n = min(args.max_new_tokens, model.max_seq_len - len(ids))
+        result = generate.beam_search(model, params, ids, num_beams=args.beams, max_new_tokens=n)
+        print(tokenizer.decode(np.asarray(result.sequences[0])))
+        return 0
+    sys.stdout.write(args.prompt)
+    _sample(model, params, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+            random.key(args.seed), echo=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    settings, model, params, tokenizer = runs.load_run(args.run)
+    text = runs.load_text(str(args.data)) if args.data else \
+        runs.split_text(runs.load_text(settings.data), settings.val_fraction)[1]
+    ids = runs.encode(tokenizer, text)
+    batches = data.sequential_windows(ids, settings.batch_size, settings.seq_len, args.max_batches)
+    result = evaluate(model, params, batches)
+    print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.3f} | {result['tokens']:,} tokens")
+    return 0
+
+
+def cmd_info(args) -> int:
+    print(f"{'preset':8} {'layers':>6} {'heads':>5} {'hidden':>6} {'ffn':>5} {'vocab':>6} {'context':>7} "
+          f"{'parameters':>12} {'weights':>9} {'training':>9}")
+    for name in PRESETS:
+        m = GPT.preset(name)
+        n = m.num_params()
+        print(f"{name:8} {m.num_layers:>6} {m.num_heads:>5} {m.hidden_dim:>6} {m.ffn_dim:>5} {m.vocab_size:>6} "
+              f"{m.max_seq_len:>7} {n:>12,} {n * 4 / 2**20:>7.1f}MB {n * 16 / 2**20:>7.1f}MB")
+    print("weights: float32 params; training: params, gradients and AdamW's two moments (activations extra)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv=None) -> int:
+    """Run the ``lt`` command; returns the exit status."""
+    from .checkpoint import CheckpointError
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"lt: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError, KeyError, CheckpointError, FloatingPointError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"lt: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Text generation with a GPT: sampling filters, a KV cache, decoding, beam search.
+
+Inference only (plain NumPy, no autodiff)::
+
+    ids = lt.generate.generate(model, params, prompt_ids, rng=rng, max_new_tokens=50,
+                               temperature=0.8, top_k=50, top_p=0.95)   # = model.generate(...)
+    for tok in lt.generate.stream(model, params, prompt, rng=rng, max_new_tokens=50):
+        print(tokenizer.decode([tok]), end="", flush=True)
+    seqs, scores = lt.generate.beam_search(model, params, prompt, num_beams=4, max_new_tokens=20)
+
+- ``sampling``: ``distribution`` (what a token is drawn from), ``filter_logits``,
+  ``sample``, ``top_k_indices``: temperature, then top-k, then top-p.
+- ``kv_cache``: ``prefill``, ``extend``, ``KVCache`` (an immutable value).
+- ``decode``: ``generate``, ``stream``.
+- ``beam``: ``beam_search``, ``BeamResult``.
+"""
+
+from .beam import BeamResult, beam_search
+from .decode import generate, stream
+from .kv_cache import KVCache, extend, prefill
+from .sampling import distribution, filter_logits, greedy, sample, top_k_indices
+
+__all__ = ["generate", "stream", "beam_search", "BeamResult", "KVCache", "prefill", "extend",
+           "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]

@@ -1,0 +1,134 @@
+"""Autoregressive decoding with a KV cache: ``generate`` (whole sequences) and ``stream``.
+
+Shapes: B batch, T prompt length (after left padding), n = max_new_tokens, V vocabulary.
+
+Randomness: row ``r`` of a batch draws its step-``s`` token with the ``s``-th float64 of
+``lt.random.uniform(fold_in(rng, r), (n,), np.float64)`` (by inverse CDF, see
+``lt.generate.sampling``). So a row's tokens depend on its prompt, its row index and
+``rng``, never on the other prompts in the batch or how much they pad it, and a single
+prompt (T,) gives the tokens of row 0 of a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .. import random
+from .kv_cache import _extend, _prefill, prepare_prompts
+from .sampling import check_sampling, draw
+
+__all__ = ["generate", "stream"]
+
+
+def _check_int(value, name: str, low: int, high: int | None = None, hint: str = "") -> int:
+    """``value`` as an int in [low, high), or a ValueError naming ``name``."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < low or (high is not None and value >= high):
+        span = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ValueError(f"{name} must be an integer {span}{hint}, got {value!r}")
+    return int(value)
+
+
+def _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
+           eos_id, pad_id, attention_mask):
+    """Check every argument (a ValueError naming the bad one) and left-pad the prompts."""
+    V = model.vocab_size
+    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+    if temperature > 0 and not isinstance(rng, random.Key):
+        raise ValueError(f"rng must be an lt.random.Key (lt.random.key(seed)) to sample with "
+                         f"temperature={temperature}; got {rng!r} (temperature=0 is greedy and needs none)")
+    eos_id = None if eos_id is None else _check_int(eos_id, "eos_id", 0, V, " (a token of the vocabulary)")
+    pad_id = (0 if eos_id is None else eos_id) if pad_id is None else \
+        _check_int(pad_id, "pad_id", 0, V, " (a token of the vocabulary)")
+    model.check_params(params)
+    prompts = prepare_prompts(model, prompt_ids, attention_mask, pad_id)
+    longest = int(prompts.positions[:, -1].max()) + 1
+    if longest + max_new_tokens > model.max_seq_len:
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} is "
+                         f"{longest + max_new_tokens} positions, more than max_seq_len={model.max_seq_len}: "
+                         "shorten the prompt or lower max_new_tokens (there is no sliding window: "
+                         "learned positions stop at max_seq_len)")
+    return prompts, max_new_tokens, (temperature, top_k, top_p), eos_id, pad_id
+
+
+def _uniforms(rng, B: int, n: int) -> np.ndarray | None:
+    """(B, n) float64: row r's uniforms for steps 0..n-1, from its own key fold_in(rng, r)."""
+    if rng is None or n == 0:
+        return None
+    return np.stack([random.uniform(random.fold_in(rng, r), (n,), np.float64) for r in range(B)])
+
+
+def _tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id) -> Iterator[np.ndarray]:
+    """The decode loop: yields each step's new tokens (B,), pad_id in rows already finished."""
+    if n == 0:
+        return
+    B, T = prompts.ids.shape
+    temperature = sampling[0]
+    u = _uniforms(rng, B, n) if temperature > 0 else None
+    logits, cache = _prefill(model, params, prompts, T + n)          # (B, V); room for every step
+    finished = np.zeros(B, bool)
+    for step in range(n):                                             # a loop over generated steps
+        tok = draw(logits, None if u is None else u[:, step], *sampling).astype(np.int64)   # (B,)
+        if eos_id is not None:
+            tok[finished] = pad_id
+            finished |= tok == eos_id
+        yield tok.copy()                                              # the caller's to keep
+        if step == n - 1 or finished.all():
+            return
+        logits, cache = _extend(model, params, cache, tok[:, None])   # one new position per row
+
+
+def stream(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+           pad_id: int | None = None, attention_mask=None) -> Iterator:
+    """Generate lazily: an iterator over the new tokens, one step at a time (for streaming).
+
+    Each step yields an ``int`` for a single prompt (T,) and a fresh int64 array (B,)
+    for a batch, with ``pad_id`` in rows that have already emitted ``eos_id``. It stops
+    after ``max_new_tokens`` steps or once every row has emitted ``eos_id``. Arguments
+    are checked when ``stream`` is called; the prompt is prefilled at the first
+    ``next`` and each later ``next`` computes one step. Options as in :func:`generate`.
+    """
+    prompts, n, sampling, eos_id, pad_id = _setup(model, params, prompt_ids, rng, max_new_tokens,
+                                                  temperature, top_k, top_p, eos_id, pad_id, attention_mask)
+    steps = _tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id)
+    return (int(tok[0]) for tok in steps) if prompts.single else steps
+
+
+def generate(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             pad_id: int | None = None, attention_mask=None,
+             callback: Callable | None = None) -> np.ndarray:
+    """Continue each prompt by ``max_new_tokens`` tokens: the prompts followed by them.
+
+    ``prompt_ids``: one prompt (T,); a batch (B, T), left-padded where ``attention_mask``
+    (B, T) is False; or a list of prompts of different lengths (left-padded here with
+    ``pad_id``). Returns a new int64 array (T + n,) or (B, T + n): the prompts as given
+    (padded) then the new tokens; the prompt array itself is never modified.
+
+    Sampling: ``temperature=0`` is greedy; otherwise logits / temperature, then top-k
+    (exactly k, ties by index), then top-p (the smallest set reaching p), then a draw
+    (see ``lt.generate.sampling``). ``rng`` (an ``lt.random.Key``) is needed for
+    temperature > 0; each row draws from its own key ``fold_in(rng, row)``.
+
+    ``eos_id``: a row stops once it emits it; its later positions hold ``pad_id``
+    (default ``eos_id``, else 0), and decoding ends when every row has stopped.
+    ``callback``, if given, receives each step's tokens as :func:`stream` yields them.
+
+    Prompt length + ``max_new_tokens`` must fit in ``model.max_seq_len`` (ValueError
+    otherwise; there is no sliding window). Inference only: plain NumPy, a KV cache
+    sized for the whole run, the prompt prefilled in one pass, then one position per step.
+    """
+    prompts, n, sampling, eos_id, pad_id = _setup(model, params, prompt_ids, rng, max_new_tokens,
+                                                  temperature, top_k, top_p, eos_id, pad_id, attention_mask)
+    B, T = prompts.ids.shape
+    out = np.full((B, T + n), pad_id, np.int64)
+    out[:, :T] = prompts.ids
+    for step, tok in enumerate(_tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id)):
+        out[:, T + step] = tok
+        if callback is not None:
+            callback(int(tok[0]) if prompts.single else tok)
+    return out[0] if prompts.single else out
