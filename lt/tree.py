@@ -26,7 +26,7 @@ __all__ = [
 class FrozenDict(Mapping):
     """A read-only mapping: a params tree's container. Picklable; compares like a dict."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         object.__setattr__(self, "_data", dict(*args, **kwargs))
@@ -65,20 +65,18 @@ class TreeDef:
     holds the sorted keys (dict) or the named-tuple type.
     """
 
-    __slots__ = ("kind", "meta", "children", "num_leaves")
+    __slots__ = ("kind", "meta", "children", "num_leaves", "_key")
 
     def __init__(self, kind: str, meta: Any = None, children: tuple = ()):
         self.kind, self.meta, self.children = kind, meta, children
         self.num_leaves = 1 if kind == "leaf" else sum(c.num_leaves for c in children)
-
-    def _key(self):
-        return (self.kind, self.meta, tuple(c._key() for c in self.children))
+        self._key = (kind, meta, tuple(c._key for c in children))     # built once: fast equality
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, TreeDef) and self._key() == other._key()
+        return isinstance(other, TreeDef) and self._key == other._key
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(self._key)
 
     def __repr__(self) -> str:
         if self.kind == "leaf":
@@ -99,6 +97,8 @@ def _children(node) -> tuple[str, Any, list] | None:
     """(kind, meta, children) for a container, None for a leaf."""
     if node is None:
         return "none", None, []
+    if type(node) is np.ndarray:                       # the common leaf, without ABC checks
+        return None
     if isinstance(node, Mapping):
         keys = tuple(sorted(node))
         return "dict", keys, [node[k] for k in keys]

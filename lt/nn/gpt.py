@@ -109,7 +109,7 @@ class GPT(Module):
 
     def check_params(self, params) -> None:
         """Raise naming the first path whose presence or shape does not fit this model."""
-        check_params(self.spec(), params, "GPT")
+        check_params(self, params, "GPT")
 
     def check_ids(self, ids, name: str = "ids") -> np.ndarray:
         """``ids`` as a (B, T) or (T,) integer array within the vocabulary and context."""

@@ -9,6 +9,8 @@ initialised with the key of its place gets the same numbers as inside the whole 
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Mapping
 
 import attrs
@@ -61,11 +63,38 @@ def _spec_shapes(spec) -> dict[str, tuple]:
     return dict(zip(tree.paths(spec), (p.shape for p in flat)))
 
 
-def check_params(spec, params, owner: str) -> None:
-    """Raise a ValueError naming the first path whose presence or shape differs from ``spec``."""
+@functools.lru_cache(maxsize=64)
+def layout(component) -> tuple[tree.TreeDef, tuple]:
+    """(structure, leaf shapes) of a component's params, computed once per configuration."""
+    flat, treedef = tree.flatten(component.spec())
+    return treedef, tuple(p.shape for p in flat)
+
+
+def _fits(component, params) -> bool:
+    """The quick check: same structure, same shapes, float leaves (no paths built)."""
+    flat, treedef = tree.flatten(params)
+    want_def, want_shapes = layout(component)
+    return treedef == want_def and all(
+        getattr(x, "shape", None) == shape and getattr(x, "dtype", np.dtype(np.int8)).kind == "f"
+        for x, shape in zip(flat, want_shapes))
+
+
+_checked: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()   # frozen trees already checked
+
+
+def check_params(component, params, owner: str) -> None:
+    """Raise a ValueError naming the first path whose presence or shape differs from the
+    component's ``spec()``; a params tree that fits costs one flatten."""
     if not isinstance(params, Mapping):
         raise TypeError(f"{owner} params must be a mapping (from {owner}.init), got {type(params).__name__}")
-    expected = _spec_shapes(spec)
+    key = (component, id(params))
+    if _checked.get(key) is params:
+        return
+    if _fits(component, params):
+        if type(params) is tree.FrozenDict:            # immutable: it fits for as long as it lives
+            _checked[key] = params
+        return
+    expected = _spec_shapes(component.spec())
     found = dict(tree.items(params))
     for path, shape in expected.items():
         if path not in found:

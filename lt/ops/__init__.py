@@ -3,7 +3,7 @@
 Model code is written once on these; outside ``lt.value_and_grad`` they are plain NumPy.
 """
 
-from .attention import attention, masked_fill_value, softmax
+from .fused_attention import attention, masked_fill_value, softmax
 from .basic import (add, astype, concat, div, exp, index, linear, log, matmul, mean, mul,
                     neg, reshape, split, sub, sum, tanh, transpose, unbroadcast)
 from .layers import dropout, embedding, gelu, layer_norm, relu

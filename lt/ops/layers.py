@@ -1,8 +1,7 @@
 """Fused layer primitives: layer norm, GELU, ReLU, dropout, embedding gather.
 
 Each is one primitive with a hand-derived VJP beside it, keeping only what the backward
-needs. The elementwise work runs row block by row block on all cores (lt.ops.parallel),
-in the input's dtype, into preallocated outputs.
+needs, working in the input's dtype and reusing its temporaries (``out=``, in place).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import math
 import numpy as np
 
 from .. import random as lrandom
-from .parallel import for_rows
 from .primitive import primitive
 
 __all__ = ["layer_norm", "gelu", "relu", "dropout", "embedding", "rows"]
@@ -31,40 +29,28 @@ def layer_norm(x, scale, bias, eps=1e-5):
 
     Keeps ``xhat`` and ``1/std`` for the backward (as llm.c does).
     """
-    x2 = rows(x)                                                # (N, D)
-    xhat, y = np.empty_like(x2), np.empty_like(x2)
-    rstd = np.empty((x2.shape[0], 1), x.dtype)
-
-    def kernel(lo, hi):
-        xh = xhat[lo:hi]
-        np.subtract(x2[lo:hi], x2[lo:hi].mean(axis=-1, keepdims=True), out=xh)
-        var = np.einsum("nd,nd->n", xh, xh)[:, None] / x.shape[-1]
-        np.divide(1.0, np.sqrt(var + x.dtype.type(eps)), out=rstd[lo:hi])
-        xh *= rstd[lo:hi]
-        np.multiply(xh, scale, out=y[lo:hi])
-        y[lo:hi] += bias
-    for_rows(kernel, x2.shape[0], x2.shape[1])
-    return y.reshape(x.shape), (xhat, rstd, scale, x.shape)
+    xhat = x - x.mean(axis=-1, keepdims=True)                       # (..., D)
+    var = np.einsum("...d,...d->...", xhat, xhat)[..., None] / x.shape[-1]
+    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))                 # (..., 1)
+    xhat *= rstd
+    y = xhat * scale
+    y += bias
+    return y, (xhat, rstd, scale)
 
 
 @layer_norm.defvjp
 def _layer_norm_vjp(res, g):
-    xhat, rstd, scale, shape = res
-    g2 = rows(g)                                                # (N, D)
-    dscale = np.einsum("nd,nd->d", g2, xhat)
+    xhat, rstd, scale = res
+    g2, xhat2 = rows(g), rows(xhat)                                 # (N, D)
+    dscale = np.einsum("nd,nd->d", g2, xhat2)
     dbias = g2.sum(axis=0)
-    dx = np.empty_like(xhat)
-
-    def kernel(lo, hi):
-        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * scale
-        d, xh = dx[lo:hi], xhat[lo:hi]
-        np.multiply(g2[lo:hi], scale, out=d)
-        mean_d_xh = np.einsum("nd,nd->n", d, xh)[:, None] / d.shape[-1]
-        d -= d.mean(axis=-1, keepdims=True)
-        d -= xh * mean_d_xh
-        d *= rstd[lo:hi]
-    for_rows(kernel, dx.shape[0], dx.shape[1])
-    return dx.reshape(shape), dscale, dbias
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * scale
+    dx = g * scale
+    mean_dx_xhat = np.einsum("...d,...d->...", dx, xhat)[..., None] / g.shape[-1]
+    dx -= dx.mean(axis=-1, keepdims=True)
+    dx -= xhat * mean_dx_xhat
+    dx *= rstd
+    return dx, dscale, dbias
 
 
 # ----------------------------------------------------------------- activations
@@ -76,48 +62,34 @@ _GELU_A = 0.044715
 @primitive
 def gelu(x):
     """GPT-2's GELU, the tanh form: ``0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))``."""
-    x2 = rows(x)
-    t, y = np.empty_like(x2), np.empty_like(x2)
-    A, C = x.dtype.type(_GELU_A), x.dtype.type(_GELU_C)
-
-    def kernel(lo, hi):
-        xs, ts, ys = x2[lo:hi], t[lo:hi], y[lo:hi]
-        np.multiply(xs, xs, out=ts)                     # x³ as x·x·x: `x ** 3` is ~270× slower
-        ts *= A
-        ts += 1
-        ts *= xs
-        ts *= C
-        np.tanh(ts, out=ts)                             # t = tanh(u), kept for the backward
-        np.add(ts, 1, out=ys)
-        ys *= xs
-        ys *= 0.5
-    for_rows(kernel, x2.shape[0], x2.shape[1])
-    return y.reshape(x.shape), (x2, t, x.shape)
+    t = x * x                                           # x³ as x·x·x: `x ** 3` is ~270× slower
+    t *= x.dtype.type(_GELU_A)
+    t += 1
+    t *= x
+    t *= x.dtype.type(_GELU_C)
+    np.tanh(t, out=t)                                   # t = tanh(u), kept for the backward
+    y = t + 1
+    y *= x
+    y *= 0.5
+    return y, (x, t)
 
 
 @gelu.defvjp
 def _gelu_vjp(res, g):
-    x2, t, shape = res
-    g2 = rows(g)
-    dx = np.empty_like(x2)
-    k3, C = x2.dtype.type(3 * _GELU_A * _GELU_C), x2.dtype.type(_GELU_C)
-
-    def kernel(lo, hi):
-        # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) √(2/π) (1 + 3·0.044715 x²)
-        xs, ts, d = x2[lo:hi], t[lo:hi], dx[lo:hi]
-        np.multiply(xs, xs, out=d)
-        d *= k3
-        d += C
-        d *= xs
-        sech2 = ts * ts
-        np.subtract(1, sech2, out=sech2)
-        d *= sech2
-        d += 1
-        d += ts
-        d *= 0.5
-        d *= g2[lo:hi]
-    for_rows(kernel, dx.shape[0], dx.shape[1])
-    return (dx.reshape(shape),)
+    x, t = res
+    # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) √(2/π) (1 + 3·0.044715 x²)
+    d = x * x
+    d *= x.dtype.type(3 * _GELU_A * _GELU_C)
+    d += x.dtype.type(_GELU_C)
+    d *= x
+    sech2 = t * t
+    np.subtract(1, sech2, out=sech2)
+    d *= sech2
+    d += 1
+    d += t
+    d *= 0.5
+    d *= g
+    return (d,)
 
 
 @primitive
