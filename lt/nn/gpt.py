@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import functools
+
 import attrs
 import numpy as np
 
@@ -75,23 +77,23 @@ class GPT(Module):
 
     # ----------------------------------------------------------- components
 
-    @property
+    @functools.cached_property
     def wte(self) -> Embedding:
         return Embedding(self.vocab_size, self.hidden_dim)
 
-    @property
+    @functools.cached_property
     def wpe(self):
         if self.positional == "learned":
             return LearnedPositionalEncoding(self.max_seq_len, self.hidden_dim)
         return PositionalEncoding(self.max_seq_len, self.hidden_dim)
 
-    @property
+    @functools.cached_property
     def block(self) -> TransformerBlock:
         return TransformerBlock(self.hidden_dim, self.num_heads, self.ffn_dim, self.dropout,
                                 self.activation, 0.02 / math.sqrt(2 * self.num_layers),
                                 self.layer_norm_eps)
 
-    @property
+    @functools.cached_property
     def ln_f(self) -> LayerNorm:
         return LayerNorm(self.hidden_dim, self.layer_norm_eps)
 

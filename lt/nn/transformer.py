@@ -5,6 +5,8 @@ Shapes: B batch, T sequence, D hidden, F feed-forward.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from .. import random
@@ -28,15 +30,15 @@ class TransformerBlock(Module):
     out_init_std: float = 0.02
     layer_norm_eps: float = 1e-5
 
-    @property
+    @functools.cached_property
     def ln(self) -> LayerNorm:
         return LayerNorm(self.hidden_dim, self.layer_norm_eps)
 
-    @property
+    @functools.cached_property
     def attn(self) -> MultiHeadAttention:
         return MultiHeadAttention(self.hidden_dim, self.num_heads, self.dropout, self.out_init_std)
 
-    @property
+    @functools.cached_property
     def ffn(self) -> FeedForward:
         return FeedForward(self.hidden_dim, self.ffn_dim, self.activation, self.dropout, self.out_init_std)
 

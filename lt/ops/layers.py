@@ -29,8 +29,9 @@ def layer_norm(x, scale, bias, eps=1e-5):
 
     Keeps ``xhat`` and ``1/std`` for the backward (as llm.c does).
     """
-    xhat = x - x.mean(axis=-1, keepdims=True)                       # (..., D)
-    var = np.einsum("...d,...d->...", xhat, xhat)[..., None] / x.shape[-1]
+    inv_d = x.dtype.type(1.0 / x.shape[-1])
+    xhat = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_d      # (..., D)
+    var = np.einsum("...d,...d->...", xhat, xhat)[..., None] * inv_d
     rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))                 # (..., 1)
     xhat *= rstd
     y = xhat * scale
@@ -46,8 +47,9 @@ def _layer_norm_vjp(res, g):
     dbias = g2.sum(axis=0)
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * scale
     dx = g * scale
-    mean_dx_xhat = np.einsum("...d,...d->...", dx, xhat)[..., None] / g.shape[-1]
-    dx -= dx.mean(axis=-1, keepdims=True)
+    inv_d = dx.dtype.type(1.0 / g.shape[-1])
+    mean_dx_xhat = np.einsum("...d,...d->...", dx, xhat)[..., None] * inv_d
+    dx -= np.add.reduce(dx, axis=-1, keepdims=True) * inv_d
     dx -= xhat * mean_dx_xhat
     dx *= rstd
     return dx, dscale, dbias
