@@ -19,15 +19,21 @@ __all__ = ["Linear", "Embedding", "LayerNorm", "FeedForward", "PositionalEncodin
            "LearnedPositionalEncoding", "Dropout", "check_ids"]
 
 
+def check_indices(values, size: int, name: str, within: str) -> np.ndarray:
+    """``values`` as an integer array inside ``[0, size)``, or a TypeError/ValueError naming
+    ``name``, the offending value and the range (``within`` says what the range is)."""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= size):
+        bad = values.min() if values.min() < 0 else values.max()
+        raise ValueError(f"{name} contains {bad}, outside {within} [0, {size})")
+    return values
+
+
 def check_ids(ids, vocab_size: int, name: str = "ids") -> np.ndarray:
-    """``ids`` as an integer array, or a TypeError/ValueError naming what is wrong."""
-    ids = np.asarray(ids)
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids.min() if ids.min() < 0 else ids.max()
-        raise ValueError(f"{name} contains {bad}, outside the vocabulary [0, {vocab_size})")
-    return ids
+    """``ids`` as an integer array within the vocabulary."""
+    return check_indices(ids, vocab_size, name, "the vocabulary")
 
 
 @attrs.frozen
@@ -137,12 +143,7 @@ def _sinusoid_table(max_len: int, dim: int, dtype: str) -> np.ndarray:
 
 
 def _check_positions(positions, max_len: int) -> np.ndarray:
-    positions = np.asarray(positions)
-    if not np.issubdtype(positions.dtype, np.integer):
-        raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
-    if positions.size and (positions.min() < 0 or positions.max() >= max_len):
-        raise ValueError(f"positions must be in [0, {max_len}), got {positions.min()}..{positions.max()}")
-    return positions
+    return check_indices(positions, max_len, "positions", "the positions")
 
 
 @attrs.frozen
