@@ -43,52 +43,7 @@ def best_times(fns, repeats: int) -> list[float]:
     return best
 
 
-# ----------------------------------------------------------------- the torch twin
-
-def torch_kv_decoder(model: lt.GPT, params):
-    """Greedy decoding in PyTorch with a preallocated KV cache, on lt's weights."""
-    import torch
-    import torch.nn.functional as F
-
-    t = lambda a: torch.tensor(np.array(a))                       # noqa: E731  (copies: lt's leaves are read-only)
-    wte, wpe = t(params["wte"]["w"]), t(params["wpe"]["w"])
-    blocks = [{name: t(leaf) for name, leaf in lt.tree.items(b)} for b in params["blocks"]]
-    for b in blocks:                                              # nn.Linear's (out, in) layout
-        for name in ("attn.qkv.w", "attn.proj.w", "ffn.fc.w", "ffn.proj.w"):
-            b[name] = b[name].T.contiguous()
-    ln_f = (t(params["ln_f"]["scale"]), t(params["ln_f"]["bias"]))
-    D, H = model.hidden_dim, model.num_heads
-    d, eps = D // H, model.layer_norm_eps
-
-    def forward(ids, start, cache):
-        B, T = ids.shape
-        x = wte[ids] + wpe[start:start + T]                       # (B, T, D)
-        for b, (K, V) in zip(blocks, cache):
-            h = F.layer_norm(x, (D,), b["ln1.scale"], b["ln1.bias"], eps)
-            q, k, v = F.linear(h, b["attn.qkv.w"], b["attn.qkv.b"]).split(D, dim=-1)
-            q, k, v = (z.view(B, T, H, d).transpose(1, 2) for z in (q, k, v))   # (B, H, T, d)
-            K[:, :, start:start + T], V[:, :, start:start + T] = k, v
-            a = F.scaled_dot_product_attention(q, K[:, :, :start + T], V[:, :, :start + T], is_causal=T > 1)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, T, D), b["attn.proj.w"], b["attn.proj.b"])
-            h = F.layer_norm(x, (D,), b["ln2.scale"], b["ln2.bias"], eps)
-            h = F.gelu(F.linear(h, b["ffn.fc.w"], b["ffn.fc.b"]), approximate="tanh")
-            x = x + F.linear(h, b["ffn.proj.w"], b["ffn.proj.b"])
-        return F.layer_norm(x[:, -1], (D,), *ln_f, eps) @ wte.T   # (B, V)
-
-    @torch.inference_mode()
-    def generate(prompt: np.ndarray, n: int) -> np.ndarray:
-        ids = torch.as_tensor(prompt)[None]
-        T = ids.shape[1]
-        cache = [(torch.empty(1, H, T + n, d), torch.empty(1, H, T + n, d)) for _ in blocks]
-        logits, out = forward(ids, 0, cache), []
-        for step in range(n):
-            tok = logits.argmax(-1, keepdim=True)                 # (1, 1)
-            out.append(tok)
-            if step < n - 1:
-                logits = forward(tok, T + step, cache)
-        return torch.cat([ids] + out, dim=1)[0].numpy()
-    return generate
-
+# ----------------------------------------------------------------- transformers
 
 def hf_decoder(model: lt.GPT, params):
     """transformers' GPT2LMHeadModel.generate on the same config and weights, or None."""
@@ -133,6 +88,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import torch
+    from peers import torch_kv_decoder        # the twin, shared with bench_llm.py
     torch.set_num_threads(2)
     try:
         import transformers
