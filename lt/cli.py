@@ -103,7 +103,8 @@ _RESUMABLE = {"steps", "out", "resume", "mpi", "sample_tokens"}
 def _settings(args) -> RunSettings:
     """New settings from the flags (defaults filled in), for a fresh run."""
     v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
-    model = GPT.preset(v["preset"], max_seq_len=max(v["seq_len"], PRESETS[v["preset"]][1]), dropout=v["dropout"])
+    # The context is the training window: positions past it would never have been trained.
+    model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
     return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
                        tokenizer=v["tokenizer"], seq_len=v["seq_len"], batch_size=v["batch_size"],
                        steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
@@ -209,12 +210,9 @@ def _sample(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng,
     """Generate ``n`` tokens after ``prompt``, printing the text as it comes when ``echo``."""
     from . import generate
     ids = runs.encode(tokenizer, prompt)
-    n = min(n, model.max_seq_len - len(ids))
-    if n <= 0:
-        raise ValueError(f"the prompt has {len(ids)} tokens; the model's context holds {model.max_seq_len}")
     new, shown = [], ""
-    for tok in generate.stream(model, params, ids, rng=rng, max_new_tokens=n, temperature=temperature,
-                               top_k=top_k, top_p=top_p):
+    for tok in generate.stream_window(model, params, ids, rng=rng, max_new_tokens=n, temperature=temperature,
+                                      top_k=top_k, top_p=top_p):
         new.append(tok)
         if echo:
             text = tokenizer.decode(np.array(new))

@@ -270,3 +270,19 @@ def test_bad_arguments_raise_value_errors_naming_them(prompt, options, name):
         gen.generate(TINY, P64, prompt, **kwargs)
     with pytest.raises(ValueError, match=name):
         gen.stream(TINY, P64, prompt, **kwargs)          # checked at the call, not at the first next()
+
+
+def test_stream_window_matches_stream_inside_the_context_and_slides_past_it():
+    model = lt.GPT.preset("tiny", max_seq_len=16)
+    params = model.init(lt.random.key(0))
+    prompt = np.arange(5, dtype=np.int64)
+    key = lt.random.key(3)
+    inside = list(lt.generate.stream_window(model, params, prompt, rng=key, max_new_tokens=11, temperature=1.0))
+    assert inside == list(lt.generate.stream(model, params, prompt, rng=key, max_new_tokens=11, temperature=1.0))
+    long = list(lt.generate.stream_window(model, params, prompt, max_new_tokens=40, temperature=0))
+    assert len(long) == 40 and long[:11] == list(lt.generate.stream(model, params, prompt, max_new_tokens=11,
+                                                                      temperature=0))
+    # after the context fills, the last max_seq_len // 2 tokens become the new prompt
+    context = (list(prompt) + long[:11])[-8:]
+    again = list(lt.generate.stream(model, params, np.array(context), max_new_tokens=8, temperature=0))
+    assert long[11:19] == again

@@ -11,14 +11,14 @@ Inference only (plain NumPy, no autodiff)::
 - ``sampling``: ``distribution`` (what a token is drawn from), ``filter_logits``,
   ``sample``, ``top_k_indices``: temperature, then top-k, then top-p.
 - ``kv_cache``: ``prefill``, ``extend``, ``KVCache`` (an immutable value).
-- ``decode``: ``generate``, ``stream``.
+- ``decode``: ``generate``, ``stream``, ``stream_window`` (past ``max_seq_len``).
 - ``beam``: ``beam_search``, ``BeamResult``.
 """
 
 from .beam import BeamResult, beam_search
-from .decode import generate, stream
+from .decode import generate, stream, stream_window
 from .kv_cache import KVCache, extend, prefill
 from .sampling import distribution, filter_logits, greedy, sample, top_k_indices
 
-__all__ = ["generate", "stream", "beam_search", "BeamResult", "KVCache", "prefill", "extend",
+__all__ = ["generate", "stream", "stream_window", "beam_search", "BeamResult", "KVCache", "prefill", "extend",
            "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]

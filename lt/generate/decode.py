@@ -19,7 +19,7 @@ from .. import random
 from .kv_cache import _extend, _prefill, prepare_prompts
 from .sampling import check_sampling, draw
 
-__all__ = ["generate", "stream"]
+__all__ = ["generate", "stream", "stream_window"]
 
 
 def _check_int(value, name: str, low: int, high: int | None = None, hint: str = "") -> int:
@@ -49,8 +49,8 @@ def _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, t
     if longest + max_new_tokens > model.max_seq_len:
         raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} is "
                          f"{longest + max_new_tokens} positions, more than max_seq_len={model.max_seq_len}: "
-                         "shorten the prompt or lower max_new_tokens (there is no sliding window: "
-                         "learned positions stop at max_seq_len)")
+                         "shorten the prompt or lower max_new_tokens, or use lt.generate.stream_window "
+                         "(learned positions stop at max_seq_len)")
     return prompts, max_new_tokens, (temperature, top_k, top_p), eos_id, pad_id
 
 
@@ -132,3 +132,26 @@ def generate(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temper
         if callback is not None:
             callback(int(tok[0]) if prompts.single else tok)
     return out[0] if prompts.single else out
+
+
+def stream_window(model, params, prompt_ids, *, rng=None, max_new_tokens: int, **options) -> Iterator[int]:
+    """Stream any number of tokens after one prompt (T,), sliding a window over the context.
+
+    Learned positions stop at ``max_seq_len``, so once the context is full the last
+    ``max_seq_len // 2`` tokens are prefilled again as a new prompt and decoding goes on
+    from there (chunk ``c`` draws from ``fold_in(rng, c)``). Tokens further back are
+    forgotten. Options as in :func:`stream`; within the context it equals ``stream``.
+    """
+    ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)][-model.max_seq_len:]
+    remaining = _check_int(max_new_tokens, "max_new_tokens", 0)
+    chunk = 0
+    while remaining:
+        if len(ids) >= model.max_seq_len:
+            ids = ids[-(model.max_seq_len // 2):]
+        n = min(remaining, model.max_seq_len - len(ids))
+        key = rng if chunk == 0 or rng is None else random.fold_in(rng, chunk)
+        for tok in stream(model, params, np.asarray(ids, np.int64), rng=key, max_new_tokens=n, **options):
+            ids.append(tok)
+            remaining -= 1
+            yield tok
+        chunk += 1
