@@ -83,11 +83,13 @@ SCHEMA = "lt-bench-llm/1"
 
 def best_times(fns, budget: float, min_rounds: int, max_rounds: int) -> tuple[list[list[float]], int]:
     """Every timed wall time of each callable (best first) and the number of rounds. The
-    callables alternate round by round; a round runs each once (short ones: an untimed call
-    that lets the other library's threads go idle, then two timed calls). The rounds fit
+    callables alternate round by round after two warm-up calls each; a round runs each once
+    (short ones: an untimed call that lets the other library's threads go idle, then two
+    timed calls). The rounds fit
     ``budget`` seconds, estimated from the warm-up, within [min_rounds, max_rounds]."""
     warm = []
     for fn in fns:
+        fn()                      # first call: faults in the working set (gpt2's 2 GB need a second)
         start = time.perf_counter()
         fn()
         warm.append(time.perf_counter() - start)

@@ -165,3 +165,10 @@ def test_astype_round_trips_the_cotangent_dtype():
     x = normal((3,), 0)
     _, g = lt.value_and_grad(lambda x: ops.sum(ops.astype(x, np.float32)))(x)
     assert g.dtype == np.float64 and np.array_equal(g, np.ones(3))
+
+
+@given(st.lists(dims, min_size=0, max_size=2).map(tuple), dims, dims, seeds)
+def test_unembed(lead, v, d, seed):
+    h, w = normal(lead + (d,), seed), normal((v, d), seed + 1)
+    assert np.allclose(ops.unembed(h, w), h @ w.T)
+    check_grads(ops.unembed, [h, w], argnums=(0, 1))

@@ -73,7 +73,7 @@ class Embedding(Module):
 
     def attend(self, params, h):
         """Scores of ``h`` (..., dim) against every row: ``h @ w.T`` -> (..., num_embeddings)."""
-        return ops.linear(h, ops.transpose(params["w"]))
+        return ops.unembed(h, params["w"])
 
 
 @attrs.frozen

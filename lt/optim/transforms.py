@@ -104,40 +104,55 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
         t = int(sched.count)
         step_size = lr / (1.0 - b1 ** t)                    # bias corrections, as torch applies them
         root_correction = np.sqrt(1.0 - b2 ** t)
-        mu = tree.map(lambda m, g: _ema(m, g, b1), state.mu, grads)
-        nu = tree.map(lambda v, g: _ema(v, g * g, b2), state.nu, grads)
         if weight_decay:
             if params is None:
                 raise ValueError("adamw's update needs params for the weight decay")
             decays = tree.leaves(mask(params) if callable(mask) else (mask if mask is not None else decay_mask(params)))
         else:
             decays = [False] * len(tree.leaves(grads))
-        flat_p = tree.leaves(params) if params is not None else [None] * len(decays)
-        flat_mu, flat_nu = tree.leaves(mu), tree.leaves(nu)
-        steps = [_adam_step(m, v, p, step_size, root_correction, eps, lr * weight_decay if d else 0.0)
-                 for m, v, p, d in zip(flat_mu, flat_nu, flat_p, decays)]
-        updates = tree.unflatten(tree.structure(grads), steps)
+        flat_g, treedef = tree.flatten(grads)
+        flat_p = tree.leaves(params) if params is not None else [None] * len(flat_g)
+        hyper = (b1, b2, eps, step_size, root_correction)
+        steps = [_adam_leaf(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
+                 for g, m, v, p, d in zip(flat_g, tree.leaves(state.mu), tree.leaves(state.nu), flat_p, decays)]
+        mu, nu, updates = (tree.unflatten(treedef, [tree._seal(s[i]) for s in steps]) for i in range(3))
         return updates, AdamState(sched, mu, nu)
     return GradientTransformation(init, update)
 
 
-def _ema(avg: np.ndarray, x: np.ndarray, decay: float) -> np.ndarray:
-    """``decay * avg + (1 - decay) * x`` in avg's dtype, in one fresh array."""
-    out = np.multiply(avg, avg.dtype.type(decay))
-    out += x * x.dtype.type(1.0 - decay)
-    return out
+_CHUNK = 1 << 16          # elements per block: the block's seven arrays stay in cache
 
 
-def _adam_step(m, v, p, step_size, root_correction, eps, decay_rate) -> np.ndarray:
-    """``-step_size * m / (sqrt(v) / root_correction + eps) - decay_rate * p``."""
-    denom = np.sqrt(v)
-    denom *= denom.dtype.type(1.0 / root_correction)
-    denom += denom.dtype.type(eps)
-    out = np.divide(m, denom, out=denom)
-    out *= out.dtype.type(-step_size)
-    if decay_rate:
-        out -= p * p.dtype.type(decay_rate)
-    return out
+def _adam_leaf(g, m, v, p, hyper, decay_rate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One leaf's new moments and update, block by block so each element is read once:
+
+    ``m' = m + (1-b1)(g - m)``, ``v' = v + (1-b2)(g² - v)``,
+    ``u = -step m' / (sqrt(v') / root_correction + eps) - decay_rate p``.
+    """
+    b1, b2, eps, step_size, root_correction = hyper
+    dt = m.dtype.type
+    g1, m1, v1 = (np.asarray(a, m.dtype).reshape(-1) for a in (g, m, v))
+    p1 = None if p is None else np.asarray(p).reshape(-1)
+    m_new, v_new, upd = (np.empty(m.shape, m.dtype) for _ in range(3))
+    mo, vo, uo = m_new.reshape(-1), v_new.reshape(-1), upd.reshape(-1)
+    for lo in range(0, m1.size, _CHUNK):
+        sl = slice(lo, lo + _CHUNK)
+        gs, ms, vs, mn, vn, un = g1[sl], m1[sl], v1[sl], mo[sl], vo[sl], uo[sl]
+        np.subtract(gs, ms, out=mn)
+        mn *= dt(1.0 - b1)
+        mn += ms
+        np.multiply(gs, gs, out=vn)
+        vn -= vs
+        vn *= dt(1.0 - b2)
+        vn += vs
+        np.sqrt(vn, out=un)
+        un *= dt(1.0 / root_correction)
+        un += dt(eps)
+        np.divide(mn, un, out=un)
+        un *= dt(-step_size)
+        if decay_rate:
+            un -= p1[sl] * dt(decay_rate)
+    return m_new, v_new, upd
 
 
 def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
