@@ -20,6 +20,7 @@ import attrs
 import numpy as np
 
 from . import checkpoint, data, distributed, random, runs, tokenizers
+from .corpus import split_text
 from .files import atomic_write_text
 from .nn import GPT, PRESETS
 from .runs import RunFiles, RunSettings
@@ -136,7 +137,7 @@ def _prepare(args) -> dict:
             raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
         settings = _settings(args)
     text = runs.load_text(settings.data)
-    train_text, val_text = runs.split_text(text, settings.val_fraction)
+    train_text, val_text = split_text(text, settings.val_fraction)
     if args.resume:
         tokenizer = tokenizers.load(files.tokenizer)
     else:
@@ -243,7 +244,7 @@ def cmd_generate(args) -> int:
 def cmd_eval(args) -> int:
     settings, model, params, tokenizer = runs.load_run(args.run)
     text = runs.load_text(str(args.data)) if args.data else \
-        runs.split_text(runs.load_text(settings.data), settings.val_fraction)[1]
+        split_text(runs.load_text(settings.data), settings.val_fraction)[1]
     ids = runs.encode(tokenizer, text)
     batches = data.sequential_windows(ids, settings.batch_size, settings.seq_len, args.max_batches)
     result = evaluate(model, params, batches)

@@ -75,11 +75,6 @@ def load_text(source: str) -> str:
     return text
 
 
-def split_text(text: str, val_fraction: float) -> tuple[str, str]:
-    from .corpus import split_text as split
-    return split(text, val_fraction)
-
-
 def fit_tokenizer(kind: str, text: str, vocab_size: int):
     """A char tokenizer fitted on the whole text, or a BPE tokenizer trained on it."""
     if kind == "char":

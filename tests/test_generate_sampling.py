@@ -14,10 +14,17 @@ def ranked(x):
     return sorted(range(len(x)), key=lambda i: (-x[i], i))
 
 
+def ranked_as_sampled(x, temperature):
+    """The ranking sampling sees: logits shifted by their max, then divided by the temperature
+    (values that differ only below float precision, like 0 and -1e-308, tie there)."""
+    x = np.asarray(x, np.float64)
+    return ranked((x - x.max()) / temperature)
+
+
 def ref_distribution(logits, temperature=1.0, top_k=None, top_p=None):
     """The filtered, renormalised distribution, one row (V,), the plain way."""
     x = np.asarray(logits, np.float64) / temperature
-    order = ranked(x)[:top_k]
+    order = ranked_as_sampled(logits, temperature)[:top_k]
     p = np.exp(x[order] - x[order].max())
     p /= p.sum()
     if top_p is not None:
@@ -52,7 +59,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p_after_top_k(x, k, p, temperatur
     dist = gen.distribution(x, temperature=temperature, top_k=k, top_p=p)
     assert abs(dist.sum() - 1) < 1e-12 and np.all(dist >= 0)
     kept = np.nonzero(dist)[0]
-    order = ranked(x / temperature)[:k]                # top-k first
+    order = ranked_as_sampled(x, temperature)[:k]      # top-k first
     assert set(kept) <= set(order) and len(kept) >= 1  # never outside top-k, never empty
     assert list(order[:len(kept)]) == sorted(kept, key=lambda i: order.index(i))   # a prefix of the ranking
     within_k = ref_distribution(x, temperature, k)     # top-k renormalised, before top-p
@@ -86,7 +93,7 @@ def test_temperature_zero_is_greedy_with_ties_to_the_lowest_index():
 def test_samples_never_leave_the_top_k_or_the_nucleus(x, k, p, seed):
     tokens = gen.sample(random.key(seed), np.tile(x, (300, 1)), temperature=0.7, top_k=k, top_p=p)
     within_k = ref_distribution(x, 0.7, k)
-    order = ranked(x / 0.7)[:k]
+    order = ranked_as_sampled(x, 0.7)[:k]
     for t in set(tokens.tolist()):
         assert t in order                                               # among the k most likely
         before = within_k[order[:order.index(t)]].sum()                 # mass of more likely tokens

@@ -12,7 +12,7 @@ import attrs
 import numpy as np
 
 from .. import ops, random
-from .layers import Dropout, Linear
+from .layers import Linear, dropout
 from .module import Module, positive, probability
 
 __all__ = ["causal_mask", "padding_mask", "scaled_dot_product_attention", "MultiHeadAttention",
@@ -122,5 +122,5 @@ class MultiHeadAttention(Module):
         out = ops.attention(q, k, v, mask, rate, attn_rng, return_weights=return_weights)
         out, weights = out if return_weights else (out, None)
         y = ops.linear(merge_heads(out), params["proj"]["w"], params["proj"]["b"])   # (B, T, D)
-        y = Dropout(self.dropout).apply({}, y, None if rng is None else random.fold_in(rng, "resid"))
+        y = dropout(y, self.dropout, None if rng is None else random.fold_in(rng, "resid"))
         return (y, weights) if return_weights else y

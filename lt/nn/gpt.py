@@ -22,8 +22,8 @@ import numpy as np
 
 from .. import ops, random
 from .attention import causal_mask
-from .layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEncoding, Linear,
-                     PositionalEncoding, check_ids)
+from .layers import (Embedding, LayerNorm, LearnedPositionalEncoding, Linear,
+                     PositionalEncoding, check_ids, dropout)
 from .module import Module, check_params, one_of, positive, probability
 from .transformer import TransformerBlock
 
@@ -131,7 +131,7 @@ class GPT(Module):
             x = x + self.wpe.apply(params["wpe"], positions)
         else:
             x = x + self.wpe.apply({}, positions, dtype=x.dtype)
-        return Dropout(self.dropout).apply({}, x, None if rng is None else random.fold_in(rng, "embed"))
+        return dropout(x, self.dropout, None if rng is None else random.fold_in(rng, "embed"))
 
     def logits(self, params, h):
         """Final norm and LM head: (..., D) -> (..., V); tied head is ``h @ wte.T``."""

@@ -101,9 +101,15 @@ class Dropout(Module):
         return {}
 
     def apply(self, params, x, rng=None):
-        if rng is None or self.rate == 0.0:
-            return x
-        return ops.dropout(x, self.rate, rng)
+        return dropout(x, self.rate, rng)
+
+
+def dropout(x, rate: float, rng=None):
+    """``x`` with dropout at ``rate`` when given a key, else ``x`` itself: the function behind
+    :class:`Dropout`, for hot paths that should not build a component per call."""
+    if rng is None or rate == 0.0:
+        return x
+    return ops.dropout(x, rate, rng)
 
 
 @attrs.frozen
@@ -125,7 +131,7 @@ class FeedForward(Module):
         h = ops.linear(x, params["fc"]["w"], params["fc"]["b"])           # (..., F)
         h = ops.gelu(h) if self.activation == "gelu" else ops.relu(h)
         y = ops.linear(h, params["proj"]["w"], params["proj"]["b"])       # (..., D)
-        return Dropout(self.dropout).apply({}, y, rng)
+        return dropout(y, self.dropout, rng)
 
 
 @functools.lru_cache(maxsize=16)
