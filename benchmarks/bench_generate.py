@@ -86,6 +86,7 @@ def main(argv=None) -> None:
     ap.add_argument("--presets", nargs="+", default=["medium", "large", "gpt2"])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
+    lt.tune_malloc()                                  # as the `lt generate` command does (process-wide)
 
     import torch
     from peers import torch_kv_decoder        # the twin, shared with bench_llm.py

@@ -34,8 +34,8 @@ MFU (model FLOPs utilisation) of a training step at T tokens per sequence:
 every matmul (qkv, output projection, both FFN layers, and the tied LM head; no
 embedding gathers, biases or norms), and 12 L T D the attention scores and weighted
 sums over the full T x T square (PaLM's convention). Both libraries are measured
-against the same NumPy peak. lt's malloc tuning (``lt.tune_malloc``) is process-wide, so
-torch's allocations in this process get it too.
+against the same NumPy peak. ``main`` calls ``lt.tune_malloc()`` first, as ``lt.train`` does; it
+is process-wide, so torch's allocations in this process get it too.
 
 ``--json FILE`` writes ``{"schema": "lt-bench-llm/1", "mode": "quick"|"full", "machine":
 {cpu, cpu_count, memory, numpy, numpy_blas, torch, torch_blas, threads, load averages,
@@ -354,6 +354,7 @@ def main(argv=None) -> dict:
                     help="afterwards, print a cProfile of lt's forward and training step")
     ap.add_argument("--json", metavar="FILE", help="write every number and the machine to FILE")
     args = ap.parse_args(argv)
+    lt.tune_malloc()                              # lt.train's allocator setting: warm pages across steps
     started, cpu_start = time.perf_counter(), cpu_sample()
     torch = None
     if not args.no_torch:

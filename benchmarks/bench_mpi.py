@@ -38,6 +38,7 @@ def worker(args) -> None:
     import lt
     from lt import distributed, optim, random
 
+    lt.tune_malloc()                                      # as lt.train does
     w = distributed.world()
     model = lt.GPT.preset(args.preset)
     tokens = random.randint(random.key(1), (200_000,), 0, model.vocab_size)

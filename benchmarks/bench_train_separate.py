@@ -24,6 +24,7 @@ def run_steps(library: str, preset: str, batch: int, seq: int, steps: int) -> fl
     """Best seconds per step of ``library`` ("lt" or "torch") in this process."""
     import numpy as np
     import lt
+    lt.tune_malloc()          # lt.train's allocator setting; both children have it (torch's uses lt for its config)
     model = lt.GPT.preset(preset)
     params = lt.tree.map(lambda s: np.random.default_rng(0).standard_normal(s.shape, dtype=np.float32) * 0.02,
                          model.spec())

@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
+    lt.tune_malloc()                                  # as lt.train does (process-wide: torch gets it too)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:

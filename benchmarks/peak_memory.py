@@ -106,8 +106,9 @@ def _measure(library: str, name: str, cfg: dict) -> dict:
 
 def measure(configs: dict[str, dict], libraries=("lt", "torch")) -> dict:
     """{(name, library): peak MiB or None} for configs {name: {FIELDS...}}, one process per
-    library (this file run as a script; the torch process never imports lt, so it runs
-    without lt's malloc tuning, as torch's users run it)."""
+    library (this file run as a script; the lt process calls ``lt.tune_malloc()`` as
+    ``lt.train`` does, the torch process never imports lt and runs without it, as torch's
+    users run it)."""
     specs = [f"{name}:" + ",".join(str(cfg[k]) for k in FIELDS) for name, cfg in configs.items()]
     import lt
     root = os.path.dirname(os.path.dirname(os.path.abspath(lt.__file__)))
@@ -129,7 +130,8 @@ def measure(configs: dict[str, dict], libraries=("lt", "torch")) -> dict:
 def main(argv: list[str]) -> None:
     library, specs = argv[0], [_parse(s) for s in argv[1:]]
     if library == "lt":
-        import lt  # noqa: F401  (imported once, before the forks)
+        import lt                                         # imported once, before the forks
+        lt.tune_malloc()                                  # as lt.train does: its memory is part of the figure
     elif library == "torch":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import torch  # noqa: F401

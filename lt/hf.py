@@ -230,7 +230,7 @@ def to_hf(model: GPT, params, path) -> Path:
     """
     config_from_gpt(model)                            # refuse what GPT-2 cannot express, first
     model.check_params(params)
-    config = config_from_gpt(model, params["wte"]["w"].dtype)
+    config = config_from_gpt(model, model.compute_dtype(params))
     tensors = {}
     for lt_path, array in tree.items(params):
         name = hf_name(lt_path)

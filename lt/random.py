@@ -17,6 +17,8 @@ import hashlib
 import attrs
 import numpy as np
 
+from . import _checks
+
 __all__ = ["Key", "key", "fold_in", "split", "bits", "uniform", "normal", "bernoulli",
            "categorical", "randint", "permutation"]
 
@@ -50,24 +52,27 @@ def _check_key(rng) -> Key:
 
 def key(seed: int) -> Key:
     """The key for an integer ``seed`` (any size; negative seeds are taken modulo 2**128)."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+    if not _checks.is_int(seed):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     seed = int(seed) % (1 << 128)
     w = _philox(Key((seed, seed >> 64)), (0, 0, 0, _SEED), 2)
     return Key((w[0], w[1]))
 
 
-def fold_in(rng: Key, data) -> Key:
+def fold_in(rng: Key | None, data) -> Key | None:
     """A new key derived from ``rng`` and ``data`` (a non-negative int below 2**128, or a str).
 
     Different data give independent keys; the same data always give the same key.
-    Strings name places in a model: ``fold_in(rng, "attn")``.
+    Strings name places in a model: ``fold_in(rng, "attn")``. No key stays no key:
+    ``fold_in(None, data)`` is None, so deterministic code (``rng=None``) passes through.
     """
+    if rng is None:
+        return None
     _check_key(rng)
     if isinstance(data, str):
         h = int.from_bytes(hashlib.blake2b(data.encode("utf-8"), digest_size=16).digest(), "little")
         tag = _FOLD_STR
-    elif isinstance(data, (int, np.integer)) and not isinstance(data, (bool, np.bool_)):
+    elif _checks.is_int(data):
         h, tag = int(data), _FOLD_INT
         if not 0 <= h < (1 << 128):
             raise ValueError(f"fold_in data must be in [0, 2**128), got {h}")
@@ -79,9 +84,7 @@ def fold_in(rng: Key, data) -> Key:
 
 def split(rng: Key, n: int = 2) -> tuple[Key, ...]:
     """``n`` independent keys; ``split(rng, n)[i] == fold_in(rng, i)``."""
-    if int(n) < 0:
-        raise ValueError(f"split: n must be >= 0, got {n}")
-    return tuple(fold_in(rng, i) for i in range(int(n)))
+    return tuple(fold_in(rng, i) for i in range(_checks.integer(n, "split: n", 0)))
 
 
 def _shape(shape) -> tuple[int, ...]:
@@ -129,8 +132,7 @@ def normal(rng: Key, shape=(), dtype=np.float32) -> np.ndarray:
 
 def bernoulli(rng: Key, p: float, shape=()) -> np.ndarray:
     """Booleans that are True with probability ``p`` (compared on 53-bit integers)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"bernoulli: p must be in [0, 1], got {p}")
+    p = _checks.real(p, "bernoulli: p", 0.0, 1.0)
     threshold = np.uint64(int(p * 2.0 ** 53))
     return (bits(rng, shape) >> np.uint64(11)) < threshold if p < 1.0 else np.ones(_shape(shape), bool)
 

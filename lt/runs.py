@@ -13,40 +13,45 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
 
 from . import checkpoint, optim, tokenizers
+from ._checks import any_integer, non_negative, number, one_of, positive
 from .files import atomic_write_text
 from .nn import GPT
 
-__all__ = ["RunSettings", "RunFiles", "load_text", "fit_tokenizer", "make_optimizer", "save_settings",
-           "load_settings", "load_run"]
+__all__ = ["RunSettings", "RunFiles", "Run", "read_training_text", "fit_tokenizer", "make_optimizer",
+           "save_settings", "load_settings", "load_run", "encode"]
 
 
 @attrs.frozen
 class RunSettings:
-    """Everything about a run except its params: enough to rebuild data, model and optimizer."""
+    """Everything about a run except its params: enough to rebuild data, model and optimizer.
 
-    model: dict                       # lt.GPT fields
-    data: str                         # "corpus:shakespeare" or a file path
-    tokenizer: str                    # "char" | "bpe"
-    seq_len: int
-    batch_size: int
-    steps: int
-    lr: float
-    min_lr: float
-    warmup: int
-    weight_decay: float
-    grad_clip: float
-    beta2: float
-    seed: int
-    eval_every: int
-    eval_batches: int
-    checkpoint_every: int
-    val_fraction: float = 0.1
+    ``run.json`` is these fields; each is checked when the settings are made or read back,
+    so a hand-edited file with a bad value is refused naming the field.
+    """
+
+    model: dict = attrs.field(validator=attrs.validators.instance_of(dict))   # lt.GPT fields
+    data: str = attrs.field(validator=attrs.validators.instance_of(str))      # "corpus:<name>" or a file path
+    tokenizer: str = attrs.field(validator=one_of("char", "bpe"))
+    seq_len: int = attrs.field(validator=positive)
+    batch_size: int = attrs.field(validator=positive)
+    steps: int = attrs.field(validator=positive)
+    lr: float = attrs.field(validator=number(0, low_open=True))
+    min_lr: float = attrs.field(validator=number(0))
+    warmup: int = attrs.field(validator=non_negative)
+    weight_decay: float = attrs.field(validator=number(0))
+    grad_clip: float = attrs.field(validator=number(0, low_open=True))
+    beta2: float = attrs.field(validator=number(0, 1, high_open=True))
+    seed: int = attrs.field(validator=any_integer)
+    eval_every: int = attrs.field(validator=positive)
+    eval_batches: int = attrs.field(validator=positive)
+    checkpoint_every: int = attrs.field(validator=positive)
+    val_fraction: float = attrs.field(default=0.1, validator=number(0, 1, high_open=True))
 
 
 class RunFiles:
@@ -61,8 +66,20 @@ class RunFiles:
         self.sample = self.root / "sample.txt"
 
 
-def load_text(source: str) -> str:
-    """The training text: ``corpus:<name>`` for a bundled corpus, else a UTF-8 file path."""
+class Run(NamedTuple):
+    """A run ready to train, made once (by rank 0 under MPI, and sent to the others as it is):
+    its directory, settings, tokenizer, the token ids of its two parts, and the state to start from."""
+    files: RunFiles
+    settings: RunSettings
+    tokenizer: Any
+    train_ids: np.ndarray         # (N,) int64
+    val_ids: np.ndarray           # (M,) int64
+    state: Any                    # lt.TrainState: fresh, or read from the run's checkpoint
+
+
+def read_training_text(source: str) -> str:
+    """The text a run trains on: ``corpus:<name>`` for a bundled corpus (:func:`lt.corpus.load_text`),
+    else the path of a UTF-8 file, which must exist and not be empty."""
     if source.startswith("corpus:"):
         from . import corpus
         return corpus.load_text(source.split(":", 1)[1])
@@ -117,4 +134,5 @@ def load_run(root) -> tuple[RunSettings, GPT, Any, Any]:
 
 
 def encode(tokenizer, text: str) -> np.ndarray:
+    """``text``'s token ids as a (N,) int64 array."""
     return np.asarray(tokenizer.encode(text), dtype=np.int64)

@@ -1,9 +1,15 @@
-"""Training: one state value, a pure step, evaluation, and a loop that logs and checkpoints.
+"""Training: one state value, a pure step, evaluation, and a plain loop over the step.
 
 ``train_step(state, batch, rng) -> (state, metrics)`` never changes its inputs. The loop
 gives step ``s`` the key ``fold_in(run_rng, s)`` and the batch drawn from
 ``fold_in(data_rng, s)``, so a run resumed from the checkpoint of step ``k`` makes exactly
 the same steps as one that never stopped.
+
+:func:`train` is that loop and nothing else; what it does besides stepping is a small piece
+each, usable (and tested) on its own: :func:`batch_sampler` (the batch of a step),
+:class:`LogWindow` (the mean loss and tokens/s since the last record), :func:`make_evaluator`
+(the held-out loss), :func:`make_checkpointer` (the sync check and the atomic write),
+:func:`due` (when a periodic job runs), and the progress bar of :mod:`lt.progress`.
 
 With ``comm`` (an mpi4py communicator, see :mod:`lt.distributed`) the same loop runs data-
 parallel: every rank draws the same global batch, computes gradients on its own rows, and
@@ -21,11 +27,14 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from . import checkpoint, data, distributed, optim, random, tree
+from ._allocator import tune_malloc
+from ._checks import integer
 from .autodiff import value_and_grad
 from .nn import GPT
 from .progress import Progress
 
-__all__ = ["TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "format_record"]
+__all__ = ["TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "format_record",
+           "batch_sampler", "make_evaluator", "make_checkpointer", "LogWindow", "due"]
 
 
 class TrainState(NamedTuple):
@@ -63,14 +72,14 @@ def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, igno
 
     def grads_of(params, inputs, targets, rng):
         if np.ndim(inputs) == 2:
-            loss, grads = loss_and_grad(params, inputs, targets, rng, ignore_index=ignore_index)
+            loss, grads = loss_and_grad(params, inputs, targets, rng=rng, ignore_index=ignore_index)
             return float(loss), grads, _count(targets, ignore_index)
         counts = [_count(t, ignore_index) for t in targets]
         total = max(sum(counts), 1)
         loss, grads = 0.0, None
         for i, (x, y, n) in enumerate(zip(inputs, targets, counts)):
-            micro_rng = None if rng is None else random.fold_in(rng, i)
-            l_i, g_i = loss_and_grad(params, x, y, micro_rng, ignore_index=ignore_index)
+            micro_rng = random.fold_in(rng, i)
+            l_i, g_i = loss_and_grad(params, x, y, rng=micro_rng, ignore_index=ignore_index)
             w = n / total
             loss += float(l_i) * w
             grads = (tree.map(lambda g: g * g.dtype.type(w), g_i) if grads is None
@@ -90,7 +99,8 @@ def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, igno
                                  "training stopped before this update")
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optim.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optim.learning_rate(opt_state), "tokens": tokens}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optim.current_learning_rate(opt_state),
+                   "tokens": tokens}
         return TrainState(params, opt_state, state.step + 1), metrics
     return train_step
 
@@ -108,6 +118,91 @@ def evaluate(model: GPT, params, batches: Iterable, *, ignore_index: int = -100)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
 
 
+# ----------------------------------------------------------------- the loop's pieces
+
+def due(step: int, every: int, last: int | None = None) -> bool:
+    """Whether a job that runs every ``every`` steps runs after ``step``: at multiples of
+    ``every`` and at the ``last`` step; never when ``every`` is 0."""
+    return bool(every) and (step % every == 0 or step == last)
+
+
+def batch_sampler(tokens, data_rng: random.Key, batch_size: int, seq_len: int,
+                  accumulate: int = 1) -> Callable[[int], tuple]:
+    """``batch_for(step)``: the global batch of training step ``step``, a function of the step alone.
+
+    Micro-batch ``i`` of step ``s`` is ``random_windows(fold_in(fold_in(data_rng, s), i), ...)``:
+    (B, T) inputs and targets, or (k, B, T) stacks of them for ``accumulate = k > 1``.
+    """
+    def batch_for(step: int):
+        step_rng = random.fold_in(data_rng, step)
+        draws = [data.random_windows(random.fold_in(step_rng, i), tokens, batch_size, seq_len)
+                 for i in range(accumulate)]
+        if accumulate == 1:
+            return draws[0]
+        return np.stack([d.inputs for d in draws]), np.stack([d.targets for d in draws])   # (k, B, T) x 2
+    return batch_for
+
+
+class LogWindow(NamedTuple):
+    """The steps since the last log record: when they started, their tokens and losses.
+
+    A value: :meth:`add` returns a new window. Times are seconds of one clock
+    (``time.perf_counter()`` in :func:`train`).
+    """
+    start: float
+    tokens: int = 0
+    losses: tuple = ()
+
+    def add(self, metrics: dict) -> "LogWindow":
+        return LogWindow(self.start, self.tokens + metrics["tokens"], self.losses + (metrics["loss"],))
+
+    def record(self, step: int, lr, clock: float | None = None) -> dict:
+        """``{step, loss, lr}`` with the window's mean loss, plus ``tokens_per_s`` when ``clock``
+        (now) is given."""
+        record = {"step": step, "loss": float(np.mean(self.losses)), "lr": lr}
+        if clock is not None:
+            record["tokens_per_s"] = self.tokens / max(clock - self.start, 1e-9)
+        return record
+
+
+def make_evaluator(model: GPT, tokens, batch_size: int, seq_len: int, max_batches: int | None,
+                   comm=None) -> Callable[[Any], float]:
+    """``eval_loss(params)``: the mean loss over the first ``max_batches`` sequential windows of
+    ``tokens`` (the same text every time). Collective with ``comm``: rank 0 computes it and
+    every rank returns it."""
+    root = distributed.of(comm).is_root
+
+    def eval_loss(params) -> float:
+        ev = evaluate(model, params, data.sequential_windows(tokens, batch_size, seq_len, max_batches)) \
+            if root else None
+        return distributed.broadcast(comm, ev and ev["loss"])
+    return eval_loss
+
+
+def make_checkpointer(path, model: GPT, metadata: dict | None = None, comm=None) -> Callable[[TrainState], None]:
+    """``save(state)``: write ``state`` to ``path`` (atomically, :func:`lt.checkpoint.save`).
+
+    Collective with ``comm``: every rank calls it at the same steps; it first checks that all
+    ranks hold identical params and optimizer state (:func:`lt.distributed.check_in_sync`),
+    rank 0 writes, and no rank returns before the file is on disk."""
+    root = distributed.of(comm).is_root
+
+    def save(state: TrainState) -> None:
+        distributed.check_in_sync(comm, (state.params, state.opt_state), "params and optimizer state")
+        if root:
+            checkpoint.save(path, model, state.params, state.opt_state, state.step, metadata)
+        distributed.barrier(comm)
+    return save
+
+
+def _check_counts(**counts) -> None:
+    """Step counts and sizes are integers: sizes >= 1, periods >= 0 (0: never); ``eval_batches``
+    may be None (every window)."""
+    for name, value in counts.items():
+        if not (name == "eval_batches" and value is None):
+            integer(value, name, 1 if name in ("batch_size", "seq_len", "accumulate", "eval_batches") else 0)
+
+
 def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState, train_tokens, *,
           steps: int, batch_size: int, seq_len: int, rng: random.Key, val_tokens=None,
           eval_every: int = 0, eval_batches: int = 8, log_every: int = 10, accumulate: int = 1,
@@ -116,69 +211,58 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
           verbose: bool = True, comm=None) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
-    Every ``log_every`` steps a record (step, loss, lr, tokens/s, and eval loss when one was
-    taken) is printed (unless ``verbose=False``) and passed to ``on_log``. A progress bar
-    runs on stderr when it is a terminal (``progress`` forces it on or off). With ``checkpoint_path``, a checkpoint is
-    written every ``checkpoint_every`` steps and at the end. A non-finite loss or gradient
-    raises :class:`NonFiniteError` naming the step; the last checkpoint written stays intact.
+    Every ``log_every`` steps (and at the last) a record ``{step, loss, lr, tokens_per_s}`` is
+    made: the mean loss and the token rate since the previous record. With ``val_tokens``,
+    every ``eval_every`` steps (and at the last) the record gets ``eval_loss`` over
+    ``eval_batches`` sequential windows (a record made for evaluation alone has no rate).
+    Records are printed (unless ``verbose=False``), passed to ``on_log`` and returned. A
+    progress bar runs on stderr when it is a terminal (``progress`` forces it on or off).
+    With ``checkpoint_path``, a checkpoint is written every ``checkpoint_every`` steps and at
+    the end. A non-finite loss or gradient raises :class:`NonFiniteError` naming the step;
+    the last checkpoint written stays intact.
 
     With ``comm`` (e.g. ``lt.distributed.world().comm``) every rank of the communicator calls
     this with the same arguments; rank 0 alone logs, evaluates (the eval loss is broadcast, so
     every rank returns the same log) and writes checkpoints, after checking that all ranks hold
     identical params and optimizer state. When a checkpoint write returns on any rank, the
     file is on disk.
+
+    Calls :func:`lt.tune_malloc` first (glibc keeps a step's freed pages for the next step).
     """
+    _check_counts(steps=steps, batch_size=batch_size, seq_len=seq_len, accumulate=accumulate, log_every=log_every,
+                  eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every)
     if steps < state.step:
         raise ValueError(f"steps ({steps}) is before the state's step ({state.step})")
+    tune_malloc()
     root = distributed.of(comm).is_root
     train_step = make_train_step(model, optimizer, comm=comm)
-    data_rng, log = random.fold_in(rng, "data"), []
+    batch_for = batch_sampler(train_tokens, random.fold_in(rng, "data"), batch_size, seq_len, accumulate)
+    eval_loss = make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, comm) \
+        if val_tokens is not None and eval_every else None
+    save = make_checkpointer(checkpoint_path, model, checkpoint_metadata, comm) if checkpoint_path else None
     bar = Progress(steps, start=state.step, enabled=progress if root else False)
-
-    def emit(record):
-        if root and verbose:
-            bar.write(format_record(record))
-        if root and on_log:
-            on_log(record)
-
-    def save():                                       # collective: every rank calls it at the same steps
-        distributed.check_in_sync(comm, (state.params, state.opt_state), "params and optimizer state")
-        if root:
-            checkpoint.save(checkpoint_path, model, state.params, state.opt_state, state.step, checkpoint_metadata)
-        distributed.barrier(comm)
-
-    def batch_for(step: int):
-        draws = [data.random_windows(random.fold_in(random.fold_in(data_rng, step), i), train_tokens, batch_size, seq_len)
-                 for i in range(accumulate)]
-        if accumulate == 1:
-            return draws[0]
-        return np.stack([d.inputs for d in draws]), np.stack([d.targets for d in draws])
-
-    window_start, window_tokens, losses = time.perf_counter(), 0, []
+    log, window = [], LogWindow(time.perf_counter())
     try:
         while state.step < steps:
             state, metrics = train_step(state, batch_for(state.step), random.fold_in(rng, state.step))
-            window_tokens += metrics["tokens"]
-            losses.append(metrics["loss"])
+            window = window.add(metrics)
             bar.update(state.step, loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
-            record = None
-            if state.step % max(log_every, 1) == 0 or state.step == steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": state.step, "loss": float(np.mean(losses)), "lr": metrics["lr"],
-                          "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
-            if val_tokens is not None and eval_every and (state.step % eval_every == 0 or state.step == steps):
-                ev = evaluate(model, state.params, data.sequential_windows(val_tokens, batch_size, seq_len,
-                                                                           eval_batches)) if root else None
-                record = record or {"step": state.step, "loss": float(np.mean(losses)), "lr": metrics["lr"]}
-                record["eval_loss"] = distributed.broadcast(comm, ev and ev["loss"])
-            if record is not None:
+            logging = due(state.step, max(log_every, 1), steps)
+            evaluating = eval_loss is not None and due(state.step, eval_every, steps)
+            if logging or evaluating:
+                record = window.record(state.step, metrics["lr"], time.perf_counter() if logging else None)
+                if evaluating:
+                    record["eval_loss"] = eval_loss(state.params)
                 log.append(record)
-                emit(record)
-                window_start, window_tokens, losses = time.perf_counter(), 0, []
-            if checkpoint_path and checkpoint_every and state.step % checkpoint_every == 0:
-                save()
-        if checkpoint_path and not (checkpoint_every and state.step % checkpoint_every == 0):
-            save()                                        # the end, unless just written
+                if root and verbose:
+                    bar.write(format_record(record))
+                if root and on_log:
+                    on_log(record)
+                window = LogWindow(time.perf_counter())
+            if save and due(state.step, checkpoint_every):
+                save(state)
+        if save and not due(state.step, checkpoint_every):
+            save(state)                                   # the end, unless just written
     finally:
         bar.close()
     return state, log

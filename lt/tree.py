@@ -34,6 +34,12 @@ class FrozenDict(Mapping):
     def __getitem__(self, key):
         return self._data[key]
 
+    def get(self, key, default=None):
+        return self._data.get(key, default)             # the dict's own, not Mapping's try/except
+
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
     def __iter__(self) -> Iterator:
         return iter(self._data)
 

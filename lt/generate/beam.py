@@ -19,13 +19,14 @@ rows are reordered after each step.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from .decode import _check_int
-from .kv_cache import _extend, _prefill, prepare_prompts
+from .. import _checks
+from ..ops import log_softmax
+from .kv_cache import extend_prepared, prefill_prompts
+from .prompts import prepare_decoding
 from .sampling import top_k_indices
 
 __all__ = ["beam_search", "BeamResult"]
@@ -44,14 +45,6 @@ class BeamResult(NamedTuple):
     scores: np.ndarray
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(..., V) -> float64 log-probabilities (..., V)."""
-    x = np.asarray(logits, np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
-    return x
-
-
 def beam_search(model, params, prompt_ids, num_beams: int, max_new_tokens: int,
                 length_penalty: float = 1.0, eos_id: int | None = None, *,
                 pad_id: int | None = None, attention_mask=None) -> BeamResult:
@@ -63,26 +56,17 @@ def beam_search(model, params, prompt_ids, num_beams: int, max_new_tokens: int,
     :class:`BeamResult` ``(sequences, scores)``; see the module docstring for the score.
     """
     V = model.vocab_size
-    K = _check_int(num_beams, "num_beams", 1)
-    n = _check_int(max_new_tokens, "max_new_tokens", 0)
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-    eos_id = None if eos_id is None else _check_int(eos_id, "eos_id", 0, V, " (a token of the vocabulary)")
-    pad_id = (0 if eos_id is None else eos_id) if pad_id is None else _check_int(pad_id, "pad_id", 0, V)
-    model.check_params(params)
-    prompts = prepare_prompts(model, prompt_ids, attention_mask, pad_id)
+    K = _checks.integer(num_beams, "num_beams", 1)
+    length_penalty = _checks.real(length_penalty, "length_penalty")
+    prompts, n, eos_id, pad_id = prepare_decoding(model, params, prompt_ids, max_new_tokens=max_new_tokens,
+                                                  eos_id=eos_id, pad_id=pad_id, attention_mask=attention_mask)
     B, T = prompts.ids.shape
-    longest = int(prompts.positions[:, -1].max()) + 1
-    if longest + n > model.max_seq_len:
-        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={n} is more than "
-                         f"max_seq_len={model.max_seq_len}; shorten the prompt or lower max_new_tokens")
 
     pool: list[list] = [[] for _ in range(B)]        # per prompt: (score, order, tokens)
     alive_tokens = np.zeros((B, K, 0), np.int64)      # (B, K, step)
     if n:
-        logits, cache = _prefill(model, params, prompts, T + n)
-        logp = np.repeat(_log_softmax(logits), K, axis=0)            # (B·K, V): every beam sees the prompt
+        logits, cache = prefill_prompts(model, params, prompts, T + n)
+        logp = np.repeat(log_softmax(logits), K, axis=0)            # (B·K, V): every beam sees the prompt
         cache = cache.take(np.repeat(np.arange(B), K))               # (B·K) rows
         alive = np.full((B, K), -np.inf)
         alive[:, 0] = 0.0                                             # one live beam: no duplicates
@@ -100,8 +84,8 @@ def beam_search(model, params, prompt_ids, num_beams: int, max_new_tokens: int,
             if step == n - 1 or not np.isfinite(alive).any():
                 break
             rows = (np.arange(B)[:, None] * K + beam).reshape(-1)    # (B·K) parent row of each beam
-            logits, cache = _extend(model, params, cache.take(rows), tok.reshape(-1, 1))
-            logp = _log_softmax(logits)                               # (B·K, V)
+            logits, cache = extend_prepared(model, params, cache.take(rows), tok.reshape(-1, 1))
+            logp = log_softmax(logits)                               # (B·K, V)
         for b, k in zip(*np.nonzero(np.isfinite(alive))):              # live beams of full length
             pool[b].append((alive[b, k] / n ** length_penalty, len(pool[b]), alive_tokens[b, k]))
     else:

@@ -15,43 +15,24 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .. import random
-from .kv_cache import _extend, _prefill, prepare_prompts
+from .. import _checks, random
+from .kv_cache import extend_prepared, prefill_prompts
+from .prompts import Decoding, prepare_decoding
 from .sampling import check_sampling, draw
 
 __all__ = ["generate", "stream", "stream_window"]
 
 
-def _check_int(value, name: str, low: int, high: int | None = None, hint: str = "") -> int:
-    """``value`` as an int in [low, high), or a ValueError naming ``name``."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or value < low or (high is not None and value >= high):
-        span = f">= {low}" if high is None else f"in [{low}, {high})"
-        raise ValueError(f"{name} must be an integer {span}{hint}, got {value!r}")
-    return int(value)
-
-
 def _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
-           eos_id, pad_id, attention_mask):
+           eos_id, pad_id, attention_mask) -> tuple[Decoding, tuple]:
     """Check every argument (a ValueError naming the bad one) and left-pad the prompts."""
-    V = model.vocab_size
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
-    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
-    if temperature > 0 and not isinstance(rng, random.Key):
+    sampling = check_sampling(temperature, top_k, top_p)
+    if sampling[0] > 0 and not isinstance(rng, random.Key):
         raise ValueError(f"rng must be an lt.random.Key (lt.random.key(seed)) to sample with "
-                         f"temperature={temperature}; got {rng!r} (temperature=0 is greedy and needs none)")
-    eos_id = None if eos_id is None else _check_int(eos_id, "eos_id", 0, V, " (a token of the vocabulary)")
-    pad_id = (0 if eos_id is None else eos_id) if pad_id is None else \
-        _check_int(pad_id, "pad_id", 0, V, " (a token of the vocabulary)")
-    model.check_params(params)
-    prompts = prepare_prompts(model, prompt_ids, attention_mask, pad_id)
-    longest = int(prompts.positions[:, -1].max()) + 1
-    if longest + max_new_tokens > model.max_seq_len:
-        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} is "
-                         f"{longest + max_new_tokens} positions, more than max_seq_len={model.max_seq_len}: "
-                         "shorten the prompt or lower max_new_tokens, or use lt.generate.stream_window "
-                         "(learned positions stop at max_seq_len)")
-    return prompts, max_new_tokens, (temperature, top_k, top_p), eos_id, pad_id
+                         f"temperature={sampling[0]}; got {rng!r} (temperature=0 is greedy and needs none)")
+    run = prepare_decoding(model, params, prompt_ids, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                           pad_id=pad_id, attention_mask=attention_mask)
+    return run, sampling
 
 
 def _uniforms(rng, B: int, n: int) -> np.ndarray | None:
@@ -61,14 +42,14 @@ def _uniforms(rng, B: int, n: int) -> np.ndarray | None:
     return np.stack([random.uniform(random.fold_in(rng, r), (n,), np.float64) for r in range(B)])
 
 
-def _tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id) -> Iterator[np.ndarray]:
+def _tokens(model, params, run: Decoding, rng, sampling) -> Iterator[np.ndarray]:
     """The decode loop: yields each step's new tokens (B,), pad_id in rows already finished."""
+    prompts, n, eos_id, pad_id = run
     if n == 0:
         return
     B, T = prompts.ids.shape
-    temperature = sampling[0]
-    u = _uniforms(rng, B, n) if temperature > 0 else None
-    logits, cache = _prefill(model, params, prompts, T + n)          # (B, V); room for every step
+    u = _uniforms(rng, B, n) if sampling[0] > 0 else None
+    logits, cache = prefill_prompts(model, params, prompts, T + n)   # (B, V); room for every step
     finished = np.zeros(B, bool)
     for step in range(n):                                             # a loop over generated steps
         tok = draw(logits, None if u is None else u[:, step], *sampling).astype(np.int64)   # (B,)
@@ -78,7 +59,7 @@ def _tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id) -> Iterato
         yield tok.copy()                                              # the caller's to keep
         if step == n - 1 or finished.all():
             return
-        logits, cache = _extend(model, params, cache, tok[:, None])   # one new position per row
+        logits, cache = extend_prepared(model, params, cache, tok[:, None])   # one new position per row
 
 
 def stream(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperature: float = 1.0,
@@ -92,10 +73,10 @@ def stream(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperat
     are checked when ``stream`` is called; the prompt is prefilled at the first
     ``next`` and each later ``next`` computes one step. Options as in :func:`generate`.
     """
-    prompts, n, sampling, eos_id, pad_id = _setup(model, params, prompt_ids, rng, max_new_tokens,
-                                                  temperature, top_k, top_p, eos_id, pad_id, attention_mask)
-    steps = _tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id)
-    return (int(tok[0]) for tok in steps) if prompts.single else steps
+    run, sampling = _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
+                           eos_id, pad_id, attention_mask)
+    steps = _tokens(model, params, run, rng, sampling)
+    return (int(tok[0]) for tok in steps) if run.prompts.single else steps
 
 
 def generate(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperature: float = 1.0,
@@ -122,12 +103,13 @@ def generate(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temper
     otherwise; there is no sliding window). Inference only: plain NumPy, a KV cache
     sized for the whole run, the prompt prefilled in one pass, then one position per step.
     """
-    prompts, n, sampling, eos_id, pad_id = _setup(model, params, prompt_ids, rng, max_new_tokens,
-                                                  temperature, top_k, top_p, eos_id, pad_id, attention_mask)
+    run, sampling = _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
+                           eos_id, pad_id, attention_mask)
+    prompts = run.prompts
     B, T = prompts.ids.shape
-    out = np.full((B, T + n), pad_id, np.int64)
+    out = np.full((B, T + run.max_new_tokens), run.pad_id, np.int64)
     out[:, :T] = prompts.ids
-    for step, tok in enumerate(_tokens(model, params, prompts, rng, n, sampling, eos_id, pad_id)):
+    for step, tok in enumerate(_tokens(model, params, run, rng, sampling)):
         out[:, T + step] = tok
         if callback is not None:
             callback(int(tok[0]) if prompts.single else tok)
@@ -143,13 +125,13 @@ def stream_window(model, params, prompt_ids, *, rng=None, max_new_tokens: int, *
     forgotten. Options as in :func:`stream`; within the context it equals ``stream``.
     """
     ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)][-model.max_seq_len:]
-    remaining = _check_int(max_new_tokens, "max_new_tokens", 0)
+    remaining = _checks.integer(max_new_tokens, "max_new_tokens", 0)
     chunk = 0
     while remaining:
         if len(ids) >= model.max_seq_len:
             ids = ids[-(model.max_seq_len // 2):]
         n = min(remaining, model.max_seq_len - len(ids))
-        key = rng if chunk == 0 or rng is None else random.fold_in(rng, chunk)
+        key = rng if chunk == 0 else random.fold_in(rng, chunk)
         for tok in stream(model, params, np.asarray(ids, np.int64), rng=key, max_new_tokens=n, **options):
             ids.append(tok)
             remaining -= 1

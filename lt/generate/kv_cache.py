@@ -6,8 +6,8 @@ C capacity, L layers, H heads, d = D / H, V vocabulary.
 Every block keeps the keys and values of the positions seen so far, so a decode step
 runs the model on the new position only and attends over the S cached ones: O(S) work
 per token instead of recomputing the whole context, O(S²). The model code is the same
-as ``GPT.apply``'s: ``TransformerBlock.apply`` with a ``kv`` hook that appends the new
-keys and values to the cache and hands the whole context to attention.
+as ``GPT.apply``'s: both run ``GPT.forward``, here with one ``kv`` hook per layer that
+appends the new keys and values to the cache and hands the whole context to attention.
 
 A :class:`KVCache` is a value. What it shows a user (``keys``, ``values``, ``mask``,
 ``next_positions``) is read-only, and :func:`extend` returns a new cache while the old
@@ -22,84 +22,13 @@ positions count from 0 at its first real token.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import attrs
 import numpy as np
 
 from ..nn import causal_mask
+from .prompts import Prompts, prepare_prompts
 
-__all__ = ["KVCache", "Prompts", "prepare_prompts", "prefill", "extend"]
-
-
-# ----------------------------------------------------------------- prompts
-
-class Prompts(NamedTuple):
-    """A batch of left-padded prompts ready for prefill; every array is (B, T)."""
-
-    ids: np.ndarray          # token ids; padding holds pad_id
-    mask: np.ndarray         # True at real tokens
-    positions: np.ndarray    # position ids: 0 at each row's first real token
-    single: bool             # the caller gave one prompt (T,)
-
-
-def _left_pad(rows, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sequences of different lengths -> ids (B, T) padded on the left with pad_id, mask (B, T)."""
-    rows = [np.asarray(r) for r in rows]
-    for i, r in enumerate(rows):
-        if r.ndim != 1 or (r.size and not np.issubdtype(r.dtype, np.integer)):
-            raise TypeError(f"prompt_ids[{i}] must be a 1-D sequence of integer ids, got {r.dtype} of shape {r.shape}")
-    T = max(len(r) for r in rows)
-    ids = np.full((len(rows), T), pad_id, np.int64)
-    mask = np.zeros((len(rows), T), bool)
-    for i, r in enumerate(rows):                      # once per prompt, before decoding
-        if len(r):
-            ids[i, T - len(r):], mask[i, T - len(r):] = r, True
-    return ids, mask
-
-
-def prepare_prompts(model, prompt_ids, attention_mask=None, pad_id: int = 0) -> Prompts:
-    """Check and left-pad the prompts; a ValueError naming the argument when they do not fit.
-
-    ``prompt_ids`` is one prompt (T,), a batch (B, T) (left-padded when ``attention_mask``
-    (B, T) marks padding with False), or a list of 1-D prompts of any lengths, which is
-    left-padded with ``pad_id``. The caller's arrays are never written to.
-    """
-    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and all(np.ndim(r) == 1 for r in prompt_ids) \
-            and len({len(r) for r in prompt_ids}) > 1:
-        if attention_mask is not None:
-            raise ValueError("attention_mask must be None when prompt_ids is a list of prompts of "
-                             "different lengths (they are left-padded for you)")
-        ids, attention_mask = _left_pad(prompt_ids, pad_id)
-    else:
-        ids = np.asarray(prompt_ids)
-        if ids.size == 0 and ids.dtype == np.float64:
-            ids = ids.astype(np.int64)                # [] is an empty prompt, not a float array
-    ids = model.check_ids(ids, "prompt_ids")
-    single = ids.ndim == 1
-    ids = ids[None] if single else ids                # (B, T), a view
-    B, T = ids.shape
-    if B == 0 or T == 0:
-        raise ValueError(f"prompt_ids is empty (shape {ids.shape[1:] if single else ids.shape}); "
-                         "give at least one token per prompt")
-    if attention_mask is None:
-        mask = np.ones((B, T), bool)
-    else:
-        mask = np.asarray(attention_mask)
-        if mask.dtype != bool:
-            raise TypeError(f"attention_mask must be a bool array, got dtype {mask.dtype}")
-        mask = mask[None] if mask.ndim == 1 else mask
-        if mask.shape != (B, T):
-            raise ValueError(f"attention_mask must have the shape of prompt_ids {ids.shape}, got {np.shape(attention_mask)}")
-        if np.any(mask[:, 1:] < mask[:, :-1]):
-            raise ValueError("attention_mask must mark left padding (False before a row's prompt, True "
-                             "from its first token on); a row has False after True")
-    empty = ~mask[:, -1]                              # left padding: a real row ends with True
-    if empty.any():
-        raise ValueError(f"prompt_ids row {int(np.argmax(empty))} is empty (no position is marked "
-                         "real); give at least one token per prompt")
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)          # (B, T)
-    return Prompts(ids, mask, positions, single)
+__all__ = ["KVCache", "prefill", "extend", "prefill_prompts", "extend_prepared"]
 
 
 # ----------------------------------------------------------------- the cache
@@ -178,7 +107,7 @@ class KVCache:
         return KVCache(self.model, self.length, _read_only(self.next_positions[rows]), self.padded, buf)
 
 
-# ----------------------------------------------------------------- the forward
+# ----------------------------------------------------------------- the steps
 
 def _appender(keys: np.ndarray, values: np.ndarray, start: int, stop: int):
     """The ``kv`` hook of one layer: write the new keys/values at [start, stop), return [0, stop)."""
@@ -189,39 +118,22 @@ def _appender(keys: np.ndarray, values: np.ndarray, start: int, stop: int):
     return kv
 
 
-def _last_logits(model, params, h: np.ndarray) -> np.ndarray:
-    """Final norm and LM head for the last position of each row: (B, D) -> (B, V).
-
-    With one row and a tied head, ``wte @ h`` is a matrix-vector product over the
-    (V, D) table as stored: about 1.2-1.4x faster than GPT.logits' (1, D) @ (D, V)-view
-    matmul on gpt2. A contiguous (D, V) copy of wte with the vector on the left is
-    faster still (~4.3 vs ~5.7 ms a token on gpt2), but the copy costs ~60 ms (blocked)
-    to ~170 ms and 154 MB per call: no net gain over 64 tokens, so it is not made.
-    """
-    if model.tie_embeddings and h.shape[0] == 1:
-        h = model.ln_f.apply(params["ln_f"], h)                      # (1, D)
-        return (params["wte"]["w"] @ h[0])[None]                      # (V, D) @ (D,) -> (1, V)
-    return model.logits(params, h)
-
-
 def _run(model, params, buf: _Buffer, start: int, ids, positions, mask) -> np.ndarray:
-    """New tokens ``ids`` (B, t) at ``positions`` (B, t) through every block, their keys and
+    """New tokens ``ids`` (B, t) at ``positions`` (B, t) through the model, their keys and
     values written to ``buf`` at [start, start + t); the last position's logits (B, V)."""
     stop = start + ids.shape[1]
-    x = model.embed(params, ids, positions)                         # (B, t, D)
-    block = model.block
-    for i, block_params in enumerate(params["blocks"]):             # a loop over layers
-        x = block.apply(block_params, x, mask, kv=_appender(buf.keys[i], buf.values[i], start, stop))
+    hooks = [_appender(k, v, start, stop) for k, v in zip(buf.keys, buf.values)]
+    logits = model.forward(params, ids, positions=positions, mask=mask, cache=hooks, last_only=True)
     buf.filled = stop
-    return _last_logits(model, params, x[:, -1])
+    return logits
 
 
-def _prefill(model, params, prompts: Prompts, capacity: int):
-    """Prefill with checked prompts and params: (logits (B, V), KVCache)."""
+def prefill_prompts(model, params, prompts: Prompts, capacity: int):
+    """:func:`prefill` for prompts from :func:`lt.generate.prompts.prepare_prompts` and params
+    the caller has checked: ``(logits (B, V), KVCache)`` with room for ``capacity`` positions."""
     B, T = prompts.ids.shape
-    w = params["wte"]["w"]
     H = model.num_heads
-    buf = _Buffer.empty(model.num_layers, B, H, max(capacity, T), model.hidden_dim // H, w.dtype)
+    buf = _Buffer.empty(model.num_layers, B, H, max(capacity, T), model.hidden_dim // H, model.compute_dtype(params))
     buf.mask[:, :T] = prompts.mask
     padded = not prompts.mask.all()
     mask = causal_mask(T)                                             # (T, T)
@@ -232,8 +144,9 @@ def _prefill(model, params, prompts: Prompts, capacity: int):
     return logits, KVCache(model, T, nxt, padded, buf)
 
 
-def _extend(model, params, cache: KVCache, ids: np.ndarray):
-    """Extend with checked ids (B, t): (logits (B, V), KVCache). No validation of params."""
+def extend_prepared(model, params, cache: KVCache, ids: np.ndarray):
+    """:func:`extend` for ids (B, t) that are known to be valid (a decoder's own samples):
+    ``(logits (B, V), KVCache)``. Checks only that the positions fit ``max_seq_len``."""
     B, t = ids.shape
     S, stop = cache.length, cache.length + t
     buf = cache._buffer
@@ -269,7 +182,7 @@ def prefill(model, params, prompt_ids, *, attention_mask=None, capacity: int | N
     prompts = prepare_prompts(model, prompt_ids, attention_mask, pad_id)
     T = prompts.ids.shape[1]
     capacity = T if capacity is None else int(capacity)
-    logits, cache = _prefill(model, params, prompts, capacity)
+    logits, cache = prefill_prompts(model, params, prompts, capacity)
     return (logits[0] if prompts.single else logits), cache
 
 
@@ -287,4 +200,4 @@ def extend(model, params, cache: KVCache, ids):
     if ids.shape[0] != cache.batch_size or ids.shape[1] == 0:
         raise ValueError(f"ids must have shape ({cache.batch_size},) or ({cache.batch_size}, t) with t >= 1 "
                          f"for this cache, got {np.shape(ids)}")
-    return _extend(model, params, cache, ids)
+    return extend_prepared(model, params, cache, ids)

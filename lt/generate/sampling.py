@@ -20,26 +20,20 @@ each row its own key).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .. import ops, random
+from .. import _checks, ops, random
+from ..ops.softmax import exp_normalize_
 
 __all__ = ["check_sampling", "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]
 
 
 def check_sampling(temperature, top_k, top_p) -> tuple[float, int | None, float | None]:
     """The sampling options as ``(float, int or None, float or None)``, or a ValueError naming the bad one."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.integer, np.floating))
-                              or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    return float(temperature), None if top_k is None else int(top_k), None if top_p is None else float(top_p)
+    temperature = _checks.real(temperature, "temperature", 0.0, hint=" (0 means greedy)")
+    top_k = None if top_k is None else _checks.integer(top_k, "top_k", 1, hint=" or None")
+    top_p = None if top_p is None else _checks.real(top_p, "top_p", 0.0, 1.0, low_open=True, hint=" or None")
+    return temperature, top_k, top_p
 
 
 def top_k_indices(x: np.ndarray, k: int) -> np.ndarray:
@@ -63,14 +57,6 @@ def top_k_indices(x: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(idx, order, -1)                         # (..., k)
 
 
-def _softmax64(x: np.ndarray) -> np.ndarray:
-    """Softmax along the last axis, in float64."""
-    p = x - x.max(axis=-1, keepdims=True)
-    np.exp(p, out=p)
-    p /= p.sum(axis=-1, keepdims=True)
-    return p
-
-
 def _candidates(logits, temperature: float, top_k, top_p):
     """The filtered, renormalised distribution in compact form.
 
@@ -81,9 +67,11 @@ def _candidates(logits, temperature: float, top_k, top_p):
     x = np.asarray(logits, dtype=np.float64)                          # (..., V)
     x = (x - x.max(axis=-1, keepdims=True)) / temperature             # <= 0: no overflow at tiny t
     if top_k is None and (top_p is None or top_p >= 1.0):
-        return None, _softmax64(x)
+        exp_normalize_(x)                                             # x is a new array: in place
+        return None, x
     idx = top_k_indices(x, x.shape[-1] if top_k is None else top_k)  # (..., m) most likely first
-    probs = _softmax64(np.take_along_axis(x, idx, -1))                # renormalised over top-k
+    probs = np.take_along_axis(x, idx, -1)                            # (..., m), a new array; its max is 0
+    exp_normalize_(probs)                                             # renormalised over top-k
     if top_p is not None and top_p < 1.0:
         before = np.cumsum(probs, axis=-1)                            # mass of the tokens ahead
         before[..., 1:] = before[..., :-1].copy()

@@ -11,9 +11,10 @@ import functools
 import attrs
 import numpy as np
 
-from .. import ops, random
-from .layers import Linear, dropout
-from .module import Module, positive, probability
+from .. import _checks, ops, random
+from .._checks import positive, probability
+from .layers import Dropout, Linear
+from .module import Module
 
 __all__ = ["causal_mask", "padding_mask", "scaled_dot_product_attention", "MultiHeadAttention",
            "split_heads", "merge_heads"]
@@ -28,9 +29,7 @@ def _tril(n: int) -> np.ndarray:
 
 def causal_mask(seq_len: int) -> np.ndarray:
     """(T, T) bool: position i may attend to positions j <= i. Read-only."""
-    if int(seq_len) < 0:
-        raise ValueError(f"seq_len must be >= 0, got {seq_len}")
-    return _tril(int(seq_len))
+    return _tril(_checks.integer(seq_len, "seq_len", 0))
 
 
 def padding_mask(seq_lengths, max_len: int) -> np.ndarray:
@@ -47,7 +46,7 @@ def padding_mask(seq_lengths, max_len: int) -> np.ndarray:
     return valid[:, None, None, :]
 
 
-def scaled_dot_product_attention(q, k, v, mask=None, dropout: float = 0.0, rng=None,
+def scaled_dot_product_attention(q, k, v, mask=None, dropout: float = 0.0, *, rng=None,
                                  return_weights: bool = False):
     """``softmax(q kᵀ / √d, mask) v``, dropout on the weights when ``rng`` is given.
 
@@ -55,8 +54,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout: float = 0.0, rng=N
     also the attention weights (..., T, S) before dropout, for visualisation. Masked
     positions get weight 0; a fully masked row gets uniform weights (never NaN).
     """
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    _checks.real(dropout, "dropout", 0.0, 1.0, high_open=True)
     rate = dropout if rng is not None else 0.0
     return ops.attention(q, k, v, mask, rate, rng, return_weights=return_weights)
 
@@ -91,23 +89,40 @@ class MultiHeadAttention(Module):
             raise ValueError(f"{type(self).__name__}: hidden_dim ({self.hidden_dim}) must be "
                              f"divisible by num_heads ({self.num_heads})")
 
+    @functools.cached_property
+    def qkv(self) -> Linear:
+        """The fused projection (D, 3D): columns [0, D) make queries, [D, 2D) keys, [2D, 3D) values."""
+        return Linear(self.hidden_dim, 3 * self.hidden_dim)
+
+    @functools.cached_property
+    def part(self) -> Linear:
+        """One column block of ``qkv`` (D, D), for query, key and value that differ."""
+        return Linear(self.hidden_dim, self.hidden_dim)
+
+    @functools.cached_property
+    def proj(self) -> Linear:
+        return Linear(self.hidden_dim, self.hidden_dim, init_std=self.out_init_std)
+
+    @functools.cached_property
+    def drop(self) -> Dropout:
+        return Dropout(self.dropout)
+
     def spec(self):
-        D = self.hidden_dim
-        return {"qkv": Linear(D, 3 * D).spec(), "proj": Linear(D, D, init_std=self.out_init_std).spec()}
+        return {"qkv": self.qkv.spec(), "proj": self.proj.spec()}
 
     def project_qkv(self, params, query, key, value):
         """Queries, keys and values, each (B, H, T or S, d)."""
-        w, b, D = params["qkv"]["w"], params["qkv"]["b"], self.hidden_dim
         if query is key and key is value:
-            qkv = ops.linear(query, w, b)                                 # (B, T, 3D)
+            qkv = self.qkv.apply(params["qkv"], query)                    # (B, T, 3D)
             q, k, v = ops.split(qkv, 3, axis=-1)                          # 3 x (B, T, D)
         else:
-            q, k, v = (ops.linear(x, ops.index(w, (slice(None), slice(i * D, (i + 1) * D))),
-                                  ops.index(b, slice(i * D, (i + 1) * D)))
+            w, b, D = params["qkv"]["w"], params["qkv"]["b"], self.hidden_dim
+            q, k, v = (self.part.apply({"w": ops.index(w, (slice(None), slice(i * D, (i + 1) * D))),
+                                        "b": ops.index(b, slice(i * D, (i + 1) * D))}, x)
                        for i, x in enumerate((query, key, value)))
         return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
 
-    def apply(self, params, query, key, value, mask=None, rng=None, return_weights=False, kv=None):
+    def apply(self, params, query, key, value, mask=None, *, rng=None, return_weights=False, kv=None):
         """query (B, T, D), key/value (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
 
         ``kv``, if given, is called as ``kv(k, v)`` with this call's keys and values
@@ -121,6 +136,6 @@ class MultiHeadAttention(Module):
         attn_rng = random.fold_in(rng, "weights") if rate else None
         out = ops.attention(q, k, v, mask, rate, attn_rng, return_weights=return_weights)
         out, weights = out if return_weights else (out, None)
-        y = ops.linear(merge_heads(out), params["proj"]["w"], params["proj"]["b"])   # (B, T, D)
-        y = dropout(y, self.dropout, None if rng is None else random.fold_in(rng, "resid"))
+        y = self.proj.apply(params["proj"], merge_heads(out))             # (B, T, D)
+        y = self.drop.apply({}, y, rng=random.fold_in(rng, "resid"))
         return (y, weights) if return_weights else y

@@ -13,18 +13,19 @@ Params tree (GPT-2's layout; Linear weights stored (in, out))::
 
 from __future__ import annotations
 
-import math
-
 import functools
+import math
+from typing import Callable, Sequence
 
 import attrs
 import numpy as np
 
-from .. import ops, random
+from .. import _checks, ops, random
+from .._checks import one_of, positive, probability
 from .attention import causal_mask
-from .layers import (Embedding, LayerNorm, LearnedPositionalEncoding, Linear,
-                     PositionalEncoding, check_ids, dropout)
-from .module import Module, check_params, one_of, positive, probability
+from .layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEncoding, Linear,
+                     PositionalEncoding, check_positions)
+from .module import Module, check_params
 from .transformer import TransformerBlock
 
 __all__ = ["GPT", "PRESETS"]
@@ -97,17 +98,26 @@ class GPT(Module):
     def ln_f(self) -> LayerNorm:
         return LayerNorm(self.hidden_dim, self.layer_norm_eps)
 
+    @functools.cached_property
+    def head(self) -> Linear | None:
+        """The untied LM head (D, V); None when the head is the token table (tied)."""
+        return None if self.tie_embeddings else Linear(self.hidden_dim, self.vocab_size, bias=False)
+
+    @functools.cached_property
+    def embed_dropout(self) -> Dropout:
+        return Dropout(self.dropout)
+
     def spec(self):
         spec = {"wte": self.wte.spec()}
         if self.positional == "learned":
             spec["wpe"] = self.wpe.spec()
         spec["blocks"] = tuple(self.block.spec() for _ in range(self.num_layers))
         spec["ln_f"] = self.ln_f.spec()
-        if not self.tie_embeddings:
-            spec["head"] = Linear(self.hidden_dim, self.vocab_size, bias=False).spec()
+        if self.head is not None:
+            spec["head"] = self.head.spec()
         return spec
 
-    # ----------------------------------------------------------- checks
+    # ----------------------------------------------------------- checks (the public boundary)
 
     def check_params(self, params) -> None:
         """Raise naming the first path whose presence or shape does not fit this model."""
@@ -115,32 +125,75 @@ class GPT(Module):
 
     def check_ids(self, ids, name: str = "ids") -> np.ndarray:
         """``ids`` as a (B, T) or (T,) integer array within the vocabulary and context."""
-        ids = check_ids(ids, self.vocab_size, name)
+        ids = _checks.index_array(ids, self.vocab_size, name)
         if ids.ndim not in (1, 2):
             raise ValueError(f"{name} must have shape (T,) or (B, T), got {ids.shape}")
         if ids.shape[-1] > self.max_seq_len:
             raise ValueError(f"{name} has {ids.shape[-1]} positions, more than max_seq_len={self.max_seq_len}")
         return ids
 
-    # ----------------------------------------------------------- forward
+    @staticmethod
+    def compute_dtype(params) -> np.dtype:
+        """The float dtype the model computes in: its params' (init and loaders give every leaf one)."""
+        return params["wte"]["w"].dtype
 
-    def embed(self, params, ids, positions, rng=None):
-        """Token plus position embeddings, then dropout: (B, T) -> (B, T, D)."""
-        x = ops.embedding(params["wte"]["w"], ids)                         # (B, T, D)
-        if self.positional == "learned":
-            x = x + self.wpe.apply(params["wpe"], positions)
-        else:
-            x = x + self.wpe.apply({}, positions, dtype=x.dtype)
-        return dropout(x, self.dropout, None if rng is None else random.fold_in(rng, "embed"))
+    # ----------------------------------------------------------- the forward pass
+
+    def embed(self, params, ids, positions, *, rng=None):
+        """Token plus position embeddings, then dropout: checked ids and positions (B, T) -> (B, T, D)."""
+        x = self.wte.lookup(params["wte"], ids)                            # (B, T, D)
+        x = x + self.wpe.lookup(params.get("wpe", {}), positions, dtype=x.dtype)
+        return self.embed_dropout.apply({}, x, rng=rng)
 
     def logits(self, params, h):
-        """Final norm and LM head: (..., D) -> (..., V); tied head is ``h @ wte.T``."""
+        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``."""
         h = self.ln_f.apply(params["ln_f"], h)
-        if self.tie_embeddings:
+        if self.head is None:
             return self.wte.attend(params["wte"], h)
-        return ops.linear(h, params["head"]["w"])
+        return self.head.apply(params["head"], h)
 
-    def apply(self, params, ids, rng=None, *, attention_mask=None, positions=None,
+    def forward(self, params, ids, *, positions, mask, cache: Sequence[Callable] | None = None, rng=None,
+                last_only: bool = False, hidden_states: bool = False):
+        """The one forward pass that ``apply``, ``loss``, prefill, decoding and beam search run.
+
+        ``ids`` (B, T) at ``positions`` (B, T), both already checked; ``mask`` broadcastable to
+        (B, H, T, S), True = may attend. ``cache``: one key/value hook per layer (``cache[i](k, v)
+        -> (keys, values)``, see ``MultiHeadAttention.apply``), with which a KV cache stores
+        this call's keys and values and hands back the whole context (S positions); without
+        it S = T. Returns logits (B, T, V), or (B, V) for the last position only with
+        ``last_only``; with ``hidden_states`` also the L + 1 hidden states (B, T, D).
+        """
+        x = self.embed(params, ids, positions, rng=random.fold_in(rng, "embed"))
+        hidden = [x] if hidden_states else None
+        blocks_rng = random.fold_in(rng, "blocks")
+        for i, block_params in enumerate(params["blocks"]):              # a loop over layers
+            x = self.block.apply(block_params, x, mask, rng=random.fold_in(blocks_rng, i),
+                                 kv=None if cache is None else cache[i])
+            if hidden is not None:
+                hidden.append(x)
+        logits = self.logits(params, x[:, -1] if last_only else x)        # (B, V) or (B, T, V)
+        return (logits, tuple(hidden)) if hidden_states else logits
+
+    def _batch(self, ids, attention_mask, positions):
+        """Checked ids (T,) or (B, T) as a batch (B, T), with positions (B, T), the attention mask
+        (causal, and padding where ``attention_mask`` is False) and whether one row was given."""
+        single = ids.ndim == 1
+        ids = ids[None] if single else ids
+        B, T = ids.shape
+        if positions is None:
+            positions = np.broadcast_to(np.arange(T), (B, T))
+        else:
+            positions = check_positions(np.broadcast_to(positions, (B, T)), self.max_seq_len)
+        mask = causal_mask(T)                                              # (T, T)
+        if attention_mask is not None:
+            attention_mask = np.asarray(attention_mask, bool)
+            attention_mask = attention_mask[None] if single and attention_mask.ndim == 1 else attention_mask
+            if attention_mask.shape != (B, T):
+                raise ValueError(f"attention_mask must have shape {(B, T)}, got {attention_mask.shape}")
+            mask = mask & attention_mask[:, None, None, :]                 # (B, 1, T, T)
+        return ids, positions, mask, single
+
+    def apply(self, params, ids, *, rng=None, attention_mask=None, positions=None,
               return_hidden_states: bool = False):
         """Next-token logits (B, T, V) for ``ids`` (B, T); (T,) gives (T, V).
 
@@ -150,43 +203,24 @@ class GPT(Module):
         (B, T, D): the embeddings and each block's output (before the final norm).
         """
         self.check_params(params)
-        ids = self.check_ids(ids)
-        single = ids.ndim == 1
-        ids = ids[None] if single else ids
-        B, T = ids.shape
-        positions = np.broadcast_to(np.arange(T), (B, T)) if positions is None else np.asarray(positions)
-        mask = causal_mask(T)                                              # (T, T)
-        if attention_mask is not None:
-            attention_mask = np.asarray(attention_mask, bool)
-            if attention_mask.shape != (B, T):
-                raise ValueError(f"attention_mask must have shape {(B, T)}, got {attention_mask.shape}")
-            mask = mask & attention_mask[:, None, None, :]                 # (B, 1, T, T)
-        x = self.embed(params, ids, positions, rng)
-        hidden = [x]
-        block = self.block
-        blocks_rng = None if rng is None else random.fold_in(rng, "blocks")
-        for i, block_params in enumerate(params["blocks"]):
-            x = block.apply(block_params, x, mask, None if rng is None else random.fold_in(blocks_rng, i))
-            hidden.append(x)
-        logits = self.logits(params, x)
-        if single:
-            logits, hidden = logits[0], [h[0] for h in hidden]
-        return (logits, tuple(hidden)) if return_hidden_states else logits
+        ids, positions, mask, single = self._batch(self.check_ids(ids), attention_mask, positions)
+        out = self.forward(params, ids, positions=positions, mask=mask, rng=rng,
+                           hidden_states=return_hidden_states)
+        if not single:
+            return out
+        if return_hidden_states:
+            return out[0][0], tuple(h[0] for h in out[1])
+        return out[0]
 
-    def generate(self, params, prompt_ids, *, rng=None, max_new_tokens: int, **options):
-        """Continue ``prompt_ids`` by ``max_new_tokens`` tokens: :func:`lt.generate.generate`
-        (``temperature``, ``top_k``, ``top_p``, ``eos_id``, ``callback``, ... as there)."""
-        from ..generate import generate           # lazily: generate sits above nn
-        return generate(self, params, prompt_ids, rng=rng, max_new_tokens=max_new_tokens, **options)
-
-    def loss(self, params, ids, targets=None, rng=None, *, ignore_index: int = -100,
-             attention_mask=None):
+    def loss(self, params, ids, targets=None, *, rng=None, ignore_index: int = -100, attention_mask=None):
         """Mean next-token cross-entropy over positions whose target is not ``ignore_index``.
 
         With ``targets`` (same shape as ``ids``) position t is scored on ``targets[t]``;
         without, ``ids[:, 1:]`` are predicted from ``ids[:, :-1]`` (padding, where
-        ``attention_mask`` is False, is then never a target).
+        ``attention_mask`` is False, is then never a target). The targets' values are
+        checked by ``lt.ops.cross_entropy``.
         """
+        self.check_params(params)
         ids = self.check_ids(ids)
         if targets is None:
             ids, targets = ids[..., :-1], ids[..., 1:]
@@ -194,14 +228,17 @@ class GPT(Module):
                 attention_mask = np.asarray(attention_mask, bool)
                 targets = np.where(attention_mask[..., 1:], targets, ignore_index)
                 attention_mask = attention_mask[..., :-1]
-        targets = np.asarray(targets)
-        if targets.shape != ids.shape:
-            raise ValueError(f"targets must have the shape of ids {ids.shape}, got {targets.shape}")
-        if not np.issubdtype(targets.dtype, np.integer):
-            raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
-        bad = (targets != ignore_index) & ((targets < 0) | (targets >= self.vocab_size))
-        if bad.any():
-            raise ValueError(f"targets contain {targets[bad][0]}, outside the vocabulary "
-                             f"[0, {self.vocab_size}) and not ignore_index={ignore_index}")
-        logits = self.apply(params, ids, rng, attention_mask=attention_mask)
-        return ops.cross_entropy(logits, targets, ignore_index)
+        if np.shape(targets) != ids.shape:
+            raise ValueError(f"targets must have the shape of ids {ids.shape}, got {np.shape(targets)}")
+        ids, positions, mask, _ = self._batch(ids, attention_mask, None)
+        logits = self.forward(params, ids, positions=positions, mask=mask, rng=rng)   # (B, T, V)
+        return ops.cross_entropy(logits, np.reshape(targets, ids.shape), ignore_index)
+
+    def generate(self, params, prompt_ids, *, rng=None, max_new_tokens: int, **options):
+        """Continue ``prompt_ids`` by ``max_new_tokens`` tokens: :func:`lt.generate.generate`
+        (``temperature``, ``top_k``, ``top_p``, ``eos_id``, ``callback``, ... as there).
+
+        A thin forwarder, imported when called: ``lt.generate`` sits above ``lt.nn`` and
+        this module never imports it at load time."""
+        from ..generate import generate
+        return generate(self, params, prompt_ids, rng=rng, max_new_tokens=max_new_tokens, **options)

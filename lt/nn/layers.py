@@ -12,28 +12,12 @@ import functools
 import attrs
 import numpy as np
 
-from .. import ops
-from .module import Module, Param, one_of, positive, probability
+from .. import _checks, ops
+from .._checks import one_of, positive, probability
+from .module import Module, Param
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "FeedForward", "PositionalEncoding",
-           "LearnedPositionalEncoding", "Dropout", "check_ids"]
-
-
-def check_indices(values, size: int, name: str, within: str) -> np.ndarray:
-    """``values`` as an integer array inside ``[0, size)``, or a TypeError/ValueError naming
-    ``name``, the offending value and the range (``within`` says what the range is)."""
-    values = np.asarray(values)
-    if not np.issubdtype(values.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {values.dtype}")
-    if values.size and (values.min() < 0 or values.max() >= size):
-        bad = values.min() if values.min() < 0 else values.max()
-        raise ValueError(f"{name} contains {bad}, outside {within} [0, {size})")
-    return values
-
-
-def check_ids(ids, vocab_size: int, name: str = "ids") -> np.ndarray:
-    """``ids`` as an integer array within the vocabulary."""
-    return check_indices(ids, vocab_size, name, "the vocabulary")
+           "LearnedPositionalEncoding", "Dropout", "dropout"]
 
 
 @attrs.frozen
@@ -51,9 +35,9 @@ class Linear(Module):
             spec["b"] = Param((self.out_dim,), "zeros")
         return spec
 
-    def apply(self, params, x, rng=None):
+    def apply(self, params, x, *, rng=None):
         """(..., in_dim) -> (..., out_dim)."""
-        return ops.linear(x, params["w"], params.get("b"))
+        return ops.linear(x, params["w"], params["b"] if self.bias else None)
 
 
 @attrs.frozen
@@ -67,9 +51,13 @@ class Embedding(Module):
     def spec(self):
         return {"w": Param((self.num_embeddings, self.dim), "normal", self.init_std)}
 
-    def apply(self, params, ids, rng=None):
-        """(...) integer ids -> (..., dim)."""
-        return ops.embedding(params["w"], check_ids(ids, self.num_embeddings))
+    def apply(self, params, ids, *, rng=None):
+        """(...) integer ids -> (..., dim); ids outside the table raise, naming the value."""
+        return self.lookup(params, _checks.index_array(ids, self.num_embeddings, "ids"))
+
+    def lookup(self, params, ids):
+        """:meth:`apply` for ids already checked by the caller (the model checks them once)."""
+        return ops.embedding(params["w"], ids)
 
     def attend(self, params, h):
         """Scores of ``h`` (..., dim) against every row: ``h @ w.T`` -> (..., num_embeddings)."""
@@ -86,7 +74,7 @@ class LayerNorm(Module):
     def spec(self):
         return {"scale": Param((self.dim,), "ones"), "bias": Param((self.dim,), "zeros")}
 
-    def apply(self, params, x, rng=None):
+    def apply(self, params, x, *, rng=None):
         """(..., dim) -> (..., dim)."""
         return ops.layer_norm(x, params["scale"], params["bias"], self.eps)
 
@@ -100,13 +88,13 @@ class Dropout(Module):
     def spec(self):
         return {}
 
-    def apply(self, params, x, rng=None):
+    def apply(self, params, x, *, rng=None):
+        """``x`` (any shape) with dropout when given a key, else ``x`` itself."""
         return dropout(x, self.rate, rng)
 
 
 def dropout(x, rate: float, rng=None):
-    """``x`` with dropout at ``rate`` when given a key, else ``x`` itself: the function behind
-    :class:`Dropout`, for hot paths that should not build a component per call."""
+    """``x`` with dropout at ``rate`` when given a key, else ``x`` itself (:class:`Dropout`'s maths)."""
     if rng is None or rate == 0.0:
         return x
     return ops.dropout(x, rate, rng)
@@ -122,16 +110,27 @@ class FeedForward(Module):
     dropout: float = attrs.field(default=0.0, validator=probability)
     out_init_std: float = 0.02
 
-    def spec(self):
-        return {"fc": Linear(self.dim, self.hidden_dim).spec(),
-                "proj": Linear(self.hidden_dim, self.dim, init_std=self.out_init_std).spec()}
+    @functools.cached_property
+    def fc(self) -> Linear:
+        return Linear(self.dim, self.hidden_dim)
 
-    def apply(self, params, x, rng=None):
+    @functools.cached_property
+    def proj(self) -> Linear:
+        return Linear(self.hidden_dim, self.dim, init_std=self.out_init_std)
+
+    @functools.cached_property
+    def drop(self) -> Dropout:
+        return Dropout(self.dropout)
+
+    def spec(self):
+        return {"fc": self.fc.spec(), "proj": self.proj.spec()}
+
+    def apply(self, params, x, *, rng=None):
         """(..., D) -> (..., F) -> (..., D)."""
-        h = ops.linear(x, params["fc"]["w"], params["fc"]["b"])           # (..., F)
+        h = self.fc.apply(params["fc"], x)                                # (..., F)
         h = ops.gelu(h) if self.activation == "gelu" else ops.relu(h)
-        y = ops.linear(h, params["proj"]["w"], params["proj"]["b"])       # (..., D)
-        return dropout(y, self.dropout, rng)
+        y = self.proj.apply(params["proj"], h)                            # (..., D)
+        return self.drop.apply({}, y, rng=rng)
 
 
 @functools.lru_cache(maxsize=16)
@@ -148,8 +147,9 @@ def _sinusoid_table(max_len: int, dim: int, dtype: str) -> np.ndarray:
     return table
 
 
-def _check_positions(positions, max_len: int) -> np.ndarray:
-    return check_indices(positions, max_len, "positions", "the positions")
+def check_positions(positions, max_len: int) -> np.ndarray:
+    """``positions`` as an integer array inside ``[0, max_len)``, or an error naming the value."""
+    return _checks.index_array(positions, max_len, "positions", "the positions")
 
 
 @attrs.frozen
@@ -162,9 +162,12 @@ class PositionalEncoding(Module):
     def spec(self):
         return {}
 
-    def apply(self, params, positions, rng=None, dtype=np.float32):
+    def apply(self, params, positions, *, rng=None, dtype=np.float32):
         """(...) integer positions -> (..., dim)."""
-        positions = _check_positions(positions, self.max_len)
+        return self.lookup(params, check_positions(positions, self.max_len), dtype=dtype)
+
+    def lookup(self, params, positions, *, dtype=np.float32):
+        """:meth:`apply` for positions already checked by the caller."""
         return _sinusoid_table(self.max_len, self.dim, np.dtype(dtype).name)[positions]
 
 
@@ -179,6 +182,10 @@ class LearnedPositionalEncoding(Module):
     def spec(self):
         return {"w": Param((self.max_len, self.dim), "normal", self.init_std)}
 
-    def apply(self, params, positions, rng=None, dtype=None):
+    def apply(self, params, positions, *, rng=None, dtype=None):
         """(...) integer positions -> (..., dim)."""
-        return ops.embedding(params["w"], _check_positions(positions, self.max_len))
+        return self.lookup(params, check_positions(positions, self.max_len))
+
+    def lookup(self, params, positions, *, dtype=None):
+        """:meth:`apply` for positions already checked by the caller."""
+        return ops.embedding(params["w"], positions)

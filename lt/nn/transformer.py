@@ -10,9 +10,10 @@ import functools
 import attrs
 
 from .. import random
+from .._checks import one_of, positive, probability
 from .attention import MultiHeadAttention
 from .layers import FeedForward, LayerNorm
-from .module import Module, one_of, positive, probability
+from .module import Module
 
 __all__ = ["TransformerBlock"]
 
@@ -46,15 +47,13 @@ class TransformerBlock(Module):
         return {"ln1": self.ln.spec(), "attn": self.attn.spec(),
                 "ln2": self.ln.spec(), "ffn": self.ffn.spec()}
 
-    def apply(self, params, x, mask=None, rng=None, kv=None):
+    def apply(self, params, x, mask=None, *, rng=None, kv=None):
         """(B, T, D) -> (B, T, D); ``mask`` broadcastable to (B, H, T, T).
 
         ``kv``: the attention's key/value hook (see ``MultiHeadAttention.apply``); with a
         KV cache, ``mask`` is then broadcastable to (B, H, T, S) over the cached keys.
         """
-        attn_rng = None if rng is None else random.fold_in(rng, "attn")
-        ffn_rng = None if rng is None else random.fold_in(rng, "ffn")
         h = self.ln.apply(params["ln1"], x)
-        x = x + self.attn.apply(params["attn"], h, h, h, mask, attn_rng, kv=kv)
+        x = x + self.attn.apply(params["attn"], h, h, h, mask, rng=random.fold_in(rng, "attn"), kv=kv)
         h = self.ln.apply(params["ln2"], x)
-        return x + self.ffn.apply(params["ffn"], h, ffn_rng)
+        return x + self.ffn.apply(params["ffn"], h, rng=random.fold_in(rng, "ffn"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .primitive import Tracer, primitive
+from .primitive import primitive
 
 __all__ = ["add", "sub", "mul", "div", "neg", "exp", "log", "tanh", "astype", "matmul",
            "linear", "reshape", "transpose", "split", "concat", "index", "sum", "mean",
@@ -281,33 +281,3 @@ def mean(a, axis=None, keepdims=False):
 def _mean_vjp(res, g):
     shape, axis, keepdims, n = res
     return (_expand(g / n, shape, axis, keepdims),)
-
-
-# ----------------------------------------------------------------- tracer syntax
-
-def _bind_operators():
-    """Give traced values the arithmetic and methods model code writes."""
-    T = Tracer
-    T.__add__ = lambda s, o: add(s, o)
-    T.__radd__ = lambda s, o: add(o, s)
-    T.__sub__ = lambda s, o: sub(s, o)
-    T.__rsub__ = lambda s, o: sub(o, s)
-    T.__mul__ = lambda s, o: mul(s, o)
-    T.__rmul__ = lambda s, o: mul(o, s)
-    T.__truediv__ = lambda s, o: div(s, o)
-    T.__rtruediv__ = lambda s, o: div(o, s)
-    T.__neg__ = lambda s: neg(s)
-    T.__matmul__ = lambda s, o: matmul(s, o)
-    T.__rmatmul__ = lambda s, o: matmul(o, s)
-    T.__getitem__ = lambda s, i: index(s, i)
-    T.reshape = lambda s, *shape: reshape(s, shape[0] if len(shape) == 1 else shape)
-    T.transpose = lambda s, *axes: transpose(s, (axes[0] if len(axes) == 1 else axes) or None)
-    T.T = property(lambda s: transpose(s))
-    T.sum = lambda s, axis=None, keepdims=False: sum(s, axis, keepdims)
-    T.mean = lambda s, axis=None, keepdims=False: mean(s, axis, keepdims)
-    T.astype = lambda s, dtype: astype(s, dtype)
-    T.ufuncs.update({np.add: add, np.subtract: sub, np.multiply: mul, np.true_divide: div,
-                     np.negative: neg, np.exp: exp, np.log: log, np.tanh: tanh, np.matmul: matmul})
-
-
-_bind_operators()

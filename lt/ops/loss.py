@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _checks
 from .primitive import primitive
+from .softmax import exp_normalize_
 
 __all__ = ["cross_entropy"]
 
@@ -14,21 +16,17 @@ def cross_entropy(logits, targets, ignore_index=-100):
     """Mean softmax cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).
 
     Positions whose target is ``ignore_index`` count for nothing; with no position left
-    the loss is 0. Keeps the softmax for the fused backward.
+    the loss is 0. The targets are checked here (integers in [0, V) or ``ignore_index``),
+    once. Keeps the softmax for the fused backward.
     """
     V = logits.shape[-1]
     x = logits.reshape(-1, V)                           # (N, V)
     t = np.asarray(targets).reshape(-1)                 # (N,)
     kept = t != ignore_index
-    safe_t = np.where(kept, t, 0)
-    if safe_t.size and (safe_t.min() < 0 or safe_t.max() >= V):
-        raise ValueError(f"cross_entropy: targets must be in [0, {V}) or ignore_index={ignore_index}, "
-                         f"got {safe_t.min() if safe_t.min() < 0 else safe_t.max()}")
+    safe_t = _checks.index_array(np.where(kept, t, 0), V, f"targets (other than ignore_index={ignore_index})")
     p = x - x.max(axis=-1, keepdims=True)              # p = softmax(x), nll = logsumexp(x) - x[t]
     picked = p[np.arange(len(t)), safe_t]
-    np.exp(p, out=p)
-    total = p @ np.ones(V, p.dtype)                     # row sums on the BLAS
-    p *= (1.0 / total)[:, None]
+    total = exp_normalize_(p)[:, 0]                     # (N,)
     nll = np.log(total) - picked
     n = int(kept.sum())
     loss = logits.dtype.type((nll * kept).sum() / n) if n else logits.dtype.type(0.0)

@@ -17,6 +17,15 @@ import numpy as np
 __all__ = ["Tracer", "Tape", "Primitive", "primitive", "value_of"]
 
 
+_registry: dict[str, "Primitive"] = {}   # every primitive by "module.name", filled as they are defined
+
+
+def _op(name: str) -> "Primitive":
+    """The primitive ``name`` of :mod:`lt.ops.basic`, looked up when called: those primitives are
+    built on this module, so they exist only after this class does."""
+    return _registry["lt.ops.basic." + name]
+
+
 class Tracer:
     """An array recorded on a tape. Supports shape queries and arithmetic through lt.ops.
 
@@ -27,15 +36,8 @@ class Tracer:
 
     __slots__ = ("value", "tape", "id")
     __array_priority__ = 1000
-    ufuncs: dict = {}               # NumPy ufunc -> lt primitive, filled in by lt.ops.basic
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        """``ndarray + tracer``, ``np.exp(tracer)``, ...: the lt primitive, where there is one."""
-        op = self.ufuncs.get(ufunc)
-        if op is None or method != "__call__" or kwargs:
-            raise TypeError(f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
-                            "gradient; use the operations in lt.ops")
-        return op(*inputs)
+    _ufuncs = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "div",
+               np.negative: "neg", np.exp: "exp", np.log: "log", np.tanh: "tanh", np.matmul: "matmul"}
 
     def __init__(self, value: np.ndarray, tape: "Tape", id_: int):
         self.value, self.tape, self.id = value, tape, id_
@@ -57,6 +59,34 @@ class Tracer:
     def __array__(self, *args, **kwargs):
         raise TypeError("a traced value reached a NumPy function inside lt.value_and_grad; "
                         "use the operations in lt.ops (or float(x) for a value without gradient)")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """``ndarray + tracer``, ``np.exp(tracer)``, ...: the lt primitive, where there is one."""
+        name = self._ufuncs.get(ufunc)
+        if name is None or method != "__call__" or kwargs:
+            raise TypeError(f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
+                            "gradient; use the operations in lt.ops")
+        return _op(name)(*inputs)
+
+    # The arithmetic and methods model code writes, each one primitive of lt.ops.
+    def __add__(self, other): return _op("add")(self, other)
+    def __radd__(self, other): return _op("add")(other, self)
+    def __sub__(self, other): return _op("sub")(self, other)
+    def __rsub__(self, other): return _op("sub")(other, self)
+    def __mul__(self, other): return _op("mul")(self, other)
+    def __rmul__(self, other): return _op("mul")(other, self)
+    def __truediv__(self, other): return _op("div")(self, other)
+    def __rtruediv__(self, other): return _op("div")(other, self)
+    def __neg__(self): return _op("neg")(self)
+    def __matmul__(self, other): return _op("matmul")(self, other)
+    def __rmatmul__(self, other): return _op("matmul")(other, self)
+    def __getitem__(self, idx): return _op("index")(self, idx)
+    def reshape(self, *shape): return _op("reshape")(self, shape[0] if len(shape) == 1 else shape)
+    def transpose(self, *axes): return _op("transpose")(self, (axes[0] if len(axes) == 1 else axes) or None)
+    T = property(lambda self: _op("transpose")(self))
+    def sum(self, axis=None, keepdims=False): return _op("sum")(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _op("mean")(self, axis, keepdims)
+    def astype(self, dtype): return _op("astype")(self, dtype)
 
 
 def value_of(x):
@@ -120,6 +150,7 @@ class Primitive:
         self.forward = forward
         self.vjp: Callable | None = None
         functools.update_wrapper(self, forward)
+        _registry[f"{forward.__module__}.{forward.__name__}"] = self
 
     def defvjp(self, vjp: Callable) -> Callable:
         """Decorator: register the VJP written under the forward."""

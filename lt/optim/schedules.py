@@ -9,19 +9,16 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from .._checks import integer, real
+
 __all__ = ["Schedule", "constant", "linear_warmup", "cosine_decay", "warmup_cosine", "as_schedule"]
 
 Schedule = Callable[[int], float]
 
 
-def _check(name: str, value, minimum: float = 0.0) -> None:
-    if not isinstance(value, (int, float)) or value < minimum:
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
-
-
 def constant(value: float) -> Schedule:
     """The same rate at every step."""
-    _check("value", value)
+    real(value, "value", 0)
     return lambda step: float(value)
 
 
@@ -30,8 +27,9 @@ def linear_warmup(peak: float, warmup: int, init: float = 0.0) -> Schedule:
 
     Step 0 gets ``init + (peak - init) / warmup``, so the first update is not wasted at 0.
     """
-    _check("peak", peak)
-    _check("warmup", warmup)
+    real(peak, "peak", 0)
+    real(init, "init", 0)
+    integer(warmup, "warmup", 0)
     if warmup == 0:
         return constant(peak)
     return lambda step: float(peak) if step >= warmup else init + (peak - init) * (step + 1) / warmup
@@ -39,8 +37,9 @@ def linear_warmup(peak: float, warmup: int, init: float = 0.0) -> Schedule:
 
 def cosine_decay(init: float, total: int, end: float = 0.0) -> Schedule:
     """Half a cosine from ``init`` at step 0 to ``end`` at step ``total``, then ``end``."""
-    _check("init", init)
-    _check("total", total, 1)
+    real(init, "init", 0)
+    real(end, "end", 0)
+    integer(total, "total", 1)
 
     def schedule(step: int) -> float:
         frac = min(step, total) / total
@@ -54,9 +53,8 @@ def warmup_cosine(peak: float, warmup: int, total: int, end: float = 0.0) -> Sch
     ``total`` counts every step, warmup included (optax's convention): the cosine runs
     over steps ``warmup .. total`` and reaches ``end`` exactly at step ``total``.
     """
-    _check("warmup", warmup)
-    if not isinstance(total, int) or total <= warmup:
-        raise ValueError(f"total ({total!r}) must be an int greater than warmup ({warmup})")
+    integer(warmup, "warmup", 0)
+    integer(total, "total", warmup + 1, hint=f" (it counts the {warmup} warmup steps too)")
     ramp, decay = linear_warmup(peak, warmup), cosine_decay(peak, total - warmup, end)
     return lambda step: ramp(step) if step < warmup else decay(step - warmup)
 

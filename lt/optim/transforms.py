@@ -15,10 +15,12 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .. import tree
+from .._checks import real
 from .schedules import as_schedule
 
 __all__ = ["GradientTransformation", "ScheduleState", "sgd", "adam", "adamw", "chain",
-           "clip_by_global_norm", "global_norm", "apply_updates", "decay_mask", "learning_rate"]
+           "clip_by_global_norm", "global_norm", "apply_updates", "decay_mask",
+           "current_learning_rate"]
 
 
 class GradientTransformation(NamedTuple):
@@ -68,6 +70,7 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> Gradien
     ``buf = momentum * buf + g``; the step is ``-lr * buf`` (``-lr * (g + momentum * buf)``
     with nesterov).
     """
+    real(momentum, "momentum", 0)
     if nesterov and momentum <= 0:
         raise ValueError("nesterov needs momentum > 0")
     schedule = as_schedule(learning_rate)
@@ -94,6 +97,10 @@ def decay_mask(params):
 
 
 def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformation:
+    real(b1, "b1", 0, 1, high_open=True)
+    real(b2, "b2", 0, 1, high_open=True)
+    real(eps, "eps", 0)
+    real(weight_decay, "weight_decay", 0)
     schedule = as_schedule(learning_rate)
 
     def init(params):
@@ -168,8 +175,6 @@ def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     ``mask`` — a tree of bools shaped like params, or a function of params giving one —
     overrides that.
     """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     return _adam(learning_rate, b1, b2, eps, weight_decay, mask)
 
 
@@ -184,8 +189,7 @@ class EmptyState(NamedTuple):
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale the updates down so that their global norm is at most ``max_norm``."""
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    real(max_norm, "max_norm", 0, low_open=True)
 
     def update(grads, state, params=None):
         norm = global_norm(grads)
@@ -215,14 +219,16 @@ def apply_updates(params, updates):
     return tree.map(lambda p, u: np.add(p, u, dtype=p.dtype), params, updates)
 
 
-def learning_rate(state) -> float | None:
+def current_learning_rate(state) -> float | None:
     """The learning rate of the latest update (or of the first, before any), read from an
-    optimizer state; None when the optimizer has no learning rate."""
+    optimizer state; None when the optimizer has no learning rate.
+
+    (Named apart from the ``learning_rate`` argument that every optimizer takes.)"""
     if isinstance(state, ScheduleState):
         return float(state.learning_rate)
     if isinstance(state, tuple):
         for sub in state:
-            lr = learning_rate(sub)
+            lr = current_learning_rate(sub)
             if lr is not None:
                 return lr
     return None

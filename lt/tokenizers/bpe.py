@@ -17,8 +17,9 @@ from collections import Counter
 import attrs
 import numpy as np
 
+from .. import _checks
 from ._files import TokenizerFileError, atomic_write_text, check_header, get_field, header, read_json, to_json
-from ._ids import check_ids
+from ._ids import decodable_ids
 from .bpe_train import learn_merges
 from .gpt2 import GPT2_PATTERN, compile_pattern, read_gpt2_files, text_to_token, token_to_text, write_gpt2_files
 
@@ -90,11 +91,9 @@ class BPETokenizer:
                 raise ValueError(f"special_tokens must be distinct strings of two or more bytes (a single "
                                  f"byte is already a token), got {special_tokens!r}")
         floor = 256 + len(special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < floor:
-            raise ValueError(f"vocab_size must be an integer >= {floor} (256 byte tokens + "
-                             f"{len(special_tokens)} special tokens), got {vocab_size!r}")
-        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
-            raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+        _checks.integer(vocab_size, "vocab_size", floor,
+                        hint=f" (256 byte tokens + {len(special_tokens)} special tokens)")
+        _checks.integer(min_frequency, "min_frequency", 1)
         split = compile_pattern(pattern)
         chunks = re.split("|".join(map(re.escape, special_tokens)), text) if special_tokens else [text]
         counts = Counter(piece for chunk in chunks for piece in split.findall(chunk))
@@ -194,7 +193,7 @@ class BPETokenizer:
     def decode(self, ids) -> str:
         """The text of ``ids``; byte sequences that are not valid UTF-8 (possible for arbitrary
         ids, never for the output of :meth:`encode`) decode to U+FFFD, as in GPT-2."""
-        ids = check_ids(ids, self.vocab_size)
+        ids = decodable_ids(ids, self.vocab_size)
         tokens = self.tokens
         return b"".join([tokens[i] for i in ids.tolist()]).decode("utf-8", errors="replace")
 

@@ -6,7 +6,7 @@ import attrs
 import numpy as np
 
 from ._files import TokenizerFileError, atomic_write_text, check_header, get_field, header, read_json, to_json
-from ._ids import check_ids
+from ._ids import decodable_ids
 
 __all__ = ["CharTokenizer", "UnknownCharacterError"]
 
@@ -86,7 +86,7 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         """The text of ``ids`` (each in ``[0, vocab_size)``, else ValueError naming the first bad one)."""
-        ids = check_ids(ids, self.vocab_size)
+        ids = decodable_ids(ids, self.vocab_size)
         return "".join([self.chars[i] for i in ids.tolist()])
 
     def to_dict(self) -> dict:

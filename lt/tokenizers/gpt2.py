@@ -16,6 +16,7 @@ import functools
 import json
 import os
 
+from .. import _checks
 from ._files import TokenizerFileError, atomic_write_text, read_json
 
 __all__ = ["GPT2_PATTERN", "compile_pattern", "bytes_to_unicode", "token_to_text", "text_to_token",
@@ -77,7 +78,7 @@ def read_gpt2_files(vocab_path, merges_path) -> tuple[list[bytes], list[tuple[by
                                  f"got {type(vocab).__name__}")
     tokens: list = [None] * len(vocab)
     for text, i in vocab.items():
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(vocab):
+        if not _checks.is_int(i) or not 0 <= i < len(vocab):
             raise TokenizerFileError(f"{where}: token {text!r} has id {i!r}; ids must be the integers "
                                      f"0..{len(vocab) - 1}, one per token")
         if tokens[i] is not None:

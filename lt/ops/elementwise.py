@@ -1,4 +1,4 @@
-"""Fused layer primitives: layer norm, GELU, ReLU, dropout, embedding gather.
+"""Fused elementwise primitives: layer norm, GELU, ReLU, dropout.
 
 Each is one primitive with a hand-derived VJP beside it, keeping only what the backward
 needs, working in the input's dtype and reusing its temporaries (``out=``, in place).
@@ -13,7 +13,7 @@ import numpy as np
 from .. import random as lrandom
 from .primitive import primitive
 
-__all__ = ["layer_norm", "gelu", "relu", "dropout", "embedding", "unembed", "rows"]
+__all__ = ["layer_norm", "gelu", "relu", "dropout", "rows"]
 
 
 def rows(a: np.ndarray) -> np.ndarray:
@@ -123,37 +123,3 @@ def _dropout_vjp(res, g):
     dx = g * keep
     dx *= scale
     return dx, None, None
-
-
-# ----------------------------------------------------------------- embedding
-
-@primitive
-def embedding(w, ids):
-    """Rows of ``w`` (V, D) at integer ``ids`` (...,) -> (..., D)."""
-    return np.take(w, ids, axis=0), (w.shape, w.dtype, ids)
-
-
-@embedding.defvjp
-def _embedding_vjp(res, g):
-    shape, dtype, ids = res
-    dw = np.zeros(shape, dtype)
-    np.add.at(dw, np.ravel(ids), g.reshape(-1, shape[1]))   # scatter-add: repeated ids sum
-    return dw, None
-
-
-@primitive
-def unembed(h, w):
-    """Scores of ``h`` (..., D) against every row of ``w`` (V, D): ``h @ w.T`` -> (..., V).
-
-    The tied LM head. Its VJP makes ``dw`` in ``w``'s own (V, D) layout, so adding the
-    embedding's gradient to it is a contiguous add, not a strided one.
-    """
-    h2 = h.reshape(-1, w.shape[1])                      # (N, D)
-    return (h2 @ w.T).reshape(h.shape[:-1] + (w.shape[0],)), (h2, w, h.shape)
-
-
-@unembed.defvjp
-def _unembed_vjp(res, g):
-    h2, w, h_shape = res
-    g2 = g.reshape(-1, w.shape[0])                      # (N, V)
-    return (g2 @ w).reshape(h_shape), g2.T @ h2         # (N, D) -> (..., D); (V, N) @ (N, D)

@@ -1,4 +1,4 @@
-"""Masked softmax and fused scaled dot-product attention, each with its VJP.
+"""Fused scaled dot-product attention with its VJP.
 
 Shapes: ... batch dimensions (B, H), Tq queries, Tk keys, d per-head size.
 The matmuls go to the BLAS; masking and softmax work in place on the scores.
@@ -13,60 +13,9 @@ import numpy as np
 from .. import random as lrandom
 from .basic import unbroadcast
 from .primitive import primitive
+from .softmax import dead_rows_mask, softmax_
 
-__all__ = ["softmax", "attention", "masked_fill_value"]
-
-
-def masked_fill_value(dtype) -> float:
-    """The score given to masked positions: the dtype's most negative finite value.
-
-    Not ``-inf``: a fully masked row then gets uniform weights instead of NaN.
-    """
-    return float(np.finfo(dtype).min)
-
-
-def _dead_rows_mask(mask, axis: int = -1):
-    """The mask when some row is fully masked, else None.
-
-    Masked weights come out exactly 0 (their gradient with them), except in a fully masked
-    row, which is uniform; its scores are constants, so the backward must zero them there.
-    """
-    return None if mask is None or mask.any(axis=axis).all() else mask
-
-
-def row_sums(a: np.ndarray) -> np.ndarray:
-    """Sums over the last axis, keeping it: ``a @ ones`` on the BLAS, ~8x NumPy's reduction
-    for the short rows of attention scores."""
-    return (a.reshape(-1, a.shape[-1]) @ np.ones(a.shape[-1], a.dtype)).reshape(a.shape[:-1] + (1,))
-
-
-def _masked_softmax(s: np.ndarray, mask=None) -> None:
-    """Softmax over the last axis of contiguous ``s`` in place; 0 where ``mask`` is False."""
-    if mask is not None:
-        np.copyto(s, masked_fill_value(s.dtype), where=~mask)
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
-    s *= 1.0 / row_sums(s)                              # one divide per row, not per element
-
-
-@primitive
-def softmax(x, mask=None, axis=-1):
-    """Softmax along ``axis``; where ``mask`` (bool, True = keep) is False the weight is 0."""
-    s = np.array(np.moveaxis(x, axis, -1), copy=True)
-    m = None if mask is None else np.moveaxis(np.broadcast_to(np.asarray(mask, bool), np.shape(x)), axis, -1)
-    _masked_softmax(s, m)
-    y = np.moveaxis(s, -1, axis)
-    return y, (y, axis, _dead_rows_mask(None if mask is None else np.asarray(mask, bool), axis))
-
-
-@softmax.defvjp
-def _softmax_vjp(res, g):
-    y, axis, dead_rows_mask = res
-    gy = g * y
-    dx = gy - y * gy.sum(axis=axis, keepdims=True)
-    if dead_rows_mask is not None:
-        dx *= dead_rows_mask
-    return dx, None, None
+__all__ = ["attention"]
 
 
 @primitive
@@ -81,7 +30,7 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
     q = q * scale                                       # scale the small (.., Tq, d), not the scores
     p = q @ np.swapaxes(k, -1, -2)                      # (..., Tq, Tk) scores, then weights in place
     mask = None if mask is None else np.asarray(mask, bool)
-    _masked_softmax(p, mask)
+    softmax_(p, mask)
     keep = None
     if dropout > 0.0 and rng is not None:
         keep = lrandom.bernoulli(rng, 1.0 - dropout, p.shape)
@@ -90,7 +39,7 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
     else:
         p_used = p
     out = p_used @ v                                    # (..., Tq, dv)
-    res = (q, k, v, p, p_used, keep, dropout, scale, _dead_rows_mask(mask))
+    res = (q, k, v, p, p_used, keep, dropout, scale, dead_rows_mask(mask))
     return ((out, p) if return_weights else out), res
 
 
