@@ -6,6 +6,15 @@ checkpoint alone rebuilds its model. Files are written to a temporary name in th
 directory, fsynced and renamed over the old one: a crash leaves the previous checkpoint
 whole. Loading checks the format, the config and every path, shape and dtype, and raises
 :class:`CheckpointError` saying what differs.
+
+Nothing in a file is trusted before it is checked: header fields (``step``, each model
+config field) are validated with the field named; the config is compared with the
+tensors the header lists (their names and shapes) before anything of the config's size
+is built or allocated; params must be floating point. A load reads the metadata and every
+tensor through one open file, so a checkpoint renamed over the path meanwhile is never
+mixed in. A tree with NaN or inf is never written (``save`` refuses it, naming the step
+and the leaf, and leaves the previous file in place) nor loaded
+(:class:`NonFiniteCheckpointError`, naming the tensor).
 """
 
 from __future__ import annotations
@@ -17,19 +26,24 @@ from typing import Any, NamedTuple
 import attrs
 import numpy as np
 
-from . import safetensors_io, tree
+from . import _checks, safetensors_io, tree
 from .nn import GPT
 from .safetensors_io import SafetensorsError
 
-__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_model", "read_metadata",
-           "FORMAT", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "NonFiniteCheckpointError", "Checkpoint", "save", "load", "load_model",
+           "read_metadata", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "lt-checkpoint"
 FORMAT_VERSION = 1
+_FLOATS = ("F32", "F64")                 # the stored dtypes a params tree may have (as init makes)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is unreadable, truncated, or does not fit what it is loaded into."""
+
+
+class NonFiniteCheckpointError(CheckpointError, FloatingPointError):
+    """A params tree or optimizer state with NaN or inf values, refused on save and on load."""
 
 
 class Checkpoint(NamedTuple):
@@ -44,101 +58,202 @@ def model_config(model: GPT) -> dict:
     return attrs.asdict(model)
 
 
+def _first_non_finite(items) -> tuple[str, np.ndarray, int] | None:
+    """(path, array, count) of the first float leaf holding NaN or inf, or None."""
+    for p, x in items:
+        x = np.asarray(x)
+        if x.dtype.kind in "fc":
+            finite = np.isfinite(x)
+            if not finite.all():
+                return p, x, int(x.size - np.count_nonzero(finite))
+    return None
+
+
+def _describe_bad(x: np.ndarray, count: int) -> str:
+    kinds = [k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(x).any()]
+    return f"{count} of its {x.size} values are non-finite ({' and '.join(kinds)})"
+
+
 def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict | None = None) -> None:
-    """Write a checkpoint atomically. ``metadata`` adds string entries to the header."""
+    """Write a checkpoint atomically. ``metadata`` adds string entries to the header.
+
+    A params tree or optimizer state holding NaN or inf is refused with
+    :class:`NonFiniteCheckpointError` naming the step and the first bad leaf, and nothing is
+    written: a diverged model never replaces the last good checkpoint.
+    """
     model.check_params(params)
+    step = _checks.integer(step, "checkpoint step", low=0)
+    for what, prefix, t in (("params", "", params), ("optimizer state", "opt_state/", opt_state)):
+        bad = _first_non_finite(tree.items(t)) if t is not None else None
+        if bad is not None:
+            leaf, x, count = bad
+            raise NonFiniteCheckpointError(
+                f"step {step}: {what} leaf {prefix}{leaf} {_describe_bad(x, count)}; "
+                f"checkpoint not written ({path} is left as it was)")
     tensors = {f"params/{p}": np.asarray(x, order="C") for p, x in tree.items(params)}
     if opt_state is not None:
         tensors.update({f"opt_state/{p}": np.asarray(x, order="C") for p, x in tree.items(opt_state)})
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta.update({"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step)),
+    meta.update({"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(step),
                  "model": json.dumps(model_config(model), sort_keys=True),
                  "has_opt_state": "1" if opt_state is not None else "0"})
     safetensors_io.save(path, tensors, meta)
 
 
-def _open(path):
-    """(metadata, tensors) of an lt checkpoint file, or a CheckpointError saying why not."""
-    meta = read_metadata(path)
-    try:
-        return meta, safetensors_io.load(path)
-    except SafetensorsError as e:
-        raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
+def _open(path) -> safetensors_io.SafeTensors:
+    """The open lt checkpoint at ``path`` (format and version checked), or a CheckpointError.
 
-
-def read_metadata(path) -> dict:
-    """The header metadata of a checkpoint, checked to be lt's format and a known version."""
+    Everything one call reads — metadata and every tensor — comes through this one open
+    file, so a checkpoint renamed over ``path`` meanwhile is never mixed in.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        meta = dict(safetensors_io.SafeTensors(path).metadata)
+        st = safetensors_io.SafeTensors(path)
     except SafetensorsError as e:
         raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not an lt checkpoint "
-                              f"(format {meta.get('format')!r}, expected {FORMAT!r})")
-    if meta.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path} has checkpoint format version {meta.get('format_version')}; "
-                              f"this lt reads version {FORMAT_VERSION}")
-    return meta
+    meta = st.metadata
+    try:
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is a safetensors file but not an lt checkpoint "
+                                  f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+        if meta.get("format_version") != str(FORMAT_VERSION):
+            raise CheckpointError(f"{path} has checkpoint format version {meta.get('format_version')}; "
+                                  f"this lt reads version {FORMAT_VERSION}")
+    except BaseException:
+        st.close()
+        raise
+    return st
+
+
+def read_metadata(path) -> dict:
+    """The header metadata of a checkpoint, checked to be lt's format and a known version."""
+    with _open(path) as st:
+        return dict(st.metadata)
+
+
+def _step_from(meta: dict, path) -> int:
+    text = meta.get("step")
+    try:
+        return _checks.integer(int(text) if isinstance(text, str) and text.strip().isdigit() else text,
+                               "step", low=0)
+    except ValueError:
+        raise CheckpointError(f"{path}: header field 'step' is {text!r}, expected a "
+                              "non-negative integer") from None
 
 
 def _model_from(meta: dict, path) -> GPT:
+    if "model" not in meta:
+        raise CheckpointError(f"{path}: header field 'model' (the model config) is missing")
     try:
-        return GPT(**json.loads(meta["model"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: the model config in the header is unusable: {e}") from None
+        config = json.loads(meta["model"])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: header field 'model' is not a JSON model config "
+                              f"({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: header field 'model' is a JSON {type(config).__name__}, "
+                              "expected an object of GPT fields")
+    try:
+        if "layer_norm_eps" in config:
+            _checks.real(config["layer_norm_eps"], "GPT.layer_norm_eps", 0, low_open=True)
+        if not isinstance(config.get("tie_embeddings", True), bool):
+            raise ValueError(f"GPT.tie_embeddings must be true or false, got {config['tie_embeddings']!r}")
+        return GPT(**config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: header field 'model' (the model config) is unusable: {e}") from None
 
 
-def _fill(template, tensors: dict, prefix: str, path, what: str):
-    """``template``'s tree with each leaf read from ``tensors[prefix + path]``, checked."""
-    flat, treedef = tree.flatten(template)
-    names = [f"{prefix}{p}" for p in tree.paths(template)]
-    out = []
-    for name, leaf in zip(names, flat):
-        if name not in tensors:
+def _check_against_header(st, path, prefix: str, what: str, names: list, shapes: list,
+                          dtypes: list | None) -> None:
+    """Every name present with its shape (and dtype), and nothing else under ``prefix``:
+    checked from the header alone, before any tensor is read."""
+    for name, shape, i in zip(names, shapes, range(len(names))):
+        if name not in st:
             raise CheckpointError(f"{path}: missing tensor {name} for the {what}")
-        got, want = tensors[name], np.asarray(leaf)
-        if got.shape != want.shape or got.dtype != want.dtype:
-            raise CheckpointError(f"{path}: tensor {name} is {got.dtype}{list(got.shape)}, "
-                                  f"the {what} expects {want.dtype}{list(want.shape)}")
-        out.append(got)
-    extra = sorted(k for k in tensors if k.startswith(prefix) and k not in set(names))
+        got_shape, got_dtype = st.shape(name), st.numpy_dtype(name)
+        want_dtype = dtypes[i] if dtypes is not None else got_dtype
+        if got_shape != tuple(shape) or got_dtype != want_dtype:
+            raise CheckpointError(f"{path}: tensor {name} is {got_dtype}{list(got_shape)}, "
+                                  f"the {what} expects {want_dtype}{list(shape)}")
+    known = set(names)
+    extra = sorted(k for k in st if k.startswith(prefix) and k not in known)
     if extra:
         raise CheckpointError(f"{path}: unexpected tensor {extra[0]} (not part of the {what})")
+
+
+def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list):
+    """The tree of tensors ``prefix + leaf_path``, refusing non-finite values, frozen."""
+    out = []
+    for p in leaf_paths:
+        try:
+            x = st[prefix + p]
+        except SafetensorsError as e:
+            raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
+        bad = _first_non_finite([(p, x)])
+        if bad is not None:
+            raise NonFiniteCheckpointError(f"{path}: {what} tensor {prefix}{p} "
+                                           f"{_describe_bad(x, bad[2])}; refusing to load it")
+        out.append(x)
     return tree.freeze(tree.unflatten(treedef, out))
+
+
+def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype]:
+    """(paths, treedef, stored dtype) of ``model``'s params, checked against the header
+    before anything of the config's size is built or allocated."""
+    stored = [k for k in st if k.startswith("params/")]
+    if not stored:
+        raise CheckpointError(f"{path} holds no params")
+    # The spec grows with num_layers: compare that to the blocks the file holds before
+    # building it, so a config claiming 10**9 layers costs nothing.
+    blocks = {k.split(".")[1] for k in stored if k.startswith("params/blocks.") and k.count(".") >= 2}
+    if model.num_layers > len(blocks):
+        raise CheckpointError(f"{path}: the model config says num_layers={model.num_layers}, but the "
+                              f"file holds params of {len(blocks)} blocks")
+    spec_leaves, treedef = tree.flatten(model.spec())
+    leaf_paths = tree.paths(model.spec())
+    first = f"params/{leaf_paths[0]}"
+    kind = st.dtype(first) if first in st else None
+    if kind is not None and kind not in _FLOATS:
+        raise CheckpointError(f"{path}: tensor {first} is {kind}; params must be floating "
+                              f"point ({', '.join(_FLOATS)})")
+    dtype = st.numpy_dtype(first) if kind is not None else None
+    _check_against_header(st, path, "params/", "model's params", [f"params/{p}" for p in leaf_paths],
+                          [x.shape for x in spec_leaves], None if dtype is None else [dtype] * len(spec_leaves))
+    return leaf_paths, treedef, dtype
 
 
 def load(path, model: GPT | None = None, opt_state_template=None) -> Checkpoint:
     """Read a checkpoint, checking it against ``model`` (default: the one in the file).
 
     ``opt_state_template`` — e.g. ``optimizer.init(params)`` — gives the optimizer state's
-    structure; without it the optimizer state is not read.
+    structure; without it the optimizer state is not read. Every header field, tensor name,
+    shape and dtype is checked before a tensor is read, and params or optimizer state holding
+    NaN or inf are refused (:class:`NonFiniteCheckpointError`, naming the tensor).
     """
-    meta, tensors = _open(path)
-    stored = _model_from(meta, path)
-    if model is not None and model != stored:
-        diff = [f"{k}={v!r} in the file, {getattr(model, k)!r} expected"
-                for k, v in model_config(stored).items() if getattr(model, k) != v]
-        raise CheckpointError(f"{path} is a checkpoint of another model: " + "; ".join(diff))
-    model = stored
-    template = _params_template(model, tensors, path)
-    params = _fill(template, tensors, "params/", path, "model's params")
-    opt_state = None
-    if opt_state_template is not None:
-        if meta.get("has_opt_state") != "1":
-            raise CheckpointError(f"{path} holds no optimizer state")
-        opt_state = _fill(opt_state_template, tensors, "opt_state/", path, "optimizer state")
-    return Checkpoint(model, params, opt_state, int(meta["step"]), meta)
-
-
-def _params_template(model: GPT, tensors: dict, path):
-    """Empty arrays shaped like the model's params, in the dtype the file stores."""
-    dtype = next((t.dtype for k, t in tensors.items() if k.startswith("params/")), None)
-    if dtype is None:
-        raise CheckpointError(f"{path} holds no params")
-    return tree.map(lambda p: np.empty(p.shape, dtype), model.spec())
+    with _open(path) as st:
+        meta = dict(st.metadata)
+        stored = _model_from(meta, path)
+        step = _step_from(meta, path)
+        if model is not None and model != stored:
+            diff = [f"{k}={v!r} in the file, {getattr(model, k)!r} expected"
+                    for k, v in model_config(stored).items() if getattr(model, k) != v]
+            raise CheckpointError(f"{path} is a checkpoint of another model: " + "; ".join(diff))
+        model = stored
+        leaf_paths, treedef, _ = _params_layout(model, st, path)
+        params = _read_checked(st, path, "params/", "params", treedef, leaf_paths)
+        opt_state = None
+        if opt_state_template is not None:
+            if meta.get("has_opt_state") != "1":
+                raise CheckpointError(f"{path} holds no optimizer state")
+            flat, opt_def = tree.flatten(opt_state_template)
+            opt_paths = tree.paths(opt_state_template)
+            leaves = [np.asarray(x) for x in flat]
+            _check_against_header(st, path, "opt_state/", "optimizer state",
+                                  [f"opt_state/{p}" for p in opt_paths], [x.shape for x in leaves],
+                                  [x.dtype.newbyteorder("=") for x in leaves])
+            opt_state = _read_checked(st, path, "opt_state/", "optimizer state", opt_def, opt_paths)
+    return Checkpoint(model, params, opt_state, step, meta)
 
 
 def load_model(path) -> tuple[GPT, Any]:

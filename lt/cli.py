@@ -25,7 +25,7 @@ import numpy as np
 from . import checkpoint, data, distributed, optim, random, runs, tokenizers
 from ._allocator import tune_malloc
 from .corpus import train_val_split_text
-from .files import atomic_write_text
+from .files import atomic_write_text, naming
 from .nn import GPT, PRESETS
 from .runs import Run, RunFiles, RunSettings
 from .training import TrainState, evaluate, train
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--beams", type=int, help="beam search with this many beams instead of sampling")
+    g.add_argument("--beams", type=_positive(int), help="beam search with this many beams instead of sampling")
 
     e = sub.add_parser("eval", help="loss and perplexity of a run on held-out text")
     e.add_argument("--run", required=True, metavar="DIR")
@@ -110,9 +110,13 @@ _NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "sample_tokens"}   
 def _settings(args) -> RunSettings:
     """New settings from the flags (defaults filled in), for a fresh run."""
     v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
-    # The context is the training window: positions past it would never have been trained.
-    model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
+    context = GPT.preset(v["preset"]).max_seq_len
+    if v["seq_len"] > context:       # refused before anything is allocated or written
+        raise UsageError(f"--seq-len must be at most {context} (the context of preset {v['preset']}), "
+                         f"got {v['seq_len']}")
     try:
+        # The context is the training window: positions past it would never have been trained.
+        model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
         return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
                            tokenizer=v["tokenizer"], seq_len=v["seq_len"], batch_size=v["batch_size"],
                            steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
@@ -167,52 +171,82 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
     return attrs.evolve(saved, steps=args.steps or saved.steps)
 
 
-def _prepare(args) -> tuple[Run, optim.GradientTransformation]:
-    """The run to train, new or resumed, and its optimizer: read and written by rank 0 alone."""
+def _prepare(args) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
+    """The run to train, new or resumed, its optimizer, and the lock held on its directory while
+    it trains: read and written by rank 0 alone. A new run's directory is made only once its
+    settings, data and tokenizer are ready."""
     files = RunFiles(args.out or _default_out(args))
-    if args.resume:
-        settings, tokenizer = runs.load_settings(files), tokenizers.load(files.tokenizer)
-        settings = _check_resume_flags(args, settings, tokenizer)
-    else:
-        if files.checkpoint.exists() or files.settings.exists():
-            raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
-        settings = _settings(args)
-    text = runs.read_training_text(settings.data)
-    train_text, val_text = train_val_split_text(text, settings.val_fraction)
-    if not args.resume:
-        tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
-                                       args.vocab_size or TRAIN_DEFAULTS["vocab_size"])
-    model = GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size})
-    settings = attrs.evolve(settings, model=attrs.asdict(model))
-    optimizer = runs.make_optimizer(settings)
-    state = TrainState.create(model.init(random.fold_in(random.key(settings.seed), "init")), optimizer)
-    if args.resume:
-        ck = checkpoint.load(files.checkpoint, model, state.opt_state)
-        state = TrainState(ck.params, ck.opt_state, ck.step)
-    else:
-        files.root.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(files.tokenizer)
-        runs.save_settings(files, settings)
+    lock = None
+    try:
+        if args.resume:
+            lock = runs.open_run(files, new=False)
+            saved = runs.load_settings(files)
+            tokenizer = tokenizers.load(files.tokenizer)
+            settings = _check_resume_flags(args, saved, tokenizer)
+        else:
+            if files.checkpoint.exists():          # early, before the data is read (checked again locked)
+                raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
+            settings = _settings(args)
+        text = runs.read_training_text(settings.data)
+        if args.resume:
+            runs.check_same_data(settings, text)
+        else:
+            settings = attrs.evolve(settings, **runs.data_fingerprint(text))
+        train_text, val_text = train_val_split_text(text, settings.val_fraction)
+        if not args.resume:
+            tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
+                                           args.vocab_size or TRAIN_DEFAULTS["vocab_size"])
+        model = GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size})
+        settings = attrs.evolve(settings, model=attrs.asdict(model))
+        optimizer = runs.make_optimizer(settings)
+        state = TrainState.create(model.init(random.fold_in(random.key(settings.seed), "init")), optimizer)
+        if args.resume:
+            ck = checkpoint.load(files.checkpoint, model, state.opt_state)
+            state = TrainState(ck.params, ck.opt_state, ck.step)
+            if settings.steps < state.step:
+                raise UsageError(f"--steps {settings.steps} is before the run's step {state.step}; "
+                                 f"give --steps {state.step} or more")
+            if settings != saved:                  # a new --steps: run.json says where the run goes
+                runs.save_settings(files, settings)
+        else:
+            lock = runs.open_run(files, new=True)
+            if lock.restarted:
+                print(f"lt: {files.root} held a run that stopped before its first checkpoint; starting it over",
+                      file=sys.stderr, flush=True)
+            tokenizer.save(files.tokenizer)
+            runs.save_settings(files, settings)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     run = Run(files, settings, tokenizer, runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text), state)
-    return run, optimizer
+    return run, optimizer, lock
 
 
-def _shared_run(args, world: distributed.World) -> tuple[Run, optim.GradientTransformation]:
-    """The run and its optimizer on every rank: rank 0 prepares the run (reading and writing the
-    files), and only with more than one rank is it broadcast, as it is (arrays buffer by buffer,
-    the rest pickled); each rank builds the optimizer once. (An error on rank 0 ends the job:
+def _shared_run(args, world: distributed.World) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
+    """The run and its optimizer on every rank, and rank 0's lock on the run directory: rank 0
+    prepares the run (reading and writing the files), and only with more than one rank is it
+    broadcast, as it is (arrays buffer by buffer, the rest pickled); each rank builds the optimizer once. (An error on rank 0 ends the job:
     under ``python -m mpi4py`` its exit status aborts the other ranks.)"""
-    run, optimizer = _prepare(args) if world.is_root else (None, None)
+    run, optimizer, lock = _prepare(args) if world.is_root else (None, None, None)
     if world.size > 1:
         run = distributed.broadcast(world.comm, run)
         optimizer = optimizer or runs.make_optimizer(run.settings)
-    return run, optimizer
+    return run, optimizer, lock
 
 
 def cmd_train(args) -> int:
     tune_malloc()
     world = _world(args.mpi)
-    run, optimizer = _shared_run(args, world)
+    run, optimizer, lock = _shared_run(args, world)
+    try:
+        return _train(args, world, run, optimizer)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, world, run, optimizer) -> int:
     files, settings, state = run.files, run.settings, run.state
     model = GPT(**settings.model)
     if world.is_root:
@@ -220,11 +254,12 @@ def cmd_train(args) -> int:
         print(f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
               f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}",
               flush=True)
-    log_file = open(files.log, "a") if world.is_root else None
+    log_file = files.open_log() if world.is_root else None
 
     def on_log(record):
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        with naming(files.log):
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
 
     start = time.perf_counter()
     try:
@@ -277,9 +312,12 @@ def cmd_generate(args) -> int:
     settings, model, params, tokenizer = runs.load_run(args.run)
     if not args.prompt:
         raise UsageError("--prompt must not be empty")
-    if args.beams:
+    if args.beams is not None:
         from . import generate
         ids = runs.encode(tokenizer, args.prompt)
+        if len(ids) >= model.max_seq_len:
+            raise UsageError(f"the prompt is {len(ids)} tokens; beam search needs it shorter than the model's "
+                             f"context of {model.max_seq_len} tokens")
         n = min(args.max_new_tokens, model.max_seq_len - len(ids))
         result = generate.beam_search(model, params, ids, num_beams=args.beams, max_new_tokens=n)
         print(tokenizer.decode(np.asarray(result.sequences[0])))

@@ -71,18 +71,29 @@ def _import_mpi():
     return MPI
 
 
+def _launcher_size() -> int:
+    """The job size an MPI launcher set in the environment; 1 when none is set (or it is not a number)."""
+    for var in _LAUNCHER_SIZE_VARS:
+        try:
+            return int(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
 def world(mpi: bool | None = None) -> World:
     """The MPI world this process belongs to, or :data:`SINGLE`.
 
     ``mpi=None`` detects: MPI is used when the process was started by an MPI launcher
-    (``mpiexec``, ``srun``, ``python -m mpi4py``) and the job has more than one rank.
+    (``mpiexec``, ``srun``, ``python -m mpi4py``) and the job has more than one rank. A launcher's
+    variables saying one rank (``PMI_SIZE=1``), or no size at all, mean a plain single process,
+    which never needs mpi4py.
     ``mpi=True`` (the CLI's ``--mpi``) requires mpi4py and uses ``COMM_WORLD`` even with one
     rank; ``mpi=False`` never touches MPI.
     """
     if mpi is False:
         return SINGLE
-    launched = any(v in os.environ for v in _LAUNCHER_VARS) or "mpi4py.run" in sys.modules \
-        or "mpi4py.MPI" in sys.modules
+    launched = _launcher_size() > 1 or "mpi4py.run" in sys.modules or "mpi4py.MPI" in sys.modules
     if mpi is None and not launched:
         return SINGLE
     comm = _import_mpi().COMM_WORLD

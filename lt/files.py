@@ -3,17 +3,29 @@
 Every file lt writes (checkpoints, exported weights, tokenizers, run settings) goes to a
 temporary name in the target folder, is fsynced and renamed over the final path, and the
 rename is made durable by fsyncing the folder: a reader sees the old file or the whole new
-one, even after a crash or a SIGKILL.
+one, even after a crash or a SIGKILL. An OS error while writing (a full disk) names the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "naming"]
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Re-raise an OSError that names no file (``ENOSPC`` from a write) with ``path`` as its file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
 def atomic_write(path, chunks: Iterable) -> None:
@@ -23,7 +35,7 @@ def atomic_write(path, chunks: Iterable) -> None:
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the umask applies, as for open()
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()

@@ -21,6 +21,10 @@ GPT-2's Conv1D stores its weight (in, out), as lt's Linear does, so only the LM 
 (a torch ``nn.Linear``, stored (out, in)) is transposed. The causal-mask buffers old
 checkpoints carry (``h.i.attn.bias``, ``h.i.attn.masked_bias``) are not weights and are
 skipped; a tied checkpoint's ``lm_head.weight``, if present, is the embedding again.
+``config.json`` and the shard index must be regular files of bounded size; shards must be
+regular files inside the model directory (no absolute or ``..`` names, no symlinks out of
+it); ``n_layer`` and every tensor shape are checked against the weights' headers before
+anything is built or read (:class:`HFCheckpointError`).
 Config options whose maths lt does not implement are refused with the field named;
 ``reorder_and_upcast_attn`` is accepted, as it changes only the precision of the scores
 (lt computes them in the params' dtype, float32 or float64).
@@ -29,7 +33,9 @@ Config options whose maths lt does not implement are refused with the field name
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +44,13 @@ from . import safetensors_io, tree
 from .files import atomic_write_text
 from .nn.gpt import GPT
 
-__all__ = ["from_hf", "to_hf", "gpt_from_config", "config_from_gpt", "hf_name"]
+__all__ = ["from_hf", "to_hf", "gpt_from_config", "config_from_gpt", "hf_name", "HFCheckpointError"]
+
+_MAX_JSON = 64 * 2**20             # config.json and the shard index are a few KB; more means corrupt
+
+
+class HFCheckpointError(ValueError):
+    """A Hugging Face model directory whose files are unsafe or do not fit each other."""
 
 # GPT2Config's defaults, used for fields a config.json leaves out (as transformers does).
 _DEFAULTS = {
@@ -146,28 +158,87 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
 
 # ------------------------------------------------------------------ reading
 
+def _read_json(path: Path, what: str):
+    """The JSON in ``path``: a regular file (a FIFO would block) of bounded size, else an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise HFCheckpointError(f"{path}: is a directory, expected the {what} (a JSON file)") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise HFCheckpointError(f"{path}: is not a regular file (a FIFO, device or socket?); "
+                                    f"expected the {what} (a JSON file)")
+        if info.st_size > _MAX_JSON:
+            raise HFCheckpointError(f"{path}: is {info.st_size} bytes, more than the {_MAX_JSON} "
+                                    f"a {what} may be")
+        data = f.read(_MAX_JSON + 1)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFCheckpointError(f"{path}: the {what} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise HFCheckpointError(f"{path}: the {what} is JSON nested too deeply to be one") from None
+
+
+def _shard_files(path: Path, index: Path) -> list[Path]:
+    """The shard files ``index`` names: relative paths inside ``path``, each a regular file."""
+    data = _read_json(index, "shard index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise HFCheckpointError(f"{index}: expected a JSON object with a 'weight_map' of tensor "
+                                "name -> shard file name")
+    root = path.resolve()
+    files = []
+    for name in sorted(set(weight_map.values())):
+        shard = Path(name)
+        inside = (path / shard).resolve()
+        if shard.is_absolute() or ".." in shard.parts or not inside.is_relative_to(root):
+            raise HFCheckpointError(f"{index}: shard {name!r} is outside the model directory {path}; "
+                                    "shard names must be files inside it")
+        try:
+            mode = os.stat(inside).st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{index}: shard {name!r} not found in {path}") from None
+        if not stat.S_ISREG(mode):
+            raise HFCheckpointError(f"{index}: shard {name!r} is not a regular file")
+        files.append(path / shard)
+    return files
+
+
 def _open_weights(path: Path) -> dict[str, tuple[safetensors_io.SafeTensors, str]]:
-    """Every stored tensor name (``transformer.`` stripped) -> (the file holding it, its name there)."""
+    """Every stored tensor name (``transformer.`` stripped) -> (the file holding it, its name there).
+
+    The files stay open (one descriptor each) until the caller closes them."""
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.exists():
         files = [single]
     elif index.exists():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [path / f for f in sorted(set(weight_map.values()))]
+        files = _shard_files(path, index)
     else:
         found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
         raise FileNotFoundError(f"{path} has no model.safetensors (found {found}); lt reads "
                                 "safetensors weights only (re-save with "
                                 "save_pretrained(..., safe_serialization=True))")
     names: dict = {}
-    for file in files:
-        st = safetensors_io.SafeTensors(file)
-        for stored in st:
-            name = stored.removeprefix("transformer.")
-            if name in names:
-                raise ValueError(f"{path}: tensor {name} is stored twice "
-                                 f"({names[name][1]} and {stored})")
-            names[name] = (st, stored)
+    opened = []
+    try:
+        for file in files:
+            st = safetensors_io.SafeTensors(file)
+            opened.append(st)
+            if sum(len(o) for o in opened) > safetensors_io.MAX_TENSORS:
+                raise HFCheckpointError(f"{path}: its shards hold more than "
+                                        f"{safetensors_io.MAX_TENSORS} tensors")
+            for stored in st:
+                name = stored.removeprefix("transformer.")
+                if name in names:
+                    raise HFCheckpointError(f"{path}: tensor {name} is stored twice "
+                                            f"({names[name][1]} and {stored})")
+                names[name] = (st, stored)
+    except BaseException:
+        for st in opened:
+            st.close()
+        raise
     return names
 
 
@@ -184,12 +255,29 @@ def from_hf(path, *, dtype=np.float32, dropout: float | None = None) -> tuple[GP
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"from_hf: dtype must be float32 or float64, got {dtype}")
     config_path = path / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():
         raise FileNotFoundError(f"{path} has no config.json; expected a Hugging Face GPT-2 "
                                 "model directory (config.json and model.safetensors)")
-    model = gpt_from_config(json.loads(config_path.read_text()), dropout=dropout,
-                            where=str(config_path))
+    config = _read_json(config_path, "model config (config.json)")
+    if not isinstance(config, dict):
+        raise HFCheckpointError(f"{config_path}: expected a JSON object (a GPT2Config), "
+                                f"got a JSON {type(config).__name__}")
+    model = gpt_from_config(config, dropout=dropout, where=str(config_path))
     stored = _open_weights(path)
+    files = {id(st): st for st, _ in stored.values()}.values()
+    try:
+        return _read_params(path, model, stored, dtype)
+    finally:
+        for st in files:
+            st.close()
+
+
+def _read_params(path: Path, model: GPT, stored: dict, dtype) -> tuple[GPT, object]:
+    # The spec grows with n_layer: compare it to the blocks present before building it.
+    blocks = {name.split(".")[1] for name in stored if name.startswith("h.") and name.count(".") >= 2}
+    if model.num_layers > len(blocks):
+        raise HFCheckpointError(f"{path / 'config.json'}: n_layer={model.num_layers}, but the "
+                                f"weights hold {len(blocks)} blocks (h.0 ... h.{len(blocks) - 1})")
     spec_leaves, treedef = tree.flatten(model.spec())
     leaves = []
     for lt_path, param in zip(tree.paths(model.spec()), spec_leaves):
@@ -197,13 +285,13 @@ def from_hf(path, *, dtype=np.float32, dropout: float | None = None) -> tuple[GP
         transpose = lt_path == "head.w"
         expected = param.shape[::-1] if transpose else param.shape
         if name not in stored:
-            raise ValueError(f"{path}: missing tensor {name} (lt {lt_path}), expected shape "
-                             f"{expected} from config.json")
+            raise HFCheckpointError(f"{path}: missing tensor {name} (lt {lt_path}), expected shape "
+                                    f"{expected} from config.json")
         st, key = stored.pop(name)
         found = st.shape(key)
         if found != expected:
-            raise ValueError(f"{st.path}: tensor {key} has shape {found}, expected {expected} "
-                             f"(lt {lt_path}) from config.json")
+            raise HFCheckpointError(f"{st.path}: tensor {key} has shape {found}, expected {expected} "
+                                    f"(lt {lt_path}) from config.json")
         array = st[key].astype(dtype, copy=False)
         array = np.ascontiguousarray(array.T) if transpose else array
         array.flags.writeable = False
@@ -211,8 +299,8 @@ def from_hf(path, *, dtype=np.float32, dropout: float | None = None) -> tuple[GP
     extra = [name for name in stored if not _BUFFER.fullmatch(name)
              and not (name == "lm_head.weight" and model.tie_embeddings)]
     if extra:
-        raise ValueError(f"{path}: unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} "
-                         "(not part of a GPT-2 LM with this config.json)")
+        raise HFCheckpointError(f"{path}: unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} "
+                                "(not part of a GPT-2 LM with this config.json)")
     params = tree.freeze(tree.unflatten(treedef, leaves))
     model.check_params(params)
     return model, params

@@ -7,12 +7,22 @@ A run directory holds everything needed to resume, sample or evaluate a run::
     checkpoint.safetensors   params, optimizer state and step (lt.checkpoint)
     log.jsonl                one JSON record per log line (step, loss, lr, tok/s, eval)
     sample.txt               the text sampled at the end of training
+    .lock                    the pid of the process writing the run (see :func:`open_run`)
+
+One process writes a run at a time: :func:`open_run` takes an exclusive advisory lock
+(``flock``) on ``.lock`` and holds it while the run trains. The OS releases it when the
+process ends in any way (a SIGKILL too), so no stale lock is ever left behind. A folder
+that is not empty and holds no run is never written in, and no file lt writes in a run is
+written through a symbolic link.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
+import re
 from typing import Any, NamedTuple
 
 import attrs
@@ -23,8 +33,44 @@ from ._checks import any_integer, non_negative, number, one_of, positive
 from .files import atomic_write_text
 from .nn import GPT
 
-__all__ = ["RunSettings", "RunFiles", "Run", "read_training_text", "fit_tokenizer", "make_optimizer",
-           "save_settings", "load_settings", "load_run", "encode"]
+try:
+    import fcntl
+except ImportError:                     # not POSIX: runs are not locked
+    fcntl = None
+
+__all__ = ["RunSettings", "RunFiles", "Run", "RunLock", "RunInUseError", "open_run", "read_training_text",
+           "data_fingerprint", "check_same_data", "fit_tokenizer", "make_optimizer", "save_settings",
+           "load_settings", "load_run", "encode"]
+
+
+def _model_config(instance, attribute, value) -> None:
+    """attrs validator: a dict of lt.GPT fields that makes a valid model."""
+    if not isinstance(value, dict):
+        raise ValueError(f"RunSettings.model must be a dict of lt.GPT fields, got {value!r}")
+    try:
+        GPT(**value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"RunSettings.model is not a valid lt.GPT config: {e}") from None
+
+
+def _within_context(instance, attribute, value) -> None:
+    """attrs validator: seq_len is a positive integer no longer than the model's context."""
+    positive(instance, attribute, value)
+    if value > instance.model["max_seq_len"]:
+        raise ValueError(f"RunSettings.seq_len must be at most the model's max_seq_len "
+                         f"{instance.model['max_seq_len']}, got {value}")
+
+
+def _optional(validator):
+    def check(instance, attribute, value):
+        if value is not None:
+            validator(instance, attribute, value)
+    return check
+
+
+def _hex_digest(instance, attribute, value) -> None:
+    if not (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value)):
+        raise ValueError(f"RunSettings.{attribute.name} must be a SHA-256 hex digest, got {value!r}")
 
 
 @attrs.frozen
@@ -35,10 +81,10 @@ class RunSettings:
     so a hand-edited file with a bad value is refused naming the field.
     """
 
-    model: dict = attrs.field(validator=attrs.validators.instance_of(dict))   # lt.GPT fields
+    model: dict = attrs.field(validator=_model_config)                        # lt.GPT fields
     data: str = attrs.field(validator=attrs.validators.instance_of(str))      # "corpus:<name>" or a file path
     tokenizer: str = attrs.field(validator=one_of("char", "bpe"))
-    seq_len: int = attrs.field(validator=positive)
+    seq_len: int = attrs.field(validator=_within_context)
     batch_size: int = attrs.field(validator=positive)
     steps: int = attrs.field(validator=positive)
     lr: float = attrs.field(validator=number(0, low_open=True))
@@ -52,6 +98,10 @@ class RunSettings:
     eval_batches: int = attrs.field(validator=positive)
     checkpoint_every: int = attrs.field(validator=positive)
     val_fraction: float = attrs.field(default=0.1, validator=number(0, 1, high_open=True))
+    # The training text's size in bytes (UTF-8) and SHA-256, checked on resume; None in runs
+    # made before they were recorded.
+    data_bytes: int | None = attrs.field(default=None, validator=_optional(non_negative))
+    data_sha256: str | None = attrs.field(default=None, validator=_optional(_hex_digest))
 
 
 class RunFiles:
@@ -64,6 +114,113 @@ class RunFiles:
         self.checkpoint = self.root / "checkpoint.safetensors"
         self.log = self.root / "log.jsonl"
         self.sample = self.root / "sample.txt"
+        self.lock = self.root / ".lock"
+
+    def written(self) -> tuple:
+        """The files lt writes in the run (none may be a symbolic link)."""
+        return self.settings, self.tokenizer, self.checkpoint, self.log, self.sample, self.lock
+
+    def holds_run(self) -> bool:
+        """Whether the folder holds a run (or a run's beginning): any of lt's own files."""
+        return any(p.exists() or p.is_symlink() for p in (self.settings, self.checkpoint, self.lock))
+
+    def open_log(self):
+        """``log.jsonl`` opened for appending text, never through a symbolic link."""
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+
+class RunInUseError(RuntimeError):
+    """Another process is writing the run (it holds the run's lock)."""
+
+
+class RunLock:
+    """The exclusive lock of one run directory, held until :meth:`release` (or the process ends).
+
+    A context manager; ``restarted`` is True when the folder held a run that never reached its
+    first checkpoint, which :func:`open_run` cleared to start over."""
+
+    def __init__(self, files: RunFiles, fd: int | None, restarted: bool = False):
+        self.files, self._fd, self.restarted = files, fd, restarted
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)             # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _refuse_links(files: RunFiles) -> None:
+    for path in files.written():
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link; lt never writes through one in a run directory: "
+                             "remove it or choose another --out")
+
+
+def _lock(files: RunFiles) -> int | None:
+    """An exclusive flock on ``files.lock`` with this process's pid written in it, or RunInUseError."""
+    if fcntl is None:
+        return None
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise RunInUseError(f"{files.root} is in use by another lt process (pid {holder or 'unknown'}) writing "
+                            "the same run; wait for it to end or choose another --out") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def open_run(files: RunFiles, *, new: bool) -> RunLock:
+    """Lock the run directory ``files.root`` for writing, for as long as the returned lock is held.
+
+    ``new``: a fresh run. The folder may be missing (it is made), empty, or hold a run that
+    stopped before its first checkpoint (its settings, tokenizer, log and sample are removed,
+    and ``restarted`` says so); a run with a checkpoint, or a non-empty folder that is not a
+    run, is refused. Otherwise the run is resumed: it must have settings and a checkpoint.
+    Temporary files left by a killed writer are removed, and a symbolic link in place of a
+    file lt writes is refused. A run locked by another process raises :class:`RunInUseError`
+    naming its pid.
+    """
+    root = files.root
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory")
+    if new and root.is_dir() and not files.holds_run() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty and holds no lt run; lt writes only in a new or empty "
+                              "folder: choose another --out")
+    if not new:
+        load_settings(files)                          # "not a run directory", before anything is made
+    _refuse_links(files)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(files, _lock(files))
+    try:
+        _refuse_links(files)                          # again, now that no other lt process writes here
+        for tmp in root.glob(".*.tmp"):               # left by a writer killed mid-write
+            tmp.unlink(missing_ok=True)
+        if new:
+            if files.checkpoint.exists():
+                raise FileExistsError(f"{root} already holds a run; continue it with --resume or choose another --out")
+            lock.restarted = files.settings.exists()
+            for path in (files.settings, files.tokenizer, files.log, files.sample):
+                path.unlink(missing_ok=True)
+        elif not files.checkpoint.exists():
+            raise FileNotFoundError(f"{root} has no checkpoint: the run stopped before its first one; "
+                                    "start it over without --resume")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class Run(NamedTuple):
@@ -84,12 +241,36 @@ def read_training_text(source: str) -> str:
         from . import corpus
         return corpus.load_text(source.split(":", 1)[1])
     path = pathlib.Path(source)
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {source} is a directory; give a text file")
     if not path.is_file():
         raise FileNotFoundError(f"data file {source} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data file {source} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset "
+                         f"{e.start} ({e.reason})") from None
     if not text:
         raise ValueError(f"data file {source} is empty")
     return text
+
+
+def data_fingerprint(text: str) -> dict:
+    """``{"data_bytes", "data_sha256"}`` of a training text (its UTF-8 bytes), as run.json records them."""
+    raw = text.encode("utf-8")
+    return {"data_bytes": len(raw), "data_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def check_same_data(settings: RunSettings, text: str) -> None:
+    """Refuse to resume on a training text other than the run's (when the run recorded its fingerprint)."""
+    if settings.data_sha256 is None:
+        return
+    now = data_fingerprint(text)
+    if now["data_sha256"] != settings.data_sha256:
+        raise ValueError(f"data {settings.data} changed since the run was made ({settings.data_bytes:,} bytes, "
+                         f"sha256 {settings.data_sha256[:12]}...; now {now['data_bytes']:,} bytes, sha256 "
+                         f"{now['data_sha256'][:12]}...): resuming would train on other text; restore it or "
+                         "start a new run")
 
 
 def fit_tokenizer(kind: str, text: str, vocab_size: int):
@@ -130,7 +311,11 @@ def load_run(root) -> tuple[RunSettings, GPT, Any, Any]:
     if not files.checkpoint.is_file():
         raise FileNotFoundError(f"{files.root} has no checkpoint yet ({files.checkpoint.name})")
     model, params = checkpoint.load_model(files.checkpoint)
-    return settings, model, params, tokenizers.load(files.tokenizer)
+    tokenizer = tokenizers.load(files.tokenizer)
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(f"{files.tokenizer} has {tokenizer.vocab_size} tokens but the model in {files.checkpoint} "
+                         f"has {model.vocab_size}: they are not from the same run")
+    return settings, model, params, tokenizer
 
 
 def encode(tokenizer, text: str) -> np.ndarray:

@@ -13,8 +13,11 @@ loading GPT-2 needs neither torch nor the ``safetensors`` package. NumPy has no
 bfloat16, so BF16 tensors are widened to float32 when read (exactly: a bfloat16 is the
 top half of a float32); writing BF16 is not supported.
 
-Reading is lazy: :class:`SafeTensors` parses and checks the header (a truncated or
-corrupt file fails here, naming what is wrong) and reads a tensor only when asked.
+Reading is lazy: :class:`SafeTensors` opens the file once, parses and checks the header
+(a truncated or corrupt file fails here, naming what is wrong; headers over 100 MiB or
+100,000 tensors, and paths that are not regular files, are refused before parsing) and
+reads a tensor only when asked, always through that one descriptor: a file renamed over
+the path meanwhile is never mixed in, so one load is always of exactly one file.
 Writing goes to a temporary file in the target folder, is fsynced and renamed, so a
 crash never leaves a half-written file at the final path.
 """
@@ -23,6 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +46,7 @@ _DTYPES = {
 }
 _NAMES = {np.dtype(v).newbyteorder("<"): k for k, v in _DTYPES.items() if k != "BF16"}
 _MAX_HEADER = 100 * 2**20          # the reference implementation's limit; more means corrupt
+MAX_TENSORS = 100_000              # far above any model's (GPT-2 XL: ~600); more means corrupt
 
 
 class SafetensorsError(ValueError):
@@ -89,24 +96,55 @@ class SafeTensors(Mapping):
     def __init__(self, path):
         self.path = Path(path)
         where = str(self.path)
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise SafetensorsError(f"{where} is truncated: {size} bytes, fewer than the "
-                                       "8-byte header length that starts a safetensors file")
-            n = int.from_bytes(head, "little")
-            if n > _MAX_HEADER or n > size - 8:
-                raise SafetensorsError(f"{where} is truncated or not safetensors: its header "
-                                       f"length says {n} bytes, but {size - 8} bytes follow")
-            text = f.read(n)
+        # One descriptor for the whole life of this object: every tensor comes from the file
+        # whose header was read, even if another file is renamed over ``path`` meanwhile.
+        # O_NONBLOCK keeps a FIFO from blocking the open; anything not a regular file is refused.
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        except IsADirectoryError:
+            raise SafetensorsError(f"{where} is a directory, not a safetensors file") from None
+        self._file = os.fdopen(fd, "rb", buffering=0)
+        self._lock = threading.Lock()
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SafetensorsError(f"{where} is not a regular file (a FIFO, device or socket?); "
+                                       "expected a safetensors file")
+            self._parse(where, st.st_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse(self, where: str, size: int) -> None:
+        head = self._read(0, 8)
+        if len(head) < 8:
+            raise SafetensorsError(f"{where} is truncated: {size} bytes, fewer than the "
+                                   "8-byte header length that starts a safetensors file")
+        n = int.from_bytes(head, "little")
+        if n > _MAX_HEADER:
+            raise SafetensorsError(f"{where} is corrupt or not safetensors: its header length says "
+                                   f"{n} bytes, more than the {_MAX_HEADER} bytes allowed")
+        if n > size - 8:
+            raise SafetensorsError(f"{where} is truncated or not safetensors: its header "
+                                   f"length says {n} bytes, but {size - 8} bytes follow")
+        text = self._read(8, n)
+        count = text.count(b'"data_offsets"')          # a cheap bound before parsing anything
+        if count > MAX_TENSORS:
+            raise SafetensorsError(f"{where}: its header lists about {count} tensors, more than the "
+                                   f"{MAX_TENSORS} lt reads (corrupt or not a model file?)")
         try:
             header = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise SafetensorsError(f"{where} is corrupt: its header is not valid JSON ({e})") from None
+        except RecursionError:
+            raise SafetensorsError(f"{where} is corrupt: its header JSON is nested too deeply "
+                                   "to be a safetensors header") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{where} is corrupt: its header is a JSON "
                                    f"{type(header).__name__}, expected an object")
+        if len(header) > MAX_TENSORS + 1:
+            raise SafetensorsError(f"{where}: its header lists {len(header) - 1} tensors, more than "
+                                   f"the {MAX_TENSORS} lt reads (corrupt or not a model file?)")
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise SafetensorsError(f"{where}: __metadata__ must map strings to strings, got {metadata!r}")
@@ -124,16 +162,52 @@ class SafeTensors(Mapping):
             raise SafetensorsError(f"{where} is corrupt: its tensors cover {covered} bytes of data "
                                    f"but {buffer_size} bytes follow the header")
 
+    def _read(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` of the open file (fewer only at its end)."""
+        if self._file.closed:
+            raise ValueError(f"{self.path} has been closed")
+        with self._lock:                              # seek + read is one step for all threads
+            self._file.seek(offset)
+            chunks, left = [], n
+            while left:
+                chunk = self._file.read(left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Close the file; reading a tensor afterwards is an error."""
+        self._file.close()
+
+    def __enter__(self) -> "SafeTensors":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __getitem__(self, name: str) -> np.ndarray:
         dtype, shape, begin, end = self._entries[name]
         stored = np.dtype(_DTYPES[dtype])
         count = (end - begin) // stored.itemsize
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + begin)
-            flat = np.fromfile(f, dtype=stored, count=count) if count else np.empty(0, stored)
-        if flat.size != count:                        # the file shrank after the header was read
-            raise SafetensorsError(f"{self.path} is truncated: tensor {name!r} has {flat.size} of "
-                                   f"its {count} values")
+        buf = bytearray(end - begin)                  # one writable copy, filled from the open file
+        got = 0
+        if count:
+            with self._lock:
+                if self._file.closed:
+                    raise ValueError(f"{self.path} has been closed")
+                self._file.seek(self._data_start + begin)
+                view = memoryview(buf)
+                while got < len(buf):
+                    n = self._file.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+        if got != len(buf):                           # the file shrank after the header was read
+            raise SafetensorsError(f"{self.path} is truncated: tensor {name!r} has {got // stored.itemsize} "
+                                   f"of its {count} values")
+        flat = np.frombuffer(buf, dtype=stored)
         if dtype == "BF16":
             flat = _bf16_to_f32(flat)
         return flat.astype(flat.dtype.newbyteorder("="), copy=False).reshape(shape)
@@ -151,11 +225,16 @@ class SafeTensors(Mapping):
         """The stored safetensors dtype name, e.g. ``"BF16"``."""
         return self._entries[name][0]
 
+    def numpy_dtype(self, name: str) -> np.dtype:
+        """The NumPy dtype ``st[name]`` has (BF16 reads as float32), from the header alone."""
+        dtype = self._entries[name][0]
+        return np.dtype(np.float32) if dtype == "BF16" else np.dtype(_DTYPES[dtype]).newbyteorder("=")
+
 
 def load(path) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file, as a dict of fresh NumPy arrays."""
-    st = SafeTensors(path)
-    return {name: st[name] for name in st}
+    with SafeTensors(path) as st:                     # one open file: never a mix of two
+        return {name: st[name] for name in st}
 
 
 def save(path, tensors: Mapping, metadata: Mapping | None = None) -> None:

@@ -166,19 +166,41 @@ def unflatten(treedef: TreeDef, leaves_: list):
 
 
 def _seal(leaf):
-    """Mark an array leaf read-only in place (for arrays lt itself just made)."""
-    if isinstance(leaf, np.ndarray) and leaf.flags.writeable:
+    """An array leaf made read-only for good, without a copy where lt may decide alone.
+
+    A read-only array that owns its memory can be made writeable again
+    (``a.setflags(write=True)``); a view of a read-only base cannot (NumPy refuses). So an
+    array that owns its memory is marked read-only and handed out as a view of itself; a
+    view of a read-only base is marked read-only; a view of someone's writeable array is
+    copied first (its owner may still write through it).
+    """
+    if not isinstance(leaf, np.ndarray):
+        return leaf
+    top = leaf
+    while isinstance(top.base, np.ndarray):            # the array that holds the memory
+        top = top.base
+    if (top is not leaf and top.flags.writeable) or (top.base is not None and not _read_only_buffer(top.base)):
+        leaf, top = leaf.copy(), None
+    if top is None or top is leaf:
         leaf.flags.writeable = False
+        return leaf.view()                             # read-only, of a read-only base
+    leaf.flags.writeable = False
     return leaf
+
+
+def _read_only_buffer(buffer) -> bool:
+    """Whether the memory under an array (bytes, an mmap, ...) can never be written through."""
+    try:
+        return memoryview(buffer).readonly
+    except TypeError:
+        return False
 
 
 def _freeze_leaf(leaf):
-    if isinstance(leaf, np.ndarray):
-        if leaf.flags.writeable:
-            leaf = leaf.copy()
-            leaf.flags.writeable = False
-        return leaf
-    return leaf
+    """A sealed leaf: writeable arrays (someone else may hold them) are copied first."""
+    if isinstance(leaf, np.ndarray) and leaf.flags.writeable:
+        leaf = leaf.copy()
+    return _seal(leaf)
 
 
 def freeze(tree):

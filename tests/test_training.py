@@ -307,3 +307,13 @@ def test_progress_bar_draws_the_step_and_fields_only_when_enabled():
     off.update(3, force=True, loss="2.0000")
     off.close()
     assert quiet.getvalue() == ""
+
+
+def test_an_update_that_makes_params_non_finite_never_replaces_the_last_good_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    boom = optim.sgd(lambda step: 1e-3 if step < 4 else float("inf"))   # step 4's update: inf params
+    with pytest.raises(lt.checkpoint.NonFiniteCheckpointError, match=r"^step 5: params leaf blocks\.0\.attn\.proj\.b .*non-finite"):
+        run(boom, 10, checkpoint_path=path, checkpoint_every=1)
+    ck = lt.checkpoint.load(path, MODEL)
+    assert ck.step == 4 and all(np.isfinite(x).all() for x in tree.leaves(ck.params))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]     # no temporary file left

@@ -130,6 +130,8 @@ class GPT(Module):
             raise ValueError(f"{name} must have shape (T,) or (B, T), got {ids.shape}")
         if ids.shape[-1] > self.max_seq_len:
             raise ValueError(f"{name} has {ids.shape[-1]} positions, more than max_seq_len={self.max_seq_len}")
+        if ids.shape[-1] == 0:
+            raise ValueError(f"{name} has no positions (shape {ids.shape}); give at least one token per row")
         return ids
 
     @staticmethod
@@ -223,6 +225,9 @@ class GPT(Module):
         self.check_params(params)
         ids = self.check_ids(ids)
         if targets is None:
+            if ids.shape[-1] < 2:
+                raise ValueError(f"ids has {ids.shape[-1]} position; predicting each next token needs at "
+                                 "least 2 (or give targets)")
             ids, targets = ids[..., :-1], ids[..., 1:]
             if attention_mask is not None:
                 attention_mask = np.asarray(attention_mask, bool)

@@ -18,7 +18,11 @@ import numpy as np
 
 from .. import random, tree
 
-__all__ = ["Param", "Module", "init_params", "check_params"]
+__all__ = ["Param", "Module", "init_params", "check_params", "PARAM_DTYPES"]
+
+# The dtypes params may have: init makes them, apply and loss accept them (NumPy has no fast
+# float16 matmul, and bfloat16 does not exist in it; loaders upcast).
+PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @attrs.frozen
@@ -53,7 +57,7 @@ def init_params(spec, rng: random.Key, dtype=np.float32):
     if not isinstance(rng, random.Key):
         raise TypeError(f"init needs an lt.random.Key as rng, got {type(rng).__name__}")
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
+    if dtype not in PARAM_DTYPES:
         raise TypeError(f"params dtype must be float32 or float64, got {dtype}")
     return _init_node(spec, rng, dtype)
 
@@ -75,7 +79,7 @@ def _fits(component, params) -> bool:
     flat, treedef = tree.flatten(params)
     want_def, want_shapes = layout(component)
     return treedef == want_def and all(
-        getattr(x, "shape", None) == shape and getattr(x, "dtype", np.dtype(np.int8)).kind == "f"
+        getattr(x, "shape", None) == shape and getattr(x, "dtype", None) in PARAM_DTYPES
         for x, shape in zip(flat, want_shapes))
 
 
@@ -108,8 +112,8 @@ def check_params(component, params, owner: str) -> None:
         if got != shape:
             raise ValueError(f"{owner} params: {path} has shape {got}, expected {shape}")
         dtype = getattr(found[path], "dtype", None)
-        if dtype is None or not np.issubdtype(dtype, np.floating):
-            raise TypeError(f"{owner} params: {path} must be a float array, got {dtype}")
+        if dtype not in PARAM_DTYPES:
+            raise TypeError(f"{owner} params: {path} must be a float32 or float64 array (as init makes), got {dtype}")
     extra = [p for p in found if p not in expected]
     if extra:
         raise ValueError(f"{owner} params: unexpected {extra[0]} (not part of this {owner})")

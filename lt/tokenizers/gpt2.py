@@ -19,14 +19,24 @@ import os
 from .. import _checks
 from ._files import TokenizerFileError, atomic_write_text, read_json
 
-__all__ = ["GPT2_PATTERN", "compile_pattern", "bytes_to_unicode", "token_to_text", "text_to_token",
+__all__ = ["GPT2_PATTERN", "KNOWN_PATTERNS", "compile_pattern", "bytes_to_unicode", "token_to_text", "text_to_token",
            "read_gpt2_files", "write_gpt2_files"]
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# The pre-tokenisation patterns lt runs. A pattern is code: one read from a file could
+# backtrack for hours on a short text (ReDoS), so only these are ever compiled.
+KNOWN_PATTERNS = {"gpt2": GPT2_PATTERN}
 
 
 def compile_pattern(pattern: str):
-    """``pattern`` compiled by the ``regex`` package (needed for ``\\p{L}``, which ``re`` lacks)."""
+    """``pattern`` compiled by the ``regex`` package (needed for ``\\p{L}``, which ``re`` lacks).
+
+    Only the patterns in :data:`KNOWN_PATTERNS` are accepted (a ValueError names them): a
+    tokenizer file's pattern is never trusted to be a safe regular expression."""
+    if pattern not in KNOWN_PATTERNS.values():
+        shown = pattern if not isinstance(pattern, str) or len(pattern) <= 80 else pattern[:80] + "..."
+        raise ValueError(f"BPE pre-tokenisation pattern {shown!r} is not one lt knows; accepted: "
+                         f"{', '.join(KNOWN_PATTERNS)}'s (lt.tokenizers.GPT2_PATTERN)")
     try:
         import regex
     except ImportError:
