@@ -9,12 +9,13 @@ the next training step) is an explicit call, made by :func:`train`, the ``lt`` c
 the benchmarks.
 """
 
-from . import (checkpoint, corpus, data, distributed, files, generate, hf, nn, ops, optim, random,
+from . import (checkpoint, corpus, data, distributed, files, generate, hf, nn, ops, optim, quant, random,
                safetensors_io, tokenizers, tree)
 from ._allocator import tune_malloc
 from .autodiff import grad, value_and_grad, vjp
 from .generate import beam_search
 from .nn import GPT
+from .quant import QuantizedArray, dequantize, quantize
 from .tokenizers import BPETokenizer, CharTokenizer
 from .training import NonFiniteError, TrainState, evaluate, make_train_step, train
 
@@ -24,4 +25,4 @@ __all__ = ["GPT", "BPETokenizer", "CharTokenizer", "beam_search", "checkpoint", 
            "distributed", "files", "generate", "hf", "nn", "ops", "optim", "random", "safetensors_io",
            "tokenizers", "tree",
            "TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "grad", "value_and_grad", "vjp",
-           "tune_malloc"]
+           "tune_malloc", "quant", "quantize", "dequantize", "QuantizedArray"]

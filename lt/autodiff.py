@@ -17,6 +17,7 @@ import numpy as np
 
 from . import tree
 from .ops.primitive import Tape, Tracer, value_of
+from .quant import QuantizedArray
 
 __all__ = ["value_and_grad", "grad", "vjp"]
 
@@ -26,8 +27,26 @@ def _is_float_array(x) -> bool:
 
 
 def _trace(tape: Tape, arg):
-    """``arg`` with every floating-point leaf replaced by a tracer on ``tape``."""
-    return tree.map(lambda x: tape.new(np.asarray(x)) if _is_float_array(x) else x, arg)
+    """``arg`` with every floating-point leaf replaced by a tracer on ``tape``.
+
+    A quantized leaf (``lt.quant``) is refused: it is inference-only. Differentiate the
+    dequantized tree, or pass the quantized one as an argument outside ``argnums``, where
+    the primitives treat it as a constant (gradients flow to their other inputs)."""
+    def trace(x):
+        if type(x) is QuantizedArray:
+            raise _QuantizedLeaf
+        return tape.new(np.asarray(x)) if _is_float_array(x) else x
+    try:
+        return tree.map(trace, arg)
+    except _QuantizedLeaf:
+        path, x = next((p, x) for p, x in tree.items(arg) if type(x) is QuantizedArray)
+        raise TypeError(f"cannot differentiate with respect to the quantized leaf {path or '<root>'} "
+                        f"(int{x.bits}): quantized weights are inference-only; differentiate "
+                        "lt.dequantize(params), or pass the quantized tree outside argnums (a constant)") from None
+
+
+class _QuantizedLeaf(Exception):
+    """Raised inside :func:`_trace`'s walk at a quantized leaf; reported with its path."""
 
 
 def _backward(tape: Tape, seeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -60,7 +79,9 @@ def _gradient_tree(traced_arg, original_arg, cts: dict):
             g = cts.get(t.id)
             if g is None:
                 return np.zeros(t.shape, t.dtype)
-            return np.ascontiguousarray(g, dtype=t.dtype).reshape(t.shape)
+            g = np.ascontiguousarray(g, dtype=t.dtype)
+            return g if g.shape == t.shape else g.reshape(t.shape)   # no needless view: a view of a
+                                                                       # writeable array is copied to seal it
         return np.zeros(np.shape(x), np.asarray(x).dtype) if isinstance(x, (np.ndarray, np.generic)) else x
     return tree.map(leaf_grad, traced_arg, original_arg)
 

@@ -15,6 +15,11 @@ tensor through one open file, so a checkpoint renamed over the path meanwhile is
 mixed in. A tree with NaN or inf is never written (``save`` refuses it, naming the step
 and the leaf, and leaves the previous file in place) nor loaded
 (:class:`NonFiniteCheckpointError`, naming the tensor).
+
+Quantized params (``lt.quantize``) save each quantized leaf as two tensors,
+``params/<path>.codes`` (I8 or U8) and ``params/<path>.scales`` (the params' float dtype),
+with the schemes in the header field ``quantized`` (JSON: path -> bits, group size, axis);
+they load back bit-exactly, checked like every other tensor (scales finite and >= 0).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, NamedTuple
 import attrs
 import numpy as np
 
-from . import _checks, safetensors_io, tree
+from . import _checks, quant, safetensors_io, tree
 from .nn import GPT
 from .safetensors_io import SafetensorsError
 
@@ -83,21 +88,43 @@ def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict
     """
     model.check_params(params)
     step = _checks.integer(step, "checkpoint step", low=0)
-    for what, prefix, t in (("params", "", params), ("optimizer state", "opt_state/", opt_state)):
-        bad = _first_non_finite(tree.items(t)) if t is not None else None
+    opt_items = tree.items(opt_state) if opt_state is not None else []
+    for what, prefix, items in (("params", "", _stored_items(params)), ("optimizer state", "opt_state/", opt_items)):
+        bad = _first_non_finite(items)
         if bad is not None:
             leaf, x, count = bad
             raise NonFiniteCheckpointError(
                 f"step {step}: {what} leaf {prefix}{leaf} {_describe_bad(x, count)}; "
                 f"checkpoint not written ({path} is left as it was)")
-    tensors = {f"params/{p}": np.asarray(x, order="C") for p, x in tree.items(params)}
+    tensors, schemes = _param_tensors(params)
     if opt_state is not None:
         tensors.update({f"opt_state/{p}": np.asarray(x, order="C") for p, x in tree.items(opt_state)})
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update({"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(step),
                  "model": json.dumps(model_config(model), sort_keys=True),
                  "has_opt_state": "1" if opt_state is not None else "0"})
+    if schemes:
+        meta["quantized"] = json.dumps(schemes, sort_keys=True)
     safetensors_io.save(path, tensors, meta)
+
+
+def _stored_items(params) -> list:
+    """(name under ``params/``, array) of every tensor ``params`` is stored as: a float leaf is
+    one, a quantized leaf two (``<path>.codes``, ``<path>.scales``)."""
+    out = []
+    for p, x in tree.items(params):
+        if quant.is_quantized(x):
+            out += [(f"{p}.codes", x.codes), (f"{p}.scales", x.scales)]
+        else:
+            out.append((p, x))
+    return out
+
+
+def _param_tensors(params) -> tuple[dict, dict]:
+    """The tensors a params tree is saved as, and the quantized leaves' schemes by path."""
+    tensors = {f"params/{p}": np.asarray(x, order="C") for p, x in _stored_items(params)}
+    schemes = {p: x.scheme for p, x in tree.items(params) if quant.is_quantized(x)}
+    return tensors, schemes
 
 
 def _open(path) -> safetensors_io.SafeTensors:
@@ -182,25 +209,67 @@ def _check_against_header(st, path, prefix: str, what: str, names: list, shapes:
         raise CheckpointError(f"{path}: unexpected tensor {extra[0]} (not part of the {what})")
 
 
-def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list):
-    """The tree of tensors ``prefix + leaf_path``, refusing non-finite values, frozen."""
-    out = []
-    for p in leaf_paths:
+def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, schemes: dict | None = None):
+    """The tree of tensors ``prefix + leaf_path``, refusing non-finite values, frozen; a path in
+    ``schemes`` (path -> (scheme, shape)) is a quantized leaf, read from its ``.codes`` and
+    ``.scales`` tensors."""
+    def read(name):
         try:
-            x = st[prefix + p]
+            x = st[prefix + name]
         except SafetensorsError as e:
             raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
-        bad = _first_non_finite([(p, x)])
+        bad = _first_non_finite([(name, x)])
         if bad is not None:
-            raise NonFiniteCheckpointError(f"{path}: {what} tensor {prefix}{p} "
+            raise NonFiniteCheckpointError(f"{path}: {what} tensor {prefix}{name} "
                                            f"{_describe_bad(x, bad[2])}; refusing to load it")
+        return x
+
+    out = []
+    for p in leaf_paths:
+        if schemes and p in schemes:
+            scheme, shape = schemes[p]
+            try:
+                x = quant.QuantizedArray(read(f"{p}.codes"), read(f"{p}.scales"), **scheme, shape=shape, copy=False)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: quantized {what} leaf {p}: {e}") from None
+        else:
+            x = tree._seal(read(p))                   # a fresh array nobody else holds: sealed, not copied
         out.append(x)
     return tree.freeze(tree.unflatten(treedef, out))
 
 
-def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype]:
-    """(paths, treedef, stored dtype) of ``model``'s params, checked against the header
-    before anything of the config's size is built or allocated."""
+def _quantized_schemes(meta: dict, path, spec_shapes: dict) -> dict:
+    """The header field ``quantized`` checked against the model's params: path -> (scheme, shape)."""
+    text = meta.get("quantized")
+    if text is None:
+        return {}
+    try:
+        schemes = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: header field 'quantized' is not JSON ({type(e).__name__})") from None
+    if not isinstance(schemes, dict):
+        raise CheckpointError(f"{path}: header field 'quantized' must map param paths to schemes, "
+                              f"got a JSON {type(schemes).__name__}")
+    out = {}
+    for p, scheme in schemes.items():
+        if p not in spec_shapes or len(spec_shapes[p]) != 2:
+            raise CheckpointError(f"{path}: header field 'quantized' names {p!r}, which is not a matrix "
+                                  "of the model's params")
+        if not isinstance(scheme, dict) or set(scheme) != {"bits", "group_size", "axis"}:
+            raise CheckpointError(f"{path}: quantized scheme of {p} must be {{bits, group_size, axis}}, "
+                                  f"got {scheme!r}")
+        bits, G, axis = scheme["bits"], scheme["group_size"], scheme["axis"]
+        if (type(bits) is not int or bits not in quant.SCHEMES or type(G) is not int or G < 1
+                or (bits == 4 and G % 2) or type(axis) is not int or axis not in (0, 1)):
+            raise CheckpointError(f"{path}: quantized scheme of {p} is unusable: {scheme!r} (bits 8 or 4, "
+                                  "a positive group_size, even for 4 bits, axis 0 or 1)")
+        out[p] = ({"bits": bits, "group_size": G, "axis": axis}, tuple(spec_shapes[p]))
+    return out
+
+
+def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype, dict]:
+    """(paths, treedef, stored dtype, quantized schemes) of ``model``'s params, checked against
+    the header before anything of the config's size is built or allocated."""
     stored = [k for k in st if k.startswith("params/")]
     if not stored:
         raise CheckpointError(f"{path} holds no params")
@@ -212,15 +281,29 @@ def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype]:
                               f"file holds params of {len(blocks)} blocks")
     spec_leaves, treedef = tree.flatten(model.spec())
     leaf_paths = tree.paths(model.spec())
-    first = f"params/{leaf_paths[0]}"
+    schemes = _quantized_schemes(st.metadata, path, dict(zip(leaf_paths, (x.shape for x in spec_leaves))))
+    first = next((f"params/{p}" for p in leaf_paths if p not in schemes), f"params/{leaf_paths[0]}")
     kind = st.dtype(first) if first in st else None
     if kind is not None and kind not in _FLOATS:
         raise CheckpointError(f"{path}: tensor {first} is {kind}; params must be floating "
                               f"point ({', '.join(_FLOATS)})")
     dtype = st.numpy_dtype(first) if kind is not None else None
-    _check_against_header(st, path, "params/", "model's params", [f"params/{p}" for p in leaf_paths],
-                          [x.shape for x in spec_leaves], None if dtype is None else [dtype] * len(spec_leaves))
-    return leaf_paths, treedef, dtype
+    names, shapes, dtypes = [], [], []
+    for p, leaf in zip(leaf_paths, spec_leaves):
+        if p not in schemes:
+            names.append(f"params/{p}")
+            shapes.append(leaf.shape)
+            dtypes.append(dtype)
+            continue
+        scheme = schemes[p][0]
+        R, K, G = leaf.shape[1 - scheme["axis"]], leaf.shape[scheme["axis"]], scheme["group_size"]
+        Kp = -(-K // G) * G
+        names += [f"params/{p}.codes", f"params/{p}.scales"]
+        shapes += [(R, Kp if scheme["bits"] == 8 else Kp // 2), (R, Kp // G)]
+        dtypes += [np.dtype(np.int8 if scheme["bits"] == 8 else np.uint8), dtype]
+    _check_against_header(st, path, "params/", "model's params", names, shapes,
+                          None if dtype is None else dtypes)
+    return leaf_paths, treedef, dtype, schemes
 
 
 def load(path, model: GPT | None = None, opt_state_template=None) -> Checkpoint:
@@ -240,8 +323,8 @@ def load(path, model: GPT | None = None, opt_state_template=None) -> Checkpoint:
                     for k, v in model_config(stored).items() if getattr(model, k) != v]
             raise CheckpointError(f"{path} is a checkpoint of another model: " + "; ".join(diff))
         model = stored
-        leaf_paths, treedef, _ = _params_layout(model, st, path)
-        params = _read_checked(st, path, "params/", "params", treedef, leaf_paths)
+        leaf_paths, treedef, _, schemes = _params_layout(model, st, path)
+        params = _read_checked(st, path, "params/", "params", treedef, leaf_paths, schemes)
         opt_state = None
         if opt_state_template is not None:
             if meta.get("has_opt_state") != "1":

@@ -19,8 +19,8 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["Key", "key", "fold_in", "split", "bits", "uniform", "normal", "bernoulli",
-           "categorical", "randint", "permutation"]
+__all__ = ["Key", "key", "fold_in", "split", "bits", "bits_at", "uniform", "normal", "bernoulli",
+           "bernoulli_at", "categorical", "randint", "permutation"]
 
 _MASK64 = (1 << 64) - 1
 # The last counter word separates the uses of one key, so they never share bits.
@@ -96,6 +96,45 @@ def bits(rng: Key, shape=()) -> np.ndarray:
     shape = _shape(shape)
     n = int(np.prod(shape, dtype=np.int64))
     return _philox(_check_key(rng), (0, 0, 0, _STREAM), n).reshape(shape)
+
+
+_GAMMA, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix64_(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 words, in place (multiplication wraps modulo 2**64)."""
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def bits_at(rng: Key, counters) -> np.ndarray:
+    """Uniform uint64 words at the given integer ``counters`` (any shape): a pure function of
+    the key and each counter, so a word never depends on which other counters are asked for.
+
+    Unlike :func:`bits` (one Philox stream read in order), this suits draws indexed by a
+    position, such as attention dropout at (row, column), made tile by tile. Each word is
+    SplitMix64's finaliser applied twice, keyed by the two key words (SplitMix64 passes
+    BigCrush as a counter-based generator; the second round mixes in the key's other word).
+    """
+    k0, k1 = (np.uint64(w) for w in _check_key(rng).words)
+    z = np.asarray(counters, dtype=np.uint64) * _GAMMA          # a new array: counters are never written
+    z += k0
+    _mix64_(z)
+    z ^= k1
+    return _mix64_(z)
+
+
+def bernoulli_at(rng: Key, p: float, counters) -> np.ndarray:
+    """Booleans, True with probability ``p``, at the given ``counters`` (see :func:`bits_at`):
+    compared on the words' top 53 bits, as :func:`bernoulli`."""
+    p = _checks.real(p, "bernoulli_at: p", 0.0, 1.0)
+    if p >= 1.0:
+        return np.ones(np.shape(counters), bool)
+    return bits_at(rng, counters) < np.uint64(int(p * 2.0 ** 53) << 11)   # (w >> 11) < t  <=>  w < t·2**11
 
 
 def _unit(raw: np.ndarray, dtype) -> np.ndarray:

@@ -39,7 +39,7 @@ except ImportError:                     # not POSIX: runs are not locked
     fcntl = None
 
 __all__ = ["RunSettings", "RunFiles", "Run", "RunLock", "RunInUseError", "open_run", "read_training_text",
-           "data_fingerprint", "check_same_data", "fit_tokenizer", "make_optimizer", "save_settings",
+           "data_fingerprint", "check_same_data", "fit_tokenizer", "load_tokenizer", "make_optimizer", "save_settings",
            "load_settings", "load_run", "encode"]
 
 
@@ -83,7 +83,7 @@ class RunSettings:
 
     model: dict = attrs.field(validator=_model_config)                        # lt.GPT fields
     data: str = attrs.field(validator=attrs.validators.instance_of(str))      # "corpus:<name>" or a file path
-    tokenizer: str = attrs.field(validator=one_of("char", "bpe"))
+    tokenizer: str = attrs.field(validator=one_of("char", "bpe", "hf"))   # "hf": a tokenizer.json (--init-hf)
     seq_len: int = attrs.field(validator=_within_context)
     batch_size: int = attrs.field(validator=positive)
     steps: int = attrs.field(validator=positive)
@@ -102,6 +102,8 @@ class RunSettings:
     # made before they were recorded.
     data_bytes: int | None = attrs.field(default=None, validator=_optional(non_negative))
     data_sha256: str | None = attrs.field(default=None, validator=_optional(_hex_digest))
+    # The Hugging Face model directory the run started from (lt train --init-hf), else None.
+    init_hf: str | None = attrs.field(default=None, validator=_optional(attrs.validators.instance_of(str)))
 
 
 class RunFiles:
@@ -282,6 +284,15 @@ def fit_tokenizer(kind: str, text: str, vocab_size: int):
     raise ValueError(f"tokenizer must be 'char' or 'bpe', got {kind!r}")
 
 
+def load_tokenizer(files: RunFiles, settings: RunSettings):
+    """The run's tokenizer: lt's own file, or (``tokenizer="hf"``) the run's copy of the
+    Hugging Face tokenizer.json it started from."""
+    if settings.tokenizer == "hf":
+        from .hf import load_tokenizer as load_hf_tokenizer
+        return load_hf_tokenizer(files.tokenizer)
+    return tokenizers.load(files.tokenizer)
+
+
 def make_optimizer(s: RunSettings) -> optim.GradientTransformation:
     """Clipping then AdamW on a warmup + cosine schedule (nanoGPT's recipe)."""
     schedule = optim.warmup_cosine(s.lr, s.warmup, max(s.steps, s.warmup + 1), end=s.min_lr)
@@ -311,8 +322,10 @@ def load_run(root) -> tuple[RunSettings, GPT, Any, Any]:
     if not files.checkpoint.is_file():
         raise FileNotFoundError(f"{files.root} has no checkpoint yet ({files.checkpoint.name})")
     model, params = checkpoint.load_model(files.checkpoint)
-    tokenizer = tokenizers.load(files.tokenizer)
-    if tokenizer.vocab_size != model.vocab_size:
+    tokenizer = load_tokenizer(files, settings)
+    # A run trained from scratch has exactly its tokenizer's vocabulary; a fine-tuned checkpoint's
+    # table may be padded past it (Qwen2's), but never smaller.
+    if tokenizer.vocab_size > model.vocab_size or (settings.init_hf is None and tokenizer.vocab_size != model.vocab_size):
         raise ValueError(f"{files.tokenizer} has {tokenizer.vocab_size} tokens but the model in {files.checkpoint} "
                          f"has {model.vocab_size}: they are not from the same run")
     return settings, model, params, tokenizer

@@ -191,23 +191,22 @@ class SafeTensors(Mapping):
         dtype, shape, begin, end = self._entries[name]
         stored = np.dtype(_DTYPES[dtype])
         count = (end - begin) // stored.itemsize
-        buf = bytearray(end - begin)                  # one writable copy, filled from the open file
-        got = 0
+        flat = np.empty(count, stored)                # one array that owns its memory, filled from the open
+        got, size = 0, end - begin                    # file (so a caller may seal it without a copy)
         if count:
             with self._lock:
                 if self._file.closed:
                     raise ValueError(f"{self.path} has been closed")
                 self._file.seek(self._data_start + begin)
-                view = memoryview(buf)
-                while got < len(buf):
+                view = memoryview(flat).cast("B")
+                while got < size:
                     n = self._file.readinto(view[got:])
                     if not n:
                         break
                     got += n
-        if got != len(buf):                           # the file shrank after the header was read
+        if got != size:                               # the file shrank after the header was read
             raise SafetensorsError(f"{self.path} is truncated: tensor {name!r} has {got // stored.itemsize} "
                                    f"of its {count} values")
-        flat = np.frombuffer(buf, dtype=stored)
         if dtype == "BF16":
             flat = _bf16_to_f32(flat)
         return flat.astype(flat.dtype.newbyteorder("="), copy=False).reshape(shape)

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "FrozenDict", "TreeDef", "freeze", "flatten", "unflatten", "leaves", "structure",
-    "map", "paths", "items", "get", "set", "size",
+    "map", "paths", "items", "get", "set", "size", "nbytes",
 ]
 
 
@@ -346,3 +346,9 @@ def set(tree, path, value):
 def size(tree) -> int:
     """Total number of elements over all array leaves."""
     return int(sum(np.size(x) for x in leaves(tree)))
+
+
+def nbytes(tree) -> int:
+    """Bytes held by all leaves: arrays by their ``nbytes``, quantized leaves (``lt.quant``) by
+    their codes and scales, scalars by their NumPy size."""
+    return int(sum(x.nbytes if hasattr(x, "nbytes") else np.asarray(x).nbytes for x in leaves(tree)))

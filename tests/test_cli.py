@@ -105,7 +105,7 @@ def test_info_lists_every_preset_with_its_parameter_count():
     (["train", "--data", "/no/such/file.txt", "--out", "{tmp}/x"], "does not exist"),
     (["generate", "--run", "/no/such/run"], "not a run directory"),
     (["eval", "--run", "/no/such/run"], "not a run directory"),
-    (["generate"], "required"),
+    (["generate"], "or --hf DIR"), (["generate", "--run", "x", "--hf", "y"], "one of them"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(args, message, tmp_path):

@@ -86,12 +86,12 @@ def test_cached_logits_are_within_1e_5_of_the_full_forward_in_float32():
 
 def test_each_decode_step_runs_one_new_position_over_the_cached_context(monkeypatch):
     seen = []
-    attention = lt.ops.attention
+    attention = lt.ops.dot_product_attention             # every attention call, either kernel
 
     def recording(q, k, v, *args, **kwargs):
         seen.append((q.shape[-2], k.shape[-2]))
         return attention(q, k, v, *args, **kwargs)
-    monkeypatch.setattr(lt.ops, "attention", recording)
+    monkeypatch.setattr(lt.ops, "dot_product_attention", recording)
     gen.generate(TINY, P64, np.arange(5), max_new_tokens=4, temperature=0)
     L = TINY.num_layers
     assert seen[:L] == [(5, 5)] * L                     # the prefill: the prompt in one pass

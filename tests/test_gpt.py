@@ -188,7 +188,8 @@ def test_same_key_gives_bit_identical_params_and_logits_in_a_fresh_process():
 @pytest.mark.parametrize("overrides,field", [
     ({"hidden_dim": 33}, "divisible"), ({"num_layers": 0}, "num_layers"),
     ({"vocab_size": -3}, "vocab_size"), ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout"),
-    ({"positional": "rope"}, "positional"), ({"max_seq_len": 2.5}, "max_seq_len"),
+    ({"positional": "alibi"}, "positional"), ({"activation": "geglu"}, "activation"), ({"norm": "batch"}, "norm"),
+    ({"num_heads": 4, "hidden_dim": 32, "num_kv_heads": 3}, "num_kv_heads"), ({"max_seq_len": 2.5}, "max_seq_len"),
 ])
 def test_bad_hyperparameters_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):

@@ -12,6 +12,7 @@ LT = pathlib.Path(__file__).resolve().parent.parent / "lt"
 FORBIDDEN = {
     "_checks": {"tree", "random", "ops", "nn", "generate", "optim", "training", "cli"},
     "ops": {"nn", "generate", "optim", "training", "autodiff", "cli"},
+    "quant": {"random", "ops", "nn", "generate", "optim", "training", "autodiff", "cli", "checkpoint"},
     "nn": {"generate", "optim", "training", "cli", "checkpoint", "runs", "hf"},
     "generate": {"training", "optim", "cli", "runs"},
 }

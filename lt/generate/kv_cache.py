@@ -1,7 +1,8 @@
 """A KV cache for GPT decoding: prefill the prompt in one pass, then one position per step.
 
 Shapes: B batch, T prompt length, t new positions, S positions held (padding included),
-C capacity, L layers, H heads, d = D / H, V vocabulary.
+C capacity, L layers, H key/value heads (the model's kv_heads: fewer than its query heads
+with grouped-query attention), d head size, V vocabulary.
 
 Every block keeps the keys and values of the positions seen so far, so a decode step
 runs the model on the new position only and attends over the S cached ones: O(S) work
@@ -25,7 +26,6 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from ..nn import causal_mask
 from .prompts import Prompts, prepare_prompts
 
 __all__ = ["KVCache", "prefill", "extend", "prefill_prompts", "extend_prepared"]
@@ -132,11 +132,11 @@ def prefill_prompts(model, params, prompts: Prompts, capacity: int):
     """:func:`prefill` for prompts from :func:`lt.generate.prompts.prepare_prompts` and params
     the caller has checked: ``(logits (B, V), KVCache)`` with room for ``capacity`` positions."""
     B, T = prompts.ids.shape
-    H = model.num_heads
-    buf = _Buffer.empty(model.num_layers, B, H, max(capacity, T), model.hidden_dim // H, model.compute_dtype(params))
+    d = model.hidden_dim // model.num_heads
+    buf = _Buffer.empty(model.num_layers, B, model.kv_heads, max(capacity, T), d, model.compute_dtype(params))
     buf.mask[:, :T] = prompts.mask
     padded = not prompts.mask.all()
-    mask = causal_mask(T)                                             # (T, T)
+    mask = model.visible(0, T)                                        # (T, T)
     if padded:
         mask = mask & prompts.mask[:, None, None, :]                  # (B, 1, T, T)
     logits = _run(model, params, buf, 0, prompts.ids, prompts.positions, mask)
@@ -160,9 +160,8 @@ def extend_prepared(model, params, cache: KVCache, ids: np.ndarray):
                          f"position {int(positions[:, -1].max())}")
     buf.mask[:, S:stop] = True
     mask = None                                                       # one query sees every key
-    if cache.padded or t > 1:
-        causal = np.arange(stop)[None, :] <= S + np.arange(t)[:, None]     # (t, S + t)
-        mask = causal & buf.mask[:, None, None, :stop]                     # (B, 1, t, S + t)
+    if cache.padded or t > 1 or (model.sliding_window is not None and stop > model.sliding_window):
+        mask = model.visible(S, stop) & buf.mask[:, None, None, :stop]     # (B, 1, t, S + t)
     logits = _run(model, params, buf, S, ids, positions, mask)
     return logits, KVCache(model, stop, _read_only(positions[:, -1] + 1), cache.padded, buf)
 

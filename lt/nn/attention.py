@@ -15,6 +15,7 @@ from .. import _checks, ops, random
 from .._checks import positive, probability
 from .layers import Dropout, Linear
 from .module import Module
+from .rotary import RotaryEmbedding
 
 __all__ = ["causal_mask", "padding_mask", "scaled_dot_product_attention", "MultiHeadAttention",
            "split_heads", "merge_heads"]
@@ -46,17 +47,31 @@ def padding_mask(seq_lengths, max_len: int) -> np.ndarray:
     return valid[:, None, None, :]
 
 
+def _causal(mask, T: int, S: int):
+    """(mask, causal) for the kernels: lt's own ``causal_mask(T)`` (the cached array) becomes
+    the ``causal`` flag, which lets the blockwise kernel skip the tiles above the diagonal."""
+    if T == S and isinstance(mask, np.ndarray) and mask.shape == (T, T) and mask is _tril(T):
+        return None, True
+    return mask, False
+
+
 def scaled_dot_product_attention(q, k, v, mask=None, dropout: float = 0.0, *, rng=None,
-                                 return_weights: bool = False):
+                                 return_weights: bool = False, kernel: str = "auto"):
     """``softmax(q kᵀ / √d, mask) v``, dropout on the weights when ``rng`` is given.
 
     q (..., T, d), k (..., S, d), v (..., S, dv) -> (..., T, dv); with ``return_weights``
     also the attention weights (..., T, S) before dropout, for visualisation. Masked
     positions get weight 0; a fully masked row gets uniform weights (never NaN).
+
+    ``kernel``: ``"auto"`` (default) lets ``lt.ops.attention_kernel`` pick the full (T, S)
+    matrix for short sequences and the blockwise kernel (memory O(T), not O(T·S)) for long
+    ones; ``"full"`` or ``"blockwise"`` force one. Both give the same numbers.
     """
     _checks.real(dropout, "dropout", 0.0, 1.0, high_open=True)
     rate = dropout if rng is not None else 0.0
-    return ops.attention(q, k, v, mask, rate, rng, return_weights=return_weights)
+    mask, causal = _causal(mask, q.shape[-2], k.shape[-2])
+    return ops.dot_product_attention(q, k, v, mask, rate, rng, causal=causal, kernel=kernel,
+                                     return_weights=return_weights)
 
 
 def split_heads(x, num_heads: int):
@@ -83,25 +98,38 @@ class MultiHeadAttention(Module):
     num_heads: int = attrs.field(validator=positive)
     dropout: float = attrs.field(default=0.0, validator=probability)
     out_init_std: float = 0.02
+    num_kv_heads: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
+    qkv_bias: bool = True
+    out_bias: bool = True
+    rope: RotaryEmbedding | None = None
 
     def __attrs_post_init__(self):
         if self.hidden_dim % self.num_heads:
             raise ValueError(f"{type(self).__name__}: hidden_dim ({self.hidden_dim}) must be "
                              f"divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"{type(self).__name__}: num_heads ({self.num_heads}) must be divisible by "
+                             f"num_kv_heads ({self.kv_heads})")
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of keys and values: ``num_kv_heads``, or ``num_heads`` (plain multi-head)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @functools.cached_property
+    def widths(self) -> tuple[int, int, int]:
+        """Columns of ``qkv`` that make queries, keys and values: H·d, Hkv·d, Hkv·d."""
+        d = self.hidden_dim // self.num_heads
+        return self.num_heads * d, self.kv_heads * d, self.kv_heads * d
 
     @functools.cached_property
     def qkv(self) -> Linear:
-        """The fused projection (D, 3D): columns [0, D) make queries, [D, 2D) keys, [2D, 3D) values."""
-        return Linear(self.hidden_dim, 3 * self.hidden_dim)
-
-    @functools.cached_property
-    def part(self) -> Linear:
-        """One column block of ``qkv`` (D, D), for query, key and value that differ."""
-        return Linear(self.hidden_dim, self.hidden_dim)
+        """The fused projection (D, (H + 2 Hkv) d): the columns of queries, then keys, then values."""
+        return Linear(self.hidden_dim, sum(self.widths), bias=self.qkv_bias)
 
     @functools.cached_property
     def proj(self) -> Linear:
-        return Linear(self.hidden_dim, self.hidden_dim, init_std=self.out_init_std)
+        return Linear(self.hidden_dim, self.hidden_dim, bias=self.out_bias, init_std=self.out_init_std)
 
     @functools.cached_property
     def drop(self) -> Dropout:
@@ -111,31 +139,71 @@ class MultiHeadAttention(Module):
         return {"qkv": self.qkv.spec(), "proj": self.proj.spec()}
 
     def project_qkv(self, params, query, key, value):
-        """Queries, keys and values, each (B, H, T or S, d)."""
+        """Queries (B, H, T, d), keys and values (B, Hkv, S, d)."""
+        nq, nk, _ = self.widths
         if query is key and key is value:
-            qkv = self.qkv.apply(params["qkv"], query)                    # (B, T, 3D)
-            q, k, v = ops.split(qkv, 3, axis=-1)                          # 3 x (B, T, D)
-        else:
-            w, b, D = params["qkv"]["w"], params["qkv"]["b"], self.hidden_dim
-            q, k, v = (self.part.apply({"w": ops.index(w, (slice(None), slice(i * D, (i + 1) * D))),
-                                        "b": ops.index(b, slice(i * D, (i + 1) * D))}, x)
-                       for i, x in enumerate((query, key, value)))
-        return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
+            qkv = self.qkv.apply(params["qkv"], query)                    # (B, T, (H + 2 Hkv) d)
+            q, k, v = ops.split(qkv, [nq, nq + nk], axis=-1)
+        else:                                                             # each from its column block
+            q, k, v = (self._column_block(params["qkv"], lo, hi, x)
+                       for x, (lo, hi) in zip((query, key, value), ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk))))
+        return split_heads(q, self.num_heads), split_heads(k, self.kv_heads), split_heads(v, self.kv_heads)
 
-    def apply(self, params, query, key, value, mask=None, *, rng=None, return_weights=False, kv=None):
+    def _column_block(self, params, lo: int, hi: int, x):
+        """``x`` projected by the columns [lo, hi) of ``qkv`` alone (cross-attention)."""
+        cols = slice(lo, hi)
+        block = {"w": ops.index(params["w"], (slice(None), cols))}
+        if self.qkv_bias:
+            block["b"] = ops.index(params["b"], cols)
+        return Linear(self.hidden_dim, hi - lo, bias=self.qkv_bias).apply(block, x)
+
+    def apply(self, params, query, key, value, mask=None, *, rng=None, return_weights=False, kv=None,
+              kernel: str = "auto", positions=None, rotary=None):
         """query (B, T, D), key/value (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
 
+        ``kernel`` picks the attention kernel as in :func:`scaled_dot_product_attention`.
+
         ``kv``, if given, is called as ``kv(k, v)`` with this call's keys and values
-        (B, H, S, d) and returns the keys and values to attend over (B, H, S', d): a KV
+        (B, Hkv, S, d) and returns the keys and values to attend over (B, Hkv, S', d): a KV
         cache's hook to append the new positions and hand back the whole context.
+        With ``rope``, queries and keys are rotated by ``positions`` (B, T) before the hook,
+        so a cache holds rotated keys (``rotary``: their precomputed ``rope.angles``). With Hkv < H, each key/value head serves H / Hkv
+        consecutive query heads (grouped-query attention; no copies).
         """
         q, k, v = self.project_qkv(params, query, key, value)
+        if self.rope is not None:
+            angles = rotary if rotary is not None else self.rope.angles(positions, q.dtype)
+            q, k = self.rope.apply({}, q, positions, angles=angles), self.rope.apply({}, k, positions, angles=angles)
         if kv is not None:
             k, v = kv(k, v)
         rate = self.dropout if rng is not None else 0.0
         attn_rng = random.fold_in(rng, "weights") if rate else None
-        out = ops.attention(q, k, v, mask, rate, attn_rng, return_weights=return_weights)
+        mask, causal = _causal(mask, q.shape[-2], k.shape[-2])
+        q, k, v, mask = self._grouped(q, k, v, mask)
+        out = ops.dot_product_attention(q, k, v, mask, rate, attn_rng, causal=causal, kernel=kernel,
+                                        return_weights=return_weights)
         out, weights = out if return_weights else (out, None)
+        out, weights = self._ungrouped(out), None if weights is None else self._ungrouped(weights)
         y = self.proj.apply(params["proj"], merge_heads(out))             # (B, T, D)
         y = self.drop.apply({}, y, rng=random.fold_in(rng, "resid"))
         return (y, weights) if return_weights else y
+
+    def _grouped(self, q, k, v, mask):
+        """With shared keys and values (Hkv < H): queries (B, Hkv, G, T, d) in groups of
+        G = H / Hkv consecutive heads, keys and values (B, Hkv, 1, S, d) and the mask one
+        axis deeper, so attention broadcasts each kv head over its group."""
+        G = self.num_heads // self.kv_heads
+        if G == 1:
+            return q, k, v, mask
+        B, H, T, d = q.shape
+        q = ops.reshape(q, (B, self.kv_heads, G, T, d))
+        k, v = (ops.reshape(t, t.shape[:2] + (1,) + t.shape[2:]) for t in (k, v))
+        if mask is not None and np.ndim(mask) == 4:
+            mask = np.asarray(mask)[:, :, None]                          # (B, 1, 1, T, S)
+        return q, k, v, mask
+
+    def _ungrouped(self, x):
+        """(B, Hkv, G, T, ·) -> (B, H, T, ·); plain heads pass through."""
+        if x.ndim == 4:
+            return x
+        return ops.reshape(x, (x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])

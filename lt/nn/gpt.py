@@ -9,6 +9,11 @@ Params tree (GPT-2's layout; Linear weights stored (in, out))::
     blocks.i.attn.qkv.{w (D, 3D), b}   blocks.i.attn.proj.{w (D, D), b}
     blocks.i.ffn.fc.{w (D, F), b}      blocks.i.ffn.proj.{w (F, D), b}
     ln_f.{scale, bias}                 head.w (D, V) [untied head only]
+
+A Llama-family setting keeps the names: ``ln*`` hold ``scale`` only (RMS norm), there is
+no ``wpe`` (rotary positions), ``attn.qkv.w`` is (D, (H + 2 Hkv) d) with the columns of
+queries, keys and values in that order (Hkv = ``num_kv_heads``), biases only where
+``bias``/``qkv_bias`` say, and the SwiGLU feed-forward is ``ffn.{gate, up, down}.w``.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import attrs
 import numpy as np
 
 from .. import _checks, ops, random
-from .._checks import one_of, positive, probability
+from .._checks import number, one_of, positive, probability
 from .attention import causal_mask
 from .layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEncoding, Linear,
                      PositionalEncoding, check_positions)
+from .gated import RMSNorm
 from .module import Module, check_params
-from .transformer import TransformerBlock
+from .rotary import RopeScaling, RotaryEmbedding
+from .transformer import TransformerBlock, make_norm
 
 __all__ = ["GPT", "PRESETS"]
 
@@ -38,12 +45,41 @@ PRESETS = {
     "medium": (5000, 512, 6, 6, 192, 768),
     "large": (10000, 1024, 12, 8, 256, 1024),
     "gpt2": (50257, 1024, 12, 12, 768, 3072),
+    # Llama-shaped (RMS norm, rotary positions, SwiGLU, grouped-query attention, no biases)
+    "llama-tiny": (500, 128, 2, 4, 32, 96),
+    "llama-mini": (256, 256, 4, 4, 128, 408),           # mini's size (857,216 vs 858,880 parameters)
+    "smollm-135m": (49152, 2048, 30, 9, 576, 1536),      # SmolLM-135M's shape, tied embeddings
 }
+
+LLAMA = dict(norm="rms", positional="rope", activation="swiglu", bias=False)
+# name: the fields beyond the six sizes, for presets of another family than GPT-2
+FAMILY = {
+    "llama-tiny": dict(LLAMA, num_kv_heads=2),
+    "llama-mini": dict(LLAMA, num_kv_heads=2),
+    "smollm-135m": dict(LLAMA, num_kv_heads=3, rope_theta=10000.0),
+}
+
+
+def _rope_scaling(value):
+    """``rope_scaling`` as a RopeScaling or None: from one, from its fields as ``attrs.asdict``
+    writes them (checkpoints, run.json), or from a Hugging Face ``rope_scaling`` dict."""
+    if isinstance(value, dict):
+        return RopeScaling(**value) if "kind" in value else RopeScaling.from_config(value)
+    if value is not None and not isinstance(value, RopeScaling):
+        raise ValueError(f"GPT.rope_scaling must be an lt.nn.RopeScaling, a dict of its fields or None, "
+                         f"got {value!r}")
+    return value
 
 
 @attrs.frozen
 class GPT(Module):
-    """A GPT-2 style decoder-only language model. Fields are its hyperparameters."""
+    """A decoder-only language model. Fields are its hyperparameters.
+
+    The defaults are GPT-2's parts (layer norm, learned positions, GELU, biases, multi-head
+    attention); the Llama family is a setting of the same fields (``norm="rms"``,
+    ``positional="rope"``, ``activation="swiglu"``, ``num_kv_heads``, ``bias=False``;
+    Qwen2 adds ``qkv_bias=True``, Mistral ``sliding_window``), run by the same forward.
+    """
 
     vocab_size: int = attrs.field(validator=positive)
     max_seq_len: int = attrs.field(validator=positive)
@@ -54,14 +90,35 @@ class GPT(Module):
                                validator=positive)
     dropout: float = attrs.field(default=0.0, validator=probability)
     tie_embeddings: bool = True
-    positional: str = attrs.field(default="learned", validator=one_of("learned", "sinusoidal"))
-    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu"))
-    layer_norm_eps: float = 1e-5
+    positional: str = attrs.field(default="learned", validator=one_of("learned", "sinusoidal", "rope"))
+    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu", "swiglu"))
+    layer_norm_eps: float = attrs.field(default=1e-5, validator=number(0, low_open=True))
+    norm: str = attrs.field(default="layer", validator=one_of("layer", "rms"))
+    num_kv_heads: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
+    bias: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    qkv_bias: bool | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.instance_of(bool)))
+    rope_theta: float = attrs.field(default=10000.0, validator=number(0, low_open=True))
+    rope_scaling: RopeScaling | None = attrs.field(default=None, converter=_rope_scaling)
+    sliding_window: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
 
     def __attrs_post_init__(self):
         if self.hidden_dim % self.num_heads:
             raise ValueError(f"GPT.hidden_dim ({self.hidden_dim}) must be divisible by "
                              f"GPT.num_heads ({self.num_heads})")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"GPT.num_heads ({self.num_heads}) must be divisible by "
+                             f"GPT.num_kv_heads ({self.kv_heads})")
+        if self.num_kv_heads == self.num_heads:                   # one spelling of plain multi-head
+            object.__setattr__(self, "num_kv_heads", None)
+        if self.positional == "rope" and (self.hidden_dim // self.num_heads) % 2:
+            raise ValueError(f"GPT.positional='rope' needs an even head size, got "
+                             f"{self.hidden_dim // self.num_heads}")
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of keys and values (what a KV cache stores): ``num_kv_heads`` or ``num_heads``."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPT":
@@ -70,7 +127,7 @@ class GPT(Module):
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         fields = dict(zip(("vocab_size", "max_seq_len", "num_layers", "num_heads", "hidden_dim",
                            "ffn_dim"), PRESETS[name]))
-        return cls(**{**fields, **overrides})
+        return cls(**{**fields, **FAMILY.get(name, {}), **overrides})
 
     @staticmethod
     def presets() -> list[str]:
@@ -84,19 +141,26 @@ class GPT(Module):
 
     @functools.cached_property
     def wpe(self):
+        """Absolute positions added to the embeddings; None with rotary positions (in attention)."""
         if self.positional == "learned":
             return LearnedPositionalEncoding(self.max_seq_len, self.hidden_dim)
-        return PositionalEncoding(self.max_seq_len, self.hidden_dim)
+        if self.positional == "sinusoidal":
+            return PositionalEncoding(self.max_seq_len, self.hidden_dim)
+        return None
 
     @functools.cached_property
     def block(self) -> TransformerBlock:
+        rope = None
+        if self.positional == "rope":
+            rope = RotaryEmbedding(self.hidden_dim // self.num_heads, self.rope_theta, self.rope_scaling)
         return TransformerBlock(self.hidden_dim, self.num_heads, self.ffn_dim, self.dropout,
                                 self.activation, 0.02 / math.sqrt(2 * self.num_layers),
-                                self.layer_norm_eps)
+                                self.layer_norm_eps, norm=self.norm, num_kv_heads=self.num_kv_heads,
+                                bias=self.bias, qkv_bias=self.qkv_bias, rope=rope)
 
     @functools.cached_property
-    def ln_f(self) -> LayerNorm:
-        return LayerNorm(self.hidden_dim, self.layer_norm_eps)
+    def ln_f(self) -> LayerNorm | RMSNorm:
+        return make_norm(self.norm, self.hidden_dim, self.layer_norm_eps)
 
     @functools.cached_property
     def head(self) -> Linear | None:
@@ -139,12 +203,27 @@ class GPT(Module):
         """The float dtype the model computes in: its params' (init and loaders give every leaf one)."""
         return params["wte"]["w"].dtype
 
+    def visible(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, stop) bool: which keys 0..stop-1 the queries at start..stop-1 may attend.
+
+        Causal (j <= i), and with ``sliding_window`` w also j > i - w. Without a window and
+        from 0 this is ``causal_mask(stop)`` itself (which attention kernels recognise)."""
+        if self.sliding_window is None and start == 0:
+            return causal_mask(stop)
+        i = np.arange(start, stop)[:, None]                               # query positions (t, 1)
+        j = np.arange(stop)[None, :]                                      # key positions (1, S)
+        mask = j <= i
+        if self.sliding_window is not None:
+            mask &= j > i - self.sliding_window
+        return mask
+
     # ----------------------------------------------------------- the forward pass
 
     def embed(self, params, ids, positions, *, rng=None):
         """Token plus position embeddings, then dropout: checked ids and positions (B, T) -> (B, T, D)."""
         x = self.wte.lookup(params["wte"], ids)                            # (B, T, D)
-        x = x + self.wpe.lookup(params.get("wpe", {}), positions, dtype=x.dtype)
+        if self.wpe is not None:                                           # (rotary positions act in attention)
+            x = x + self.wpe.lookup(params.get("wpe", {}), positions, dtype=x.dtype)
         return self.embed_dropout.apply({}, x, rng=rng)
 
     def logits(self, params, h):
@@ -155,7 +234,7 @@ class GPT(Module):
         return self.head.apply(params["head"], h)
 
     def forward(self, params, ids, *, positions, mask, cache: Sequence[Callable] | None = None, rng=None,
-                last_only: bool = False, hidden_states: bool = False):
+                last_only: bool = False, hidden_states: bool = False, kernel: str = "auto"):
         """The one forward pass that ``apply``, ``loss``, prefill, decoding and beam search run.
 
         ``ids`` (B, T) at ``positions`` (B, T), both already checked; ``mask`` broadcastable to
@@ -164,13 +243,17 @@ class GPT(Module):
         this call's keys and values and hands back the whole context (S positions); without
         it S = T. Returns logits (B, T, V), or (B, V) for the last position only with
         ``last_only``; with ``hidden_states`` also the L + 1 hidden states (B, T, D).
+        ``kernel`` (``"auto"``, ``"full"``, ``"blockwise"``) picks the attention kernel of every
+        layer (see ``lt.nn.scaled_dot_product_attention``; the numbers are the same).
         """
         x = self.embed(params, ids, positions, rng=random.fold_in(rng, "embed"))
         hidden = [x] if hidden_states else None
         blocks_rng = random.fold_in(rng, "blocks")
+        rope = self.block.rope                                            # rotary angles: once, for every layer
+        rotary = None if rope is None else rope.angles(positions, self.compute_dtype(params))
         for i, block_params in enumerate(params["blocks"]):              # a loop over layers
-            x = self.block.apply(block_params, x, mask, rng=random.fold_in(blocks_rng, i),
-                                 kv=None if cache is None else cache[i])
+            x = self.block.apply(block_params, x, mask, positions=positions, rng=random.fold_in(blocks_rng, i),
+                                 kv=None if cache is None else cache[i], kernel=kernel, rotary=rotary)
             if hidden is not None:
                 hidden.append(x)
         logits = self.logits(params, x[:, -1] if last_only else x)        # (B, V) or (B, T, V)
@@ -186,7 +269,7 @@ class GPT(Module):
             positions = np.broadcast_to(np.arange(T), (B, T))
         else:
             positions = check_positions(np.broadcast_to(positions, (B, T)), self.max_seq_len)
-        mask = causal_mask(T)                                              # (T, T)
+        mask = self.visible(0, T)                                          # (T, T)
         if attention_mask is not None:
             attention_mask = np.asarray(attention_mask, bool)
             attention_mask = attention_mask[None] if single and attention_mask.ndim == 1 else attention_mask
@@ -196,7 +279,7 @@ class GPT(Module):
         return ids, positions, mask, single
 
     def apply(self, params, ids, *, rng=None, attention_mask=None, positions=None,
-              return_hidden_states: bool = False):
+              return_hidden_states: bool = False, kernel: str = "auto"):
         """Next-token logits (B, T, V) for ``ids`` (B, T); (T,) gives (T, V).
 
         ``attention_mask`` (B, T) bool marks real tokens (False = padding, never attended
@@ -207,14 +290,15 @@ class GPT(Module):
         self.check_params(params)
         ids, positions, mask, single = self._batch(self.check_ids(ids), attention_mask, positions)
         out = self.forward(params, ids, positions=positions, mask=mask, rng=rng,
-                           hidden_states=return_hidden_states)
+                           hidden_states=return_hidden_states, kernel=kernel)
         if not single:
             return out
         if return_hidden_states:
             return out[0][0], tuple(h[0] for h in out[1])
         return out[0]
 
-    def loss(self, params, ids, targets=None, *, rng=None, ignore_index: int = -100, attention_mask=None):
+    def loss(self, params, ids, targets=None, *, rng=None, ignore_index: int = -100, attention_mask=None,
+             kernel: str = "auto"):
         """Mean next-token cross-entropy over positions whose target is not ``ignore_index``.
 
         With ``targets`` (same shape as ``ids``) position t is scored on ``targets[t]``;
@@ -236,7 +320,7 @@ class GPT(Module):
         if np.shape(targets) != ids.shape:
             raise ValueError(f"targets must have the shape of ids {ids.shape}, got {np.shape(targets)}")
         ids, positions, mask, _ = self._batch(ids, attention_mask, None)
-        logits = self.forward(params, ids, positions=positions, mask=mask, rng=rng)   # (B, T, V)
+        logits = self.forward(params, ids, positions=positions, mask=mask, rng=rng, kernel=kernel)   # (B, T, V)
         return ops.cross_entropy(logits, np.reshape(targets, ids.shape), ignore_index)
 
     def generate(self, params, prompt_ids, *, rng=None, max_new_tokens: int, **options):

@@ -109,14 +109,15 @@ class FeedForward(Module):
     activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu"))
     dropout: float = attrs.field(default=0.0, validator=probability)
     out_init_std: float = 0.02
+    bias: bool = True
 
     @functools.cached_property
     def fc(self) -> Linear:
-        return Linear(self.dim, self.hidden_dim)
+        return Linear(self.dim, self.hidden_dim, bias=self.bias)
 
     @functools.cached_property
     def proj(self) -> Linear:
-        return Linear(self.hidden_dim, self.dim, init_std=self.out_init_std)
+        return Linear(self.hidden_dim, self.dim, bias=self.bias, init_std=self.out_init_std)
 
     @functools.cached_property
     def drop(self) -> Dropout:

@@ -7,20 +7,26 @@ Model code is written once on these; outside ``lt.value_and_grad`` they are plai
 - ``embedding``: the token-table gather and the tied LM head (``unembed``).
 - ``softmax``: the one softmax kernel (also used by attention, the loss and sampling).
 - ``attention``: fused scaled dot-product attention.  ``loss``: cross-entropy.
+- ``blockwise``: the same attention tile by tile (no (T, S) matrix), and the one
+  policy (``attention_kernel``) that ``dot_product_attention`` uses to pick a kernel.
+- ``modern``: the parts of Llama-family decoders: RMS norm, rotary embedding, SwiGLU.
 """
 
 from .attention import attention
+from .blockwise import attention_kernel, blockwise_attention, dot_product_attention
 from .basic import (add, astype, concat, div, exp, index, linear, log, matmul, mean, mul,
                     neg, reshape, split, sub, sum, tanh, transpose, unbroadcast)
 from .elementwise import dropout, gelu, layer_norm, relu
 from .embedding import embedding, unembed
 from .loss import cross_entropy
+from .modern import rms_norm, rope, swiglu
 from .primitive import Primitive, Tape, Tracer, primitive, value_of
 from .softmax import log_softmax, masked_fill_value, softmax
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "exp", "log", "tanh", "astype", "matmul", "linear",
     "reshape", "transpose", "split", "concat", "index", "sum", "mean", "unbroadcast",
-    "layer_norm", "gelu", "relu", "softmax", "log_softmax", "attention", "embedding", "cross_entropy",
-    "dropout", "unembed", "masked_fill_value", "Primitive", "Tape", "Tracer", "primitive", "value_of",
+    "layer_norm", "gelu", "relu", "softmax", "log_softmax", "attention",
+    "blockwise_attention", "attention_kernel", "dot_product_attention", "embedding", "cross_entropy",
+    "dropout", "unembed", "rms_norm", "rope", "swiglu", "masked_fill_value", "Primitive", "Tape", "Tracer", "primitive", "value_of",
 ]

@@ -15,7 +15,21 @@ from .basic import unbroadcast
 from .primitive import primitive
 from .softmax import dead_rows_mask, softmax_
 
-__all__ = ["attention"]
+__all__ = ["attention", "dropout_keep"]
+
+
+def dropout_keep(rng, rate: float, lead: tuple, T: int, S: int, rows: slice, cols: slice) -> np.ndarray:
+    """Attention dropout's keep mask (lead..., rows, cols) bool, True with probability 1 - rate.
+
+    Drawn by position: the weight at flat batch index n (over ``lead``, the broadcast batch
+    shape of (B, H)), query i and key j is kept by ``bernoulli_at`` at counter
+    ``(n·T + i)·S + j``, so a tile of the (T, S) matrix draws exactly the bits the whole
+    matrix would: the full and the blockwise kernels drop the same weights at any block size.
+    """
+    n = np.arange(math.prod(lead), dtype=np.uint64).reshape(lead + (1, 1)) * np.uint64(T)
+    i = np.arange(rows.start, rows.stop, dtype=np.uint64)[:, None]
+    j = np.arange(cols.start, cols.stop, dtype=np.uint64)
+    return lrandom.bernoulli_at(rng, 1.0 - rate, ((n + i) * np.uint64(S)) + j)
 
 
 @primitive
@@ -33,7 +47,9 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
     softmax_(p, mask)
     keep = None
     if dropout > 0.0 and rng is not None:
-        keep = lrandom.bernoulli(rng, 1.0 - dropout, p.shape)
+        T, S = p.shape[-2:]
+        lead = np.broadcast_shapes(p.shape[:-2], v.shape[:-2])
+        keep = dropout_keep(rng, dropout, lead, T, S, slice(0, T), slice(0, S))
         p_used = p * keep
         p_used *= p.dtype.type(1.0 / (1.0 - dropout))
     else:

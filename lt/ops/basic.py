@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..quant import QuantizedArray
+from . import quantized
 from .primitive import primitive
 
 __all__ = ["add", "sub", "mul", "div", "neg", "exp", "log", "tanh", "astype", "matmul",
@@ -139,25 +141,34 @@ def _swap(x):
 
 @primitive
 def matmul(a, b):
-    """``a @ b`` for arrays of two or more dimensions, with broadcast batch dimensions."""
+    """``a @ b`` for arrays of two or more dimensions, with broadcast batch dimensions.
+    ``b`` may be a quantized matrix (``lt.quant``): dequantized a tile at a time, no gradient."""
     if np.ndim(a) < 2 or np.ndim(b) < 2:
         raise ValueError(f"lt.ops.matmul needs arrays of 2+ dimensions, got {np.shape(a)} and {np.shape(b)}")
+    if type(b) is QuantizedArray:
+        a2 = np.reshape(a, (-1, np.shape(a)[-1]))                        # (N, in)
+        return quantized.matmul(a2, b).reshape(np.shape(a)[:-1] + (b.shape[1],)), (a, b)
     return np.matmul(a, b), (a, b)
 
 
 @matmul.defvjp
 def _matmul_vjp(res, g):
     a, b = res
+    if type(b) is QuantizedArray:                                       # a constant: only da
+        return quantized.matmul_t(g.reshape(-1, b.shape[1]), b).reshape(a.shape), None
     return unbroadcast(g @ _swap(b), a.shape), unbroadcast(_swap(a) @ g, b.shape)
 
 
 @primitive
 def linear(x, w, b=None):
-    """``x @ w + b`` with ``x`` (..., in), ``w`` (in, out), ``b`` (out,): one 2-D matmul."""
+    """``x @ w + b`` with ``x`` (..., in), ``w`` (in, out), ``b`` (out,): one 2-D matmul.
+
+    ``w`` may be a quantized matrix (``lt.quant``): dequantized a tile at a time
+    (``lt.ops.quantized``); it is a constant to the VJP (no ``dw``)."""
     if w.ndim != 2 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: input (..., {x.shape[-1]}) does not fit a weight of shape {w.shape}")
     x2 = x.reshape(-1, w.shape[0])                      # (N, in)
-    y = x2 @ w                                          # (N, out)
+    y = x2 @ w if type(w) is not QuantizedArray else quantized.matmul(x2, w)   # (N, out)
     if b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, x.shape, b is not None)
@@ -167,6 +178,9 @@ def linear(x, w, b=None):
 def _linear_vjp(res, g):
     x2, w, x_shape, has_bias = res
     g2 = g.reshape(-1, w.shape[1])                      # (N, out)
+    if type(w) is QuantizedArray:                       # a constant: dx only
+        dx = quantized.matmul_t(g2, w).reshape(x_shape)
+        return dx, None, g2.sum(axis=0) if has_bias else None
     dx = (g2 @ w.T).reshape(x_shape)                    # (N, in) -> (..., in)
     dw = x2.T @ g2                                      # (in, out)
     db = g2.sum(axis=0) if has_bias else None

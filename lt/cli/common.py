@@ -1,0 +1,97 @@
+"""What the ``lt`` subcommands share: the parser, the defaults of ``lt train``, the usage error."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..nn import PRESETS
+
+__all__ = ["TRAIN_DEFAULTS", "UsageError", "build_parser"]
+
+
+# nanoGPT's CPU recipe for character-level Shakespeare: a few minutes on 2 cores.
+TRAIN_DEFAULTS = dict(preset="mini", data="corpus:shakespeare", tokenizer="char", vocab_size=512,
+                      seq_len=64, batch_size=12, steps=2000, lr=1e-3, min_lr=1e-4, warmup=100,
+                      weight_decay=0.1, grad_clip=1.0, beta2=0.99, dropout=0.0, seed=1337,
+                      eval_every=250, eval_batches=20, checkpoint_every=500)
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__                        # argparse names it in its messages
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lt", description="Train GPT-style models in NumPy and sample from them.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (default: characters of Shakespeare)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help=f"model size (default {TRAIN_DEFAULTS['preset']})")
+    t.add_argument("--data", metavar="FILE", help="a UTF-8 text file instead of the bundled corpus")
+    t.add_argument("--tokenizer", choices=["char", "bpe"], help="char (default) or byte-level BPE")
+    t.add_argument("--vocab-size", type=_positive(int), help="BPE vocabulary size (default 512)")
+    t.add_argument("--steps", type=_positive(int), help="total training steps (default 2000)")
+    t.add_argument("--batch-size", type=_positive(int), help="sequences per step (default 12)")
+    t.add_argument("--seq-len", type=_positive(int), help="tokens per sequence (default 64)")
+    t.add_argument("--lr", type=_positive(float), help="peak learning rate (default 1e-3)")
+    t.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 1e-4)")
+    t.add_argument("--warmup", type=int, help="warmup steps (default 100)")
+    t.add_argument("--weight-decay", type=float, help="AdamW decay of matrices (default 0.1)")
+    t.add_argument("--dropout", type=float, help="dropout rate (default 0)")
+    t.add_argument("--seed", type=int, help="seed of the run's key (default 1337)")
+    t.add_argument("--eval-every", type=_positive(int), help="steps between evaluations (default 250)")
+    t.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints (default 500)")
+    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<data>-<tokenizer>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (repeated flags must equal its settings; "
+                        "only --steps may change)")
+    t.add_argument("--mpi", action="store_true", help="data-parallel over MPI ranks (launch with mpiexec)")
+    t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (default 400)")
+    t.add_argument("--init-hf", metavar="DIR",
+                   help="fine-tune a Hugging Face checkpoint (gpt2, llama, qwen2, mistral) with its tokenizer "
+                        "instead of training a preset from scratch")
+
+    g = sub.add_parser("generate", help="continue a prompt with a trained run or a Hugging Face model")
+    g.add_argument("--run", metavar="DIR", help="a run directory (lt train --out)")
+    g.add_argument("--hf", metavar="DIR", help="a Hugging Face model directory (gpt2, llama, qwen2, mistral)")
+    g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", type=int, default=300)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--beams", type=_positive(int), help="beam search with this many beams instead of sampling")
+    g.add_argument("--quantize", choices=["int8", "int4"], help="quantize the weights first (lt.quantize defaults)")
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help="generate from this checkpoint (e.g. one `lt quantize` wrote) instead of the run's own")
+
+    q = sub.add_parser("quantize", help="write an int8 or int4 checkpoint of a run")
+    q.add_argument("--run", required=True, metavar="DIR")
+    q.add_argument("--bits", type=int, choices=[8, 4], default=8, help="8 (default) or 4")
+    q.add_argument("--group-size", type=_positive(int),
+                   help="weights per scale (default: int8 one per output channel, int4 32)")
+    q.add_argument("--out", metavar="FILE", help="default DIR/checkpoint-int8.safetensors (or -int4)")
+
+    e = sub.add_parser("eval", help="loss and perplexity of a run on held-out text")
+    e.add_argument("--run", required=True, metavar="DIR")
+    e.add_argument("--data", metavar="FILE", help="a text file (default: the run's validation split)")
+    e.add_argument("--max-batches", type=_positive(int), default=50)
+
+    sub.add_parser("info", help="presets with parameter counts and memory")
+    return p
+
+

@@ -1,0 +1,259 @@
+"""``lt train``: a new run from the flags, or a resumed one; rank 0 prepares it, every rank trains."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+import time
+
+import attrs
+
+from .. import checkpoint, distributed, optim, random, runs, tokenizers
+from .._allocator import tune_malloc
+from ..corpus import train_val_split_text
+from ..files import atomic_write_text, naming
+from ..nn import GPT, PRESETS
+from ..runs import Run, RunFiles, RunSettings
+from ..training import TrainState, train
+from .common import TRAIN_DEFAULTS, UsageError
+from .inference import _sample
+
+__all__ = ["cmd_train"]
+
+
+_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "sample_tokens"}   # free to differ on --resume
+
+
+def _train_step_bytes(model: GPT, batch: int, seq: int) -> int:
+    """A rough size of one float32 training step: weights, gradients and AdamW's two moments
+    (16 bytes a parameter) and the activations kept for the backward pass, per token about
+    12 D + 3 F a layer and 3 V for the logits and their gradient (no T x T term: attention
+    past a few hundred positions is blockwise)."""
+    D, F, L, V = model.hidden_dim, model.ffn_dim, model.num_layers, model.vocab_size
+    params = L * (4 * D * D + 2 * D * F) + (V + model.max_seq_len) * D
+    return 16 * params + 4 * batch * seq * (L * (12 * D + 3 * F) + 3 * V)
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, or None where there is no such file (no check then)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None) -> RunSettings:
+    """New settings from the flags (defaults filled in), for a fresh run. ``start``: the model
+    a ``--init-hf`` run fine-tunes (it replaces the preset; ``tokenizer_kind`` is its tokenizer's)."""
+    v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
+    if start is not None:
+        given = [f"--{f.replace('_', '-')}" for f in ("preset", "tokenizer", "vocab_size") if getattr(args, f) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} does not go with --init-hf: the model and its tokenizer "
+                             f"come from {args.init_hf}")
+    sized = GPT.preset(v["preset"]) if start is None else start
+    # Any --seq-len, also past the preset's context (attention is blockwise, memory O(T) per
+    # layer): refused, before anything is allocated or written, only when a step would not fit.
+    need, have = _train_step_bytes(sized, v["batch_size"], v["seq_len"]), _available_bytes()
+    if have is not None and need > have:
+        raise UsageError(f"--seq-len {v['seq_len']} needs about {need / 2**30:.1f} GiB for a training step of "
+                         f"preset {v['preset']} at --batch-size {v['batch_size']}, more than the "
+                         f"{have / 2**30:.1f} GiB available; lower --seq-len or --batch-size")
+    try:
+        if start is None:
+            # The context is the training window: positions past it would never have been trained.
+            model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
+        else:                                    # a checkpoint's context is its own (its positions were trained)
+            model = attrs.evolve(start, dropout=v["dropout"])
+        return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
+                           tokenizer=tokenizer_kind or v["tokenizer"], seq_len=v["seq_len"],
+                           batch_size=v["batch_size"], init_hf=None if start is None else str(args.init_hf),
+                           steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
+                           weight_decay=v["weight_decay"], grad_clip=v["grad_clip"], beta2=v["beta2"],
+                           seed=v["seed"], eval_every=v["eval_every"], eval_batches=v["eval_batches"],
+                           checkpoint_every=v["checkpoint_every"])
+    except ValueError as e:            # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
+        raise UsageError(re.sub(r"RunSettings\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
+
+
+def _default_out(args) -> pathlib.Path:
+    name = "shakespeare" if args.data is None else pathlib.Path(args.data).stem
+    if args.init_hf:
+        return pathlib.Path("runs") / f"{name}-{pathlib.Path(args.init_hf).resolve().name}"
+    return pathlib.Path("runs") / f"{name}-{args.tokenizer or TRAIN_DEFAULTS['tokenizer']}"
+
+
+def _saved_flag(flag: str, saved: RunSettings, tokenizer):
+    """The value of ``--flag`` that the saved run was made with (what the flag's own parse gives)."""
+    model = GPT(**saved.model)
+    if flag == "preset":               # the preset whose layers, heads and widths the model has
+        fixed = dict(vocab_size=model.vocab_size, max_seq_len=model.max_seq_len, dropout=model.dropout)
+        return next((name for name in PRESETS if GPT.preset(name, **fixed) == model), "a custom model")
+    if flag == "dropout":
+        return model.dropout
+    if flag == "vocab_size":
+        return tokenizer.vocab_size
+    return getattr(saved, flag)
+
+
+def _same_path(given: str, saved) -> bool:
+    """The same string, or two spellings of one existing file or directory."""
+    if saved is None or given == saved:
+        return given == saved
+    a, b = pathlib.Path(given), pathlib.Path(saved)
+    return a.exists() and b.exists() and a.samefile(b)
+
+
+def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
+    """The saved settings, with ``--steps`` if given. Flags repeated from the command that made
+    the run are accepted when they equal its settings; one that differs is refused, named with
+    both values (a resumed run keeps its settings)."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SETTINGS}
+    if saved.tokenizer == "char":
+        given.pop("vocab_size", None)            # a char run ignores --vocab-size, as when it was made
+    changed = []
+    for flag, value in sorted(given.items()):
+        was = _saved_flag(flag, saved, tokenizer)
+        same = _same_path(str(value), was) if flag in ("data", "init_hf") else value == was
+        if not same:
+            changed.append(f"--{flag.replace('_', '-')} {value} (the run has {was})")
+    if changed:
+        raise UsageError(f"lt train --resume keeps the run's saved settings; {'; '.join(changed)}: "
+                         "drop the flag or start a new run with another --out (only --steps may change)")
+    return attrs.evolve(saved, steps=args.steps or saved.steps)
+
+
+def _prepare(args) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
+    """The run to train, new or resumed, its optimizer, and the lock held on its directory while
+    it trains: read and written by rank 0 alone. A new run's directory is made only once its
+    settings, data and tokenizer are ready."""
+    files = RunFiles(args.out or _default_out(args))
+    lock = None
+    try:
+        start = None
+        if args.resume:
+            lock = runs.open_run(files, new=False)
+            saved = runs.load_settings(files)
+            tokenizer = runs.load_tokenizer(files, saved)
+            settings = _check_resume_flags(args, saved, tokenizer)
+        else:
+            if files.checkpoint.exists():          # early, before the data is read (checked again locked)
+                raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
+            if args.init_hf:                       # fine-tuning: the model, its weights and its tokenizer
+                from .. import hf
+                start, tokenizer = hf.from_hf(args.init_hf), hf.load_tokenizer(args.init_hf)
+                kind = "bpe" if isinstance(tokenizer, tokenizers.BPETokenizer) else "hf"
+                settings = _settings(args, start[0], kind)
+            else:
+                settings = _settings(args)
+        text = runs.read_training_text(settings.data)
+        if args.resume:
+            runs.check_same_data(settings, text)
+        else:
+            settings = attrs.evolve(settings, **runs.data_fingerprint(text))
+        train_text, val_text = train_val_split_text(text, settings.val_fraction)
+        if not args.resume and start is None:
+            tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
+                                           args.vocab_size or TRAIN_DEFAULTS["vocab_size"])
+        if settings.init_hf is None:             # a model from scratch has the tokenizer's vocabulary
+            settings = attrs.evolve(settings, model=attrs.asdict(GPT(**{**settings.model,
+                                                                         "vocab_size": tokenizer.vocab_size})))
+        model = GPT(**settings.model)
+        optimizer = runs.make_optimizer(settings)
+        params = model.init(random.fold_in(random.key(settings.seed), "init")) if start is None else start[1]
+        state = TrainState.create(params, optimizer)
+        if args.resume:
+            ck = checkpoint.load(files.checkpoint, model, state.opt_state)
+            state = TrainState(ck.params, ck.opt_state, ck.step)
+            if settings.steps < state.step:
+                raise UsageError(f"--steps {settings.steps} is before the run's step {state.step}; "
+                                 f"give --steps {state.step} or more")
+            if settings != saved:                  # a new --steps: run.json says where the run goes
+                runs.save_settings(files, settings)
+        else:
+            lock = runs.open_run(files, new=True)
+            if lock.restarted:
+                print(f"lt: {files.root} held a run that stopped before its first checkpoint; starting it over",
+                      file=sys.stderr, flush=True)
+            tokenizer.save(files.tokenizer)
+            runs.save_settings(files, settings)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run = Run(files, settings, tokenizer, runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text), state)
+    return run, optimizer, lock
+
+
+def _shared_run(args, world: distributed.World) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
+    """The run and its optimizer on every rank, and rank 0's lock on the run directory: rank 0
+    prepares the run (reading and writing the files), and only with more than one rank is it
+    broadcast, as it is (arrays buffer by buffer, the rest pickled); each rank builds the optimizer once. (An error on rank 0 ends the job:
+    under ``python -m mpi4py`` its exit status aborts the other ranks.)"""
+    run, optimizer, lock = _prepare(args) if world.is_root else (None, None, None)
+    if world.size > 1:
+        run = distributed.broadcast(world.comm, run)
+        optimizer = optimizer or runs.make_optimizer(run.settings)
+    return run, optimizer, lock
+
+
+def cmd_train(args) -> int:
+    tune_malloc()
+    world = _world(args.mpi)
+    run, optimizer, lock = _shared_run(args, world)
+    try:
+        return _train(args, world, run, optimizer)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, world, run, optimizer) -> int:
+    files, settings, state = run.files, run.settings, run.state
+    model = GPT(**settings.model)
+    if world.is_root:
+        ranks = f" on {world.size} MPI ranks" if world.size > 1 else ""
+        print(f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
+              f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}",
+              flush=True)
+    log_file = files.open_log() if world.is_root else None
+
+    def on_log(record):
+        with naming(files.log):
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    start = time.perf_counter()
+    try:
+        state, _ = train(model, optimizer, state, run.train_ids, steps=settings.steps,
+                         batch_size=settings.batch_size, seq_len=settings.seq_len, rng=random.key(settings.seed),
+                         val_tokens=run.val_ids if len(run.val_ids) else None, eval_every=settings.eval_every,
+                         eval_batches=settings.eval_batches, log_every=50, checkpoint_path=files.checkpoint,
+                         checkpoint_every=settings.checkpoint_every, on_log=on_log, comm=world.comm)
+    finally:
+        if log_file:
+            log_file.close()
+    if world.is_root:
+        print(f"trained to step {state.step} in {time.perf_counter() - start:.0f} s; checkpoint {files.checkpoint}")
+        if args.sample_tokens > 0:
+            sample = _sample(model, state.params, run.tokenizer, "\n", args.sample_tokens, 0.8, None, None,
+                             random.key(0))
+            atomic_write_text(files.sample, sample)
+            print("--- sample ---" + sample)
+    return 0
+
+
+def _world(mpi_flag: bool) -> distributed.World:
+    """The MPI world with ``--mpi`` or when launched under mpiexec with several ranks."""
+    try:
+        return distributed.world(mpi=True if mpi_flag else None)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+
+

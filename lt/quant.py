@@ -1,0 +1,310 @@
+"""Quantized weight leaves: int8 and int4 codes with one scale per group (llama.cpp's Q8_0 / Q4_0).
+
+Shapes: R stored rows (the output axis), K the reduction axis, G the group size,
+g = ceil(K / G) groups per row, Kp = g * G (K padded with zero weights).
+
+A :class:`QuantizedArray` stands in a params tree where a float matrix stood: it is one
+leaf for ``lt.tree`` (flatten, map, paths, set), immutable (frozen attributes, read-only
+arrays), picklable, and shows the float matrix's ``shape`` and the ``dtype`` it computes
+in, so a model's parameter checks accept it. The matmul primitives (``lt.ops.linear``,
+``unembed``, ``embedding``, ``matmul``) know both leaf kinds and dequantize one
+cache-sized tile at a time (``lt.ops.quantized``): a model never holds the float matrix.
+
+Storage: groups of G consecutive weights along the *reduction* axis, one scale each, so
+one group feeds one partial dot product. ``axis`` is that axis of the logical matrix: 0
+for a Linear weight (in, out) (the stored rows are its output columns), 1 for an
+embedding table (V, D) (the stored rows are its rows: a gathered row and ``h @ w.T`` both
+read whole groups).
+
+Schemes (symmetric, no zero point; ``s`` the group's scale, ``c`` its integer codes):
+
+- int8: ``s = max|w| / 127``, ``c = round(w / s)`` in [-127, 127], int8 codes (R, Kp).
+- int4: ``s = max|w| / 7``, ``c = round(w / s)`` in [-7, 7] (Q4_0's symmetric cousin: the
+  code -8 is never made, so the bound below holds for every weight, the outlier included),
+  stored ``c + 8`` in a nibble, two to a byte: (R, Kp / 2) uint8. Byte j of a stored row
+  holds code j in its low nibble and code j + Kp / 2 in its high one (llama.cpp pairs the
+  two halves of each block the same way, per block of 32): unpacking is two contiguous
+  passes over bytes, the cheapest NumPy can do.
+
+Dequantized ``c * s`` is within ``s / 2`` of ``w`` (plus float rounding); an all-zero group
+has ``s = 0`` and dequantizes to exact zeros. Scales are stored in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import tree
+
+__all__ = ["QuantizedArray", "quantize_array", "dequantize_array", "quantize", "dequantize",
+           "is_quantized", "describe", "plan", "planned_nbytes", "SCHEMES", "DEFAULT_GROUP_SIZE"]
+
+SCHEMES = {8: 127, 4: 7}                # bits -> the largest code magnitude
+# bits -> the group size ``group_size=None`` means: int8 one scale per output channel (row-wise,
+# as bitsandbytes; the fastest to decode, since scales then multiply whole dot products), int4
+# one per 32 weights (Q4_0's block: 4 bits alone are too coarse for a whole row).
+DEFAULT_GROUP_SIZE = {8: "channel", 4: 32}
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _int(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class QuantizedArray:
+    """A 2-D float matrix stored as integer codes plus one scale per group of G weights.
+
+    ``codes`` int8 (R, Kp) for 8 bits, uint8 (R, Kp / 2) for 4; ``scales`` (R, g) float32
+    or float64 (the dtype the leaf computes in); ``axis`` the logical reduction axis (0 or 1);
+    ``shape`` the logical (float) shape. Arrays that may be held elsewhere are copied, and
+    all are made read-only: the leaf is as immutable as a float leaf.
+    """
+
+    __slots__ = ("codes", "scales", "bits", "group_size", "axis", "shape")
+
+    def __init__(self, codes, scales, *, bits: int, group_size: int, axis: int, shape, copy: bool = True):
+        bits = _int(bits, "bits", 1)
+        if bits not in SCHEMES:
+            raise ValueError(f"bits must be 8 or 4, got {bits}")
+        group_size = _int(group_size, "group_size", 1)
+        if bits == 4 and group_size % 2:
+            raise ValueError(f"int4 packs two codes to a byte: group_size must be even, got {group_size}")
+        if axis not in (0, 1):
+            raise ValueError(f"axis must be 0 or 1 (the reduction axis of a matrix), got {axis!r}")
+        shape = tuple(_int(n, "shape", 1) for n in shape)
+        if len(shape) != 2:
+            raise ValueError(f"a quantized leaf is a matrix: shape must have 2 dimensions, got {shape}")
+        codes, scales = np.asarray(codes), np.asarray(scales)
+        R, K = shape[1 - axis], shape[axis]
+        g = -(-K // group_size)
+        want_codes = (R, g * group_size // (8 // bits))
+        want_dtype = np.dtype(np.int8 if bits == 8 else np.uint8)
+        if codes.dtype != want_dtype or codes.shape != want_codes:
+            raise ValueError(f"int{bits} codes of a {shape} matrix (groups of {group_size} along axis {axis}) "
+                             f"must be {want_dtype}{list(want_codes)}, got {codes.dtype}{list(codes.shape)}")
+        if scales.dtype not in _FLOATS or scales.shape != (R, g):
+            raise ValueError(f"scales of a {shape} matrix (groups of {group_size} along axis {axis}) must be "
+                             f"float32 or float64 of shape {[R, g]}, got {scales.dtype}{list(scales.shape)}")
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise ValueError("scales must be finite and non-negative")
+        seal = tree._freeze_leaf if copy else tree._seal
+        for name, value in (("codes", seal(np.ascontiguousarray(codes))),
+                            ("scales", seal(np.ascontiguousarray(scales))),
+                            ("bits", bits), ("group_size", group_size), ("axis", axis), ("shape", shape)):
+            object.__setattr__(self, name, value)
+
+    # What a float leaf answers, so that shape checks and lt.tree utilities treat it as one.
+    dtype = property(lambda self: self.scales.dtype)
+    ndim = property(lambda self: 2)
+    size = property(lambda self: self.shape[0] * self.shape[1])
+    nbytes = property(lambda self: self.codes.nbytes + self.scales.nbytes)
+    num_groups = property(lambda self: self.scales.shape[1])
+
+    @property
+    def scheme(self) -> dict:
+        """What a checkpoint header records: bits, group size and reduction axis."""
+        return {"bits": self.bits, "group_size": self.group_size, "axis": self.axis}
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a QuantizedArray cannot be changed in place; quantize a new matrix "
+                        "(lt.quantize / lt.quant.quantize_array) and lt.tree.set it")
+
+    __setattr__ = __delattr__ = _refuse
+
+    def __reduce__(self):
+        return _rebuild, (self.codes, self.scales, self.bits, self.group_size, self.axis, self.shape)
+
+    def __repr__(self) -> str:
+        return (f"QuantizedArray(int{self.bits}, shape={self.shape}, dtype={self.dtype}, "
+                f"group_size={self.group_size}, axis={self.axis}, nbytes={self.nbytes})")
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(f"a quantized int{self.bits} leaf {self.shape} is not a float array; the lt.ops matmuls "
+                        "take it as it is, lt.quant.dequantize_array(leaf) gives the float matrix")
+
+    def __getitem__(self, idx):
+        """Whole groups only: a slice of stored rows (``w[:, a:b]`` of a Linear weight, ``w[a:b]``
+        of a table), as a new quantized leaf that shares nothing writeable."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        idx = idx + (slice(None),) * (2 - len(idx)) if len(idx) <= 2 else idx
+        rows, red = (idx[1 - self.axis], idx[self.axis]) if len(idx) == 2 else (None, None)
+        if not isinstance(rows, slice) or red != slice(None):
+            raise TypeError(f"a quantized leaf can be sliced along its stored rows only (axis {1 - self.axis}), "
+                            f"got {idx!r}; dequantize it first (lt.quant.dequantize_array)")
+        shape = list(self.shape)
+        shape[1 - self.axis] = len(range(*rows.indices(self.shape[1 - self.axis])))
+        return QuantizedArray(self.codes[rows], self.scales[rows], bits=self.bits, group_size=self.group_size,
+                              axis=self.axis, shape=shape)
+
+
+def _rebuild(codes, scales, bits, group_size, axis, shape):
+    return QuantizedArray(codes, scales, bits=bits, group_size=group_size, axis=axis, shape=shape, copy=False)
+
+
+def is_quantized(x) -> bool:
+    return type(x) is QuantizedArray
+
+
+# ----------------------------------------------------------------- quantize
+
+_CHUNK = 1 << 20                       # weights quantized per pass (float64 work stays ~8 MiB)
+
+
+def quantize_array(w, bits: int = 8, group_size: int | str | None = None, axis: int = 0) -> QuantizedArray:
+    """The matrix ``w`` (2-D, finite floats) quantized in groups of ``group_size`` along ``axis``
+    (its reduction axis: 0 for a Linear weight (in, out), 1 for an embedding table).
+    ``group_size="channel"`` is one group per stored row (per output channel; rounded up to
+    even for int4); ``None`` is the scheme's default (:data:`DEFAULT_GROUP_SIZE`)."""
+    w = np.asarray(w)
+    if w.ndim != 2 or w.dtype not in _FLOATS:
+        raise TypeError(f"quantize_array needs a float32 or float64 matrix, got {w.dtype}{list(w.shape)}")
+    if bits not in SCHEMES:
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+    if not np.isfinite(w).all():
+        raise ValueError("cannot quantize a matrix holding NaN or inf")
+    K = w.shape[axis]
+    group_size = DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size
+    G = K + (K % 2 if bits == 4 else 0) if group_size == "channel" else _int(group_size, "group_size", 1)
+    if bits == 4 and G % 2:
+        raise ValueError(f"int4 packs two codes to a byte: group_size must be even, got {G}")
+    rows = w.T if axis == 0 else w                                     # (R, K)
+    R, g = rows.shape[0], -(-K // G)
+    codes = np.empty((R, g * G // (8 // bits)), np.int8 if bits == 8 else np.uint8)
+    scales = np.empty((R, g), w.dtype)
+    step = max(1, _CHUNK // (g * G))
+    for a in range(0, R, step):                                        # a block of stored rows at a time
+        b = min(a + step, R)
+        block = np.zeros((b - a, g * G), np.float64)
+        block[:, :K] = rows[a:b]
+        block = block.reshape(b - a, g, G)                             # (n, g, G)
+        s = np.abs(block).max(axis=2) / SCHEMES[bits]                  # (n, g)
+        scales[a:b] = s
+        s = scales[a:b].astype(np.float64)                             # codes from the scale as stored
+        c = np.rint(np.divide(block, s[:, :, None], out=np.zeros_like(block), where=s[:, :, None] > 0))
+        c = np.clip(c, -SCHEMES[bits], SCHEMES[bits]).astype(np.int8)  # (n, g, G)
+        if bits == 8:
+            codes[a:b] = c.reshape(b - a, -1)
+        else:
+            u = (c + 8).astype(np.uint8).reshape(b - a, -1)           # (n, Kp)
+            half = u.shape[1] // 2
+            codes[a:b] = u[:, :half] | (u[:, half:] << 4)
+    return QuantizedArray(codes, scales, bits=bits, group_size=G, axis=axis, shape=w.shape, copy=False)
+
+
+def signed_codes(codes: np.ndarray, bits: int, group_size: int, out: np.ndarray,
+                 scratch: np.ndarray | None = None) -> np.ndarray:
+    """The integer codes of stored rows ``codes`` as floats in ``out`` (n, Kp): unpacked, unscaled.
+
+    int4 unpacks into ``scratch`` (n, Kp) int8 first: the nibble arithmetic runs on bytes,
+    and one contiguous cast (NumPy's fastest loop) makes the floats."""
+    if bits == 8:
+        np.copyto(out, codes, casting="unsafe")
+        return out
+    half = codes.shape[1]                                              # Kp / 2
+    u = np.empty(out.shape, np.int8) if scratch is None else scratch
+    bytes_ = u.view(np.uint8)
+    np.bitwise_and(codes, 15, out=bytes_[:, :half])                    # codes [0, Kp/2): low nibbles
+    np.right_shift(codes, 4, out=bytes_[:, half:])                     # codes [Kp/2, Kp): high nibbles
+    np.subtract(u, 8, out=u)                                           # stored c + 8 -> c
+    np.copyto(out, u, casting="unsafe")
+    return out
+
+
+def dequantize_codes(codes: np.ndarray, scales: np.ndarray, bits: int, group_size: int, K: int,
+                     out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Stored rows (codes (n, ...), scales (n, g)) as floats (n, K), written into ``out`` (n, Kp)
+    (``scratch``: (n, Kp) int8 for int4's unpacking)."""
+    n, g = scales.shape
+    out = np.empty((n, g * group_size), scales.dtype) if out is None else out
+    signed_codes(codes, bits, group_size, out, scratch)
+    o = out.reshape(n, g, group_size)
+    np.multiply(o, scales[:, :, None], out=o)
+    return out[:, :K]
+
+
+def dequantize_array(q: QuantizedArray) -> np.ndarray:
+    """The float matrix ``q`` stands for (``shape``, ``dtype``), read-only."""
+    rows = dequantize_codes(q.codes, q.scales, q.bits, q.group_size, q.shape[q.axis])   # (R, K)
+    return tree._seal(np.ascontiguousarray(rows.T if q.axis == 0 else rows))
+
+
+# ----------------------------------------------------------------- trees
+
+def _under(path: str, names) -> bool:
+    return any(path == n or path.startswith(n + ".") for n in names)
+
+
+def plan(path: str, leaf, tables=("wte",), keep=("wpe",)) -> int | None:
+    """The reduction axis :func:`quantize` groups ``leaf`` at ``path`` along (1 for a table,
+    0 for a Linear weight), or None where it stays float (not a matrix, or under ``keep``)."""
+    if len(getattr(leaf, "shape", ())) != 2 or _under(path, keep):
+        return None
+    return 1 if _under(path, tables) else 0
+
+
+def quantize(params, bits: int = 8, group_size: int | str | None = None, *, tables=("wte",), keep=("wpe",)):
+    """``params`` with every float matrix quantized (:func:`quantize_array`); a new frozen tree.
+
+    ``bits`` 8 or 4; ``group_size`` weights per scale along the reduction axis, ``"channel"``
+    for one scale per output channel, None for the default (int8 per channel, int4 32).
+    Matrices under a path in ``tables`` (default the token table ``wte``, also the tied LM
+    head) are grouped along their rows (axis 1); other matrices are Linear weights (in, out),
+    grouped along ``in`` (axis 0). Leaves under ``keep`` (default the position table
+    ``wpe``) and every leaf that is not a matrix (norms, biases) stay float. A leaf that is
+    already quantized is refused: dequantize the tree first to quantize it again.
+    """
+    if bits not in SCHEMES:
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+
+    def one(path: str, x):
+        if is_quantized(x):
+            raise ValueError(f"lt.quantize: {path} is already quantized (int{x.bits}); "
+                             "quantize the float tree (lt.dequantize(params) gives one)")
+        axis = plan(path, x, tables, keep)
+        if axis is None or not (isinstance(x, np.ndarray) and x.dtype in _FLOATS):
+            return x
+        try:
+            return quantize_array(x, bits, group_size, axis=axis)
+        except ValueError as e:
+            raise ValueError(f"lt.quantize: {path}: {e}") from None
+
+    flat, treedef = tree.flatten(params)
+    return tree.freeze(tree.unflatten(treedef, [one(p, x) for p, x in zip(tree.paths(params), flat)]))
+
+
+def planned_nbytes(params, bits: int | None, group_size: int | str | None = None, itemsize: int = 4) -> int:
+    """The bytes :func:`quantize` would make of ``params`` (arrays, or anything with a ``shape``
+    such as a model's ``spec()``: nothing is allocated); ``bits=None`` is the float size."""
+    total = 0
+    for path, leaf in tree.items(params):
+        shape = tuple(leaf.shape)
+        axis = None if bits is None else plan(path, leaf)
+        if axis is None:
+            total += int(np.prod(shape)) * itemsize
+            continue
+        R, K = shape[1 - axis], shape[axis]
+        gs = DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size
+        G = K + (K % 2 if bits == 4 else 0) if gs == "channel" else int(gs)
+        g = -(-K // G)
+        total += R * g * G * bits // 8 + R * g * itemsize
+    return total
+
+
+def dequantize(params):
+    """``params`` with every quantized leaf replaced by its float matrix; a new frozen tree."""
+    if is_quantized(params):
+        return dequantize_array(params)
+    return tree.map(lambda x: dequantize_array(x) if is_quantized(x) else x, params)
+
+
+def describe(params) -> str:
+    """``"float32"``, ``"int8"``, ``"int4"`` or a mix such as ``"int4+int8"``: the tree's matrix formats."""
+    kinds = sorted({f"int{x.bits}" for x in tree.leaves(params) if is_quantized(x)})
+    if not kinds:
+        dtypes = sorted({str(getattr(x, "dtype", "")) for x in tree.leaves(params)} - {""})
+        return "+".join(dtypes) or "empty"
+    return "+".join(kinds)
