@@ -36,9 +36,10 @@ class Progress:
         rate = (done - self.start) / max(now - self._t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
         shown = " ".join(f"{k} {v}" for k, v in fields.items())
+        finish = time.strftime("%H:%M:%S", time.localtime(time.time() + eta))
         self.stream.write(f"\r{done:>{len(str(self.total))}}/{self.total} "
                           f"[{'#' * filled}{'.' * (self.width - filled)}] {shown} "
-                          f"{rate:.1f} it/s eta {_clock(eta)}  ")
+                          f"{rate:.1f} it/s eta {_clock(eta)} (done at {finish})  ")
         self.stream.flush()
 
     def write(self, line: str) -> None:

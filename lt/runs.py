@@ -104,6 +104,8 @@ class RunSettings:
     data_sha256: str | None = attrs.field(default=None, validator=_optional(_hex_digest))
     # The Hugging Face model directory the run started from (lt train --init-hf), else None.
     init_hf: str | None = attrs.field(default=None, validator=_optional(attrs.validators.instance_of(str)))
+    # The wall-clock budget in seconds that ``steps`` was sized for (lt train --time), else None.
+    time_budget: float | None = attrs.field(default=None, validator=_optional(number(0, low_open=True)))
 
 
 class RunFiles:

@@ -207,7 +207,7 @@ def test_cli_trains_past_the_presets_context(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("to be or not to be, that is the question. " * 200)
     out = tmp_path / "run"
-    argv = ["train", "--preset", "tiny", "--batch-size", "1", "--seq-len", "300", "--steps", "1",
+    argv = ["train", "--recipe", "nanogpt", "--preset", "tiny", "--batch-size", "1", "--seq-len", "300", "--steps", "1",
             "--sample-tokens", "0", "--data", str(data), "--out", str(out)]
     assert lt.cli.main(argv) == 0                          # tiny's context is 128
     assert json.loads((out / "run.json").read_text())["model"]["max_seq_len"] == 300

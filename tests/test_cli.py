@@ -27,7 +27,7 @@ def lt_cmd(*args, cwd=None):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = lt_cmd("train", "--preset", "tiny", "--steps", 20, "--batch-size", 4, "--seq-len", 32,
+    result = lt_cmd("train", "--recipe", "nanogpt", "--preset", "tiny", "--steps", 20, "--batch-size", 4, "--seq-len", 32,
                     "--eval-every", 10, "--checkpoint-every", 10, "--sample-tokens", 30, "--out", out)
     assert result.returncode == 0, result.stderr
     return out, result
@@ -83,7 +83,7 @@ def test_eval_prints_loss_and_perplexity(run_dir, tmp_path):
 
 def test_resume_continues_to_the_new_step_count(run_dir, tmp_path):
     out = tmp_path / "resumed"
-    first = lt_cmd("train", "--preset", "tiny", "--steps", 6, "--batch-size", 2, "--seq-len", 16,
+    first = lt_cmd("train", "--recipe", "nanogpt", "--preset", "tiny", "--steps", 6, "--batch-size", 2, "--seq-len", 16,
                    "--sample-tokens", 0, "--out", out)
     assert first.returncode == 0, first.stderr
     again = lt_cmd("train", "--out", out, "--resume", "--steps", 9, "--sample-tokens", 0)
@@ -119,7 +119,7 @@ def test_bad_arguments_give_one_line_and_a_nonzero_exit(args, message, tmp_path)
 def test_existing_runs_are_never_overwritten_and_resume_flags_are_checked(run_dir):
     out, _ = run_dir
     before = (out / "checkpoint.safetensors").read_bytes()
-    again = lt_cmd("train", "--preset", "tiny", "--steps", 5, "--out", out)
+    again = lt_cmd("train", "--recipe", "nanogpt", "--preset", "tiny", "--steps", 5, "--out", out)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     conflict = lt_cmd("train", "--out", out, "--resume", "--lr", "0.1")
     assert conflict.returncode == 2 and "--lr" in conflict.stderr
@@ -134,7 +134,7 @@ def test_unknown_prompt_character_is_named(run_dir):
 
 # ------------------------------------------------------------------ in process: lt.cli.main
 
-TINY = ["--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--seed", "5", "--sample-tokens", "0"]
+TINY = ["--recipe", "nanogpt", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--seed", "5", "--sample-tokens", "0"]
 
 
 @pytest.fixture(scope="module")

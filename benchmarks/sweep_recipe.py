@@ -1,0 +1,93 @@
+"""Recipes for `lt train` on the bundled corpus, each trained for the same wall-clock budget.
+
+    python benchmarks/sweep_recipe.py                      # every candidate, 5 minutes each
+    python benchmarks/sweep_recipe.py --budget 2m --only default nanogpt
+
+Each row is one `lt train --time BUDGET ...` command (printed, so it can be rerun alone;
+seeds are fixed, and the step count it measured is in the run's run.json), run in its own
+process, one after another. The table: steps, tokens seen, the final validation loss, bits
+per character (the loss per token / ln 2 x tokens per character of the validation text, so
+character and BPE models compare fairly), wall time of the whole command, and the start of
+the sample it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import lt
+import lt.runs
+
+# name: the flags beyond --time (the sweep's candidates; "default" is lt train's own recipe)
+CANDIDATES = {
+    "nanogpt": ["--recipe", "nanogpt"],                       # mini, char, 12 x 64, lr 1e-3: 2,000 steps' recipe
+    "nanogpt-llama": ["--recipe", "nanogpt", "--preset", "llama-mini"],
+    "llama-char-16x128": ["--tokenizer", "char"],
+    "llama-char-24x64": ["--tokenizer", "char", "--seq-len", "64", "--batch-size", "24"],
+    "llama-char-16x128-lr1e-3": ["--tokenizer", "char", "--lr", "1e-3", "--min-lr", "1e-4"],
+    "default": [],                                            # llama-mini, BPE 512, 16 x 128, lr 2e-3
+}
+
+
+def chars_per_token(run: pathlib.Path) -> float:
+    """Characters per token on the run's validation text (1 for a character tokenizer)."""
+    settings, _, _, tokenizer = lt.runs.load_run(run)
+    text = lt.runs.read_training_text(settings.data)
+    _, val = lt.corpus.train_val_split_text(text, settings.val_fraction)
+    return len(val) / len(tokenizer.encode(val))
+
+
+def run_one(name: str, flags: list, budget: str, root: pathlib.Path) -> dict:
+    out = root / name
+    command = ["lt", "train", "--time", budget, *flags, "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "lt", *command[1:]], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        return {"name": name, "command": " ".join(command), "error": proc.stderr.strip().splitlines()[-1]}
+    settings = json.loads((out / "run.json").read_text())
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    loss = [r["eval_loss"] for r in records if "eval_loss" in r][-1]
+    bpc = loss / math.log(2) / chars_per_token(out)
+    sample = (out / "sample.txt").read_text()
+    return {"name": name, "command": " ".join(command), "steps": settings["steps"],
+            "tokens": settings["steps"] * settings["batch_size"] * settings["seq_len"],
+            "val_loss": loss, "bpc": bpc, "wall_s": wall, "sample": sample[:70].replace("\n", " / ")}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", default="5m", help="wall-clock budget per recipe (default 5m)")
+    ap.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), help="these candidates only")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    names = args.only or list(CANDIDATES)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            row = run_one(name, CANDIDATES[name], args.budget, pathlib.Path(tmp))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{'recipe':15} {'steps':>6} {'tokens':>10} {'val loss':>8} {'bits/char':>9} {'wall s':>7}  sample")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:15} failed: {r['error']}")
+            continue
+        print(f"{r['name']:15} {r['steps']:>6} {r['tokens']:>10,} {r['val_loss']:8.4f} {r['bpc']:9.4f} "
+              f"{r['wall_s']:7.0f}  {r['sample']}")
+    print("\ncommands:")
+    for r in rows:
+        print(f"  {r['name']:15} {r['command'].replace(' --out ' + str(r['command']).split(' --out ')[-1], '')}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
