@@ -15,10 +15,10 @@ from ..nn import GPT, PRESETS
 from ..training import evaluate
 from .common import UsageError
 
-__all__ = ["cmd_generate", "cmd_eval", "cmd_quantize", "cmd_info"]
+__all__ = ["cmd_generate", "cmd_eval", "cmd_quantize", "cmd_info", "sample_text"]
 
 
-def _sample(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng, echo=False) -> str:
+def sample_text(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng, echo=False) -> str:
     """Generate ``n`` tokens after ``prompt``, printing the text as it comes when ``echo``."""
     from .. import generate
     ids = runs.encode(tokenizer, prompt)
@@ -95,8 +95,8 @@ def cmd_generate(args) -> int:
         print(tokenizer.decode(np.asarray(result.sequences[0])))
         return 0
     sys.stdout.write(args.prompt)
-    _sample(model, params, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-            random.key(args.seed), echo=True)
+    sample_text(model, params, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                random.key(args.seed), echo=True)
     sys.stdout.write("\n")
     return 0
 

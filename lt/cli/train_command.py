@@ -19,7 +19,7 @@ from ..runs import Run, RunFiles, RunSettings
 from ..training import TrainState, train
 from .budget import parse_duration, size_steps
 from .common import UsageError, recipe_defaults
-from .inference import _sample
+from .inference import sample_text
 
 __all__ = ["cmd_train"]
 
@@ -261,7 +261,7 @@ def _train(args, world, run, optimizer) -> int:
     if world.is_root:
         print(f"trained to step {state.step} in {time.perf_counter() - start:.0f} s; checkpoint {files.checkpoint}")
         if args.sample_tokens > 0:
-            sample = _sample(model, state.params, run.tokenizer, "\n", args.sample_tokens, 0.8, None, None,
+            sample = sample_text(model, state.params, run.tokenizer, "\n", args.sample_tokens, 0.8, None, None,
                              random.key(0))
             atomic_write_text(files.sample, sample)
             print("--- sample ---" + sample)

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_text
-from ..tokenizers import BPETokenizer, TokenizerFileError
-from ..tokenizers._ids import decodable_ids
+from ..tokenizers import BPETokenizer, TokenizerFileError, decodable_ids
 from .files import read_bounded, read_json
 
 __all__ = ["HFTokenizer", "load_tokenizer"]

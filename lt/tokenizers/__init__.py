@@ -11,12 +11,13 @@ JSON file whose ``type`` field says which tokenizer it holds (:func:`load` reads
 from __future__ import annotations
 
 from ._files import TokenizerFileError, check_header, read_json
+from ._ids import decodable_ids
 from .bpe import BPETokenizer
 from .char import CharTokenizer, UnknownCharacterError
 from .gpt2 import GPT2_PATTERN, bytes_to_unicode
 
 __all__ = ["CharTokenizer", "BPETokenizer", "UnknownCharacterError", "TokenizerFileError",
-           "GPT2_PATTERN", "bytes_to_unicode", "load", "from_dict"]
+           "GPT2_PATTERN", "bytes_to_unicode", "load", "from_dict", "decodable_ids"]
 
 _TYPES = {"char": CharTokenizer, "bpe": BPETokenizer}
 
