@@ -5,6 +5,7 @@ step, MFU, KV-cache decoding and peak memory, in one process.
     QUICK=1 python benchmarks/bench_llm.py                # quick: no gpt2, fewer rounds (~1 min)
     python benchmarks/bench_llm.py --json out.json        # also write every number to a file
     python benchmarks/bench_llm.py --presets small --no-memory --profile small
+    python benchmarks/bench_llm.py --busy 1 --compare quiet.json   # contention: 1 busy process beside it
 
 What is measured (float32, ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` threads, 2 by default):
 
@@ -21,6 +22,9 @@ What is measured (float32, ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` threads,
   ``train MFU`` and ``KV decode`` (batch 1, a 16-token prompt, 64 new tokens, greedy,
   prefill included), and ``train peak memory`` (see ``peak_memory.py``: each library's
   training step in its own forked process; the growth of its resident set, in MiB).
+- ``matmul floor`` of each forward and train step (``matmul_floor.py``: the same GEMMs, same
+  shapes, float32, timed alone with NumPy in the same rounds), in tokens/s, and ``floor
+  fraction``: floor seconds over lt's (lt column) and over torch's (torch column).
 
 The PyTorch twins (``torch_gpt.py``, ``peers.py``) run the same function on lt's own
 weights; before timing, the ``check`` column says how far their outputs are from lt's
@@ -37,14 +41,22 @@ sums over the full T x T square (PaLM's convention). Both libraries are measured
 against the same NumPy peak. ``main`` calls ``lt.tune_malloc()`` first, as ``lt.train`` does; it
 is process-wide, so torch's allocations in this process get it too.
 
-``--json FILE`` writes ``{"schema": "lt-bench-llm/1", "mode": "quick"|"full", "machine":
+``--busy N`` runs N busy processes beside the whole run (``busy.py``); ``--compare QUIET.json``
+then prints, per row, busy over quiet of lt/torch and of lt's own speed, and flags the rows
+that break issue 15's rules. ``--profile PRESET`` prints the training step's shares
+(matmuls, elementwise primitives, optimizer, Python overhead; ``step_profile.py``) and a cProfile.
+
+``--json FILE`` writes ``{"schema": "lt-bench-llm/1", "mode": "quick"|"full", "busy": N, "machine":
 {cpu, cpu_count, memory, numpy, numpy_blas, torch, torch_blas, threads, load averages,
-sharing: {cores_used_by_others, cores_stolen} during the run, ...}, "settings": {..., "peak_gflops"}, "presets": {name: {config, num_params,
-matmul_params, train_flops_per_token, forward_shape, train_shape}}, "rows": [...],
-"targets": {"forward small": {"ratio", "met"}, ...}, "wall_s"}``. A row is ``{measurement,
-preset, shape, unit, lt, torch, ratio, check}``; timed rows add ``work`` (units per call),
-``lt_s``/``torch_s`` (best seconds per call), ``lt_median_s``/``torch_median_s``,
-``rounds`` and ``wall_s``. Without torch, ``torch``, ``ratio`` and ``check`` are null.
+sharing: {cores_used_by_others, cores_stolen} during the run, ...}, "settings": {..., "peak_gflops"},
+"presets": {name: {config, num_params, matmul_params, forward_flops_per_token, train_flops_per_token,
+forward_shape, train_shape, floor_gemms}}, "rows": [...],
+"targets": {"forward small": {"value", "target", "met", "ratio"}, ...}, "wall_s"}``, with
+``compare`` and ``profile`` where asked for. A row is ``{measurement, preset, shape, unit, lt,
+torch, ratio, check}``; timed rows add ``work`` (units per call), ``lt_s``/``torch_s`` (best
+seconds per call), ``lt_median_s``/``torch_median_s``, ``rounds``, ``wall_s`` (and
+``floor_s``); floor rows add ``of`` ("forward" or "train step"). Without torch, ``torch``,
+``ratio`` and ``check`` are null.
 
 Numbers from a busy machine mislead: lt's two-thread BLAS calls slow down far more than
 torch's when another process holds a core, so run it on a quiet machine. The run counts
@@ -55,6 +67,7 @@ when they held more than a tenth of a core on average.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -64,13 +77,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # torch's idle threads must not spin on lt's cores
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import lt  # noqa: E402
+import lt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from llm_report import HEADER, cpu_sample, describe, format_row, machine, others, table, targets  # noqa: E402
+import busy  # noqa: E402
+import matmul_floor  # noqa: E402
+import step_profile  # noqa: E402
+from llm_report import HEADER, cpu_sample, describe, format_row, format_targets, machine, others, summary, targets  # noqa: E402
 
 QUICK_PRESETS = ("tiny", "small", "mini", "medium", "large")
 FULL_PRESETS = QUICK_PRESETS + ("gpt2",)
@@ -111,9 +127,16 @@ def best_times(fns, budget: float, min_rounds: int, max_rounds: int) -> tuple[li
 # ----------------------------------------------------------------- model arithmetic
 
 def matmul_params(model: lt.GPT) -> int:
-    """N: weights of every matmul per token (blocks and the LM head)."""
-    D, F, L, V = model.hidden_dim, model.ffn_dim, model.num_layers, model.vocab_size
-    return L * (4 * D * D + 2 * D * F) + V * D
+    """N: weights of every matmul per token (blocks and the LM head): L (D (H + 2 Hkv) d + D^2 + k D F)
+    + V D, k = 3 for SwiGLU (gate, up, down) else 2; 4 D^2 + 2 D F per layer for GPT-2's blocks."""
+    D, F, L, V, H = model.hidden_dim, model.ffn_dim, model.num_layers, model.vocab_size, model.num_heads
+    qkv = D * (H + 2 * (model.num_kv_heads or H)) * (D // H)
+    return L * (qkv + D * D + (3 if model.activation == "swiglu" else 2) * D * F) + V * D
+
+
+def forward_flops_per_token(model: lt.GPT, seq: int) -> int:
+    """2 N + 4 L T D: the forward's matmuls plus attention over the full T x T."""
+    return 2 * matmul_params(model) + 4 * model.num_layers * seq * model.hidden_dim
 
 
 def train_flops_per_token(model: lt.GPT, seq: int) -> int:
@@ -136,12 +159,19 @@ class Bench:
         self.torch, self.rows = torch, []
         self.budget, self.min_rounds, self.max_rounds = budget, min_rounds, max_rounds
 
-    def time(self, measurement, preset, shape, unit, work, lt_fn, torch_fn, check=None, **extra):
-        """Time lt_fn against torch_fn (None: lt alone); a row of ``work`` units per call per second."""
+    def time(self, measurement, preset, shape, unit, work, lt_fn, torch_fn, check=None, floors=None, **extra):
+        """Time lt_fn against torch_fn (None: lt alone); a row of ``work`` units per call per second.
+        ``floors``: {name: call} of the matmul floor, timed in the same rounds; the row's ``floor_s``
+        is the best of them, ``floor_threads_s`` each one's best."""
         fns = [lt_fn] + ([torch_fn] if torch_fn is not None and self.torch else [])
+        floors = floors or {}
         start = time.perf_counter()
-        times, rounds = best_times(fns, self.budget, self.min_rounds, self.max_rounds)
+        times, rounds = best_times(fns + list(floors.values()), self.budget, self.min_rounds, self.max_rounds)
         extra["wall_s"] = time.perf_counter() - start
+        if floors:
+            extra["floor_threads_s"] = {name: t[0] for name, t in zip(floors, times[len(fns):])}
+            extra["floor_s"] = min(extra["floor_threads_s"].values())
+            del times[len(fns):]
         best = [t[0] for t in times] + [None]                   # seconds per call: best, and the median
         median = [t[len(t) // 2] for t in times] + [None]
         return self.add(measurement, preset, shape, unit, work / best[0], best[1] and work / best[1],
@@ -216,8 +246,8 @@ def micro(bench: Bench) -> None:
     prompt = lt.random.randint(lt.random.key(1), (GEN_PROMPT,), 0, model.vocab_size)
     twin = _decoder(bench, model, params)
     for n in GEN_NEW:
-        ours = (lambda n: lambda: model.generate(params, prompt, max_new_tokens=n, temperature=0))(n)
-        theirs = (lambda n: lambda: twin(prompt, n))(n) if twin else None
+        ours = functools.partial(model.generate, params, prompt, max_new_tokens=n, temperature=0)
+        theirs = functools.partial(twin, prompt, n) if twin else None
         check = f"agree {agreeing(ours(), theirs(), GEN_PROMPT)}/{n}" if twin else None
         bench.time(f"generate {n}", "small", f"1x{GEN_PROMPT}+{n}", "tokens/s", n, ours, theirs, check)
 
@@ -244,7 +274,10 @@ def preset_rows(bench: Bench, name: str) -> dict:
     ours = lambda: model.apply(params, ids)                                               # noqa: E731
     theirs = bench.inference(lambda: net(torch.as_tensor(ids))) if torch else None
     check = max_diff(ours(), theirs().numpy()) if torch else None
-    bench.time("forward", name, f"{B}x{T}", "tokens/s", B * T, ours, theirs, check)
+    floor = matmul_floor.gemms(model, B, T)
+    row = bench.time("forward", name, f"{B}x{T}", "tokens/s", B * T, ours, theirs, check,
+                     floors=matmul_floor.floor_callables(floor))
+    matmul_floor.floor_rows(bench, row, "forward", matmul_floor.total_flops(floor))
     # KV decode
     prompt = lt.random.randint(lt.random.key(2), (PROMPT,), 0, model.vocab_size)
     twin = _decoder(bench, model, params)
@@ -252,7 +285,7 @@ def preset_rows(bench: Bench, name: str) -> dict:
     theirs = (lambda: twin(prompt, NEW)) if twin else None
     check = f"agree {agreeing(ours(), theirs(), PROMPT)}/{NEW}" if twin else None
     bench.time("KV decode", name, f"1x{PROMPT}+{NEW}", "tokens/s", NEW, ours, theirs, check)
-    del twin
+    twin = None                               # torch's decoder: freed before the training step
     # training step
     ids = lt.random.randint(lt.random.key(3), (Bt, Tt), 0, model.vocab_size)
     targets = lt.random.randint(lt.random.key(4), (Bt, Tt), 0, model.vocab_size)
@@ -276,12 +309,17 @@ def preset_rows(bench: Bench, name: str) -> dict:
             topt.step()
         with torch.no_grad():
             check = f"loss d {abs(float(model.loss(params, ids, targets)) - float(net(tids, ttargets))):.1e}"
-    del params
-    bench.time("train step", name, f"{Bt}x{Tt}", "tokens/s", Bt * Tt, ours, theirs, check)
+    params = None                             # the training step's state holds its own
+    train_floor = matmul_floor.gemms(model, Bt, Tt, train=True)
+    row = bench.time("train step", name, f"{Bt}x{Tt}", "tokens/s", Bt * Tt, ours, theirs, check,
+                     floors=matmul_floor.floor_callables(train_floor))
+    matmul_floor.floor_rows(bench, row, "train step", matmul_floor.total_flops(train_floor))
     return {"config": {f: getattr(model, f) for f in ("vocab_size", "max_seq_len", "num_layers", "num_heads",
                                                       "hidden_dim", "ffn_dim")},
             "num_params": int(model.num_params()), "matmul_params": matmul_params(model),
-            "train_flops_per_token": train_flops_per_token(model, Tt), "forward_shape": [B, T], "train_shape": [Bt, Tt]}
+            "forward_flops_per_token": forward_flops_per_token(model, T),
+            "train_flops_per_token": train_flops_per_token(model, Tt), "forward_shape": [B, T], "train_shape": [Bt, Tt],
+            "floor_gemms": {"forward": len(floor), "train step": len(train_floor)}}
 
 
 def matmul_peak(bench: Bench, n: int = 2048) -> list:
@@ -319,41 +357,30 @@ def memory_rows(bench: Bench, names) -> None:
                   results.get((name, "lt")), results.get((name, "torch")))
 
 
-def profile(name: str, top: int = 15) -> None:
-    """cProfile lt's forward and training step of a preset; the top functions by own time."""
-    import cProfile
-    import pstats
-    model = lt.GPT.preset(name)
-    params = model.init(lt.random.key(0))
-    (B, T) = shapes(name)["train"]
-    ids = lt.random.randint(lt.random.key(3), (B, T), 0, model.vocab_size)
-    loss_and_grad, opt = lt.value_and_grad(model.loss), lt.optim.adamw(3e-4, weight_decay=0.1)
-    state = opt.init(params)
-
-    def step():
-        _, grads = loss_and_grad(params, ids, ids)
-        opt.update(grads, state, params)
-    for label, fn in (("forward", lambda: model.apply(params, ids)), ("train step", step)):
-        fn()
-        prof = cProfile.Profile()
-        prof.runcall(fn)
-        print(f"\nprofile: lt {label}, {name}, {B}x{T} (own time, top {top})")
-        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "0") not in ("", "0"),
                     help="no gpt2, a smaller time budget (also QUICK=1)")
     ap.add_argument("--presets", nargs="+", choices=FULL_PRESETS, help="default: all (quick: all but gpt2)")
-    ap.add_argument("--budget", type=float, help="seconds per timed row (default: 1.5 quick, 8 full; at least 2 rounds, 3 in full mode)")
+    ap.add_argument("--budget", type=float,
+                    help="seconds per timed row (default: 1.5 quick, 8 full; at least 2 rounds, 3 in full mode)")
     ap.add_argument("--no-torch", action="store_true", help="lt alone, even when torch is installed")
     ap.add_argument("--no-micro", action="store_true", help="skip sdpa, mha, block and generate rows")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--profile", metavar="PRESET", choices=FULL_PRESETS,
-                    help="afterwards, print a cProfile of lt's forward and training step")
+                    help="afterwards, the training step's shares (matmuls, elementwise, optimizer, overhead), "
+                         "the top primitives, and a cProfile of lt's forward and training step")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="run N busy processes beside the whole benchmark (issue 15's contention mode)")
+    ap.add_argument("--busy-kind", choices=sorted(busy.LOOPS), default="python",
+                    help="the busy processes' work: a pure-Python loop or NumPy elementwise (default python)")
+    ap.add_argument("--compare", metavar="QUIET.json",
+                    help="with --busy: per row, busy over quiet of lt/torch and of lt's own speed (a quiet run's JSON)")
     ap.add_argument("--json", metavar="FILE", help="write every number and the machine to FILE")
     args = ap.parse_args(argv)
+    if args.busy < 0:
+        ap.error(f"--busy needs a number of processes >= 0, got {args.busy}")
+    quiet = busy.load_quiet(args.compare, SCHEMA) if args.compare else None      # a bad file fails now, not after
     lt.tune_malloc()                              # lt.train's allocator setting: warm pages across steps
     started, cpu_start = time.perf_counter(), cpu_sample()
     torch = None
@@ -367,43 +394,45 @@ def main(argv=None) -> dict:
     budget = args.budget if args.budget is not None else 1.5 if args.quick else 8.0
     bench = Bench(torch, budget, min_rounds=2 if args.quick else 3, max_rounds=30 if args.quick else 100)
     info, mode = machine(torch), "quick" if args.quick else "full"
-    print(f"{describe(info)}; {mode} mode\n{HEADER}")
-    first = matmul_peak(bench)                    # the peak, before and after: the better of the two
-    if not args.no_micro:
-        micro(bench)
-    facts = {name: preset_rows(bench, name) for name in presets}
-    last = matmul_peak(bench)
-    best = [None if x is None else max(x, y) for x, y in zip(first, last)]
-    bench.add("matmul peak", "-", "2048^3", "GFLOP/s", *best,
-              check=f"lt {first[0]:.0f} then {last[0]:.0f}", first=first, last=last)
-    peak = best[0]
-    mfu_rows(bench, facts, peak)
-    if not args.no_memory:
-        memory_rows(bench, presets)
-    info["load_average_after"] = list(os.getloadavg())
-    info["sharing"] = shared = others(cpu_start, cpu_sample())
-    wall = time.perf_counter() - started
-    met = targets(bench.rows)
-    busy = "" if shared is None else (f"; other processes used {shared['cores_used_by_others']:.2f} cores "
-                                      f"on average ({shared['cores_stolen']:.2f} stolen)")
-    print(f"\n{describe(info)}; {mode} mode, {wall:.0f} s{busy}\n{table(bench.rows)}\n"
-          "ratios are lt/torch: above 1 lt is faster (memory: below 1 lt uses less)")
-    if shared and shared["cores_used_by_others"] + shared["cores_stolen"] > 0.1:
-        print("warning: the machine was shared during the run; lt's two-thread BLAS calls suffer most "
-              "when another process holds a core: rerun on a quiet machine")
-    if met:
-        print("targets: " + ", ".join(f"{k} {v['ratio']:.2f}x {'met' if v['met'] else 'MISSED'}" for k, v in met.items()))
-    result = {"schema": SCHEMA, "mode": mode, "machine": info,
-              "settings": {"dtype": "float32", "budget_s": budget, "min_rounds": bench.min_rounds,
-                           "max_rounds": bench.max_rounds, "matmul_n": 2048, "peak_gflops": peak,
-                           "kv_decode": {"prompt": PROMPT, "new": NEW},
-                           "generate": {"prompt": GEN_PROMPT, "new": list(GEN_NEW), "preset": "small"}},
-              "presets": facts, "rows": bench.rows, "targets": met, "wall_s": wall}
+    plural = "es" if args.busy > 1 else ""
+    busy_note = f"; {args.busy} busy {args.busy_kind} process{plural} beside it" if args.busy else ""
+    print(f"{describe(info)}; {mode} mode{busy_note}\n{HEADER}")
+    result = {"schema": SCHEMA, "mode": mode, "busy": args.busy, "machine": info}
+    with busy.busy(args.busy, args.busy_kind):    # started before any timing, stopped however the run ends
+        first = matmul_peak(bench)                # the peak, before and after: the better of the two
+        if not args.no_micro:
+            micro(bench)
+        facts = {name: preset_rows(bench, name) for name in presets}
+        last = matmul_peak(bench)
+        best = [None if x is None else max(x, y) for x, y in zip(first, last)]
+        bench.add("matmul peak", "-", "2048^3", "GFLOP/s", *best,
+                  check=f"lt {first[0]:.0f} then {last[0]:.0f}", first=first, last=last)
+        peak = best[0]
+        mfu_rows(bench, facts, peak)
+        if not args.no_memory:
+            memory_rows(bench, presets)
+        info["load_average_after"] = list(os.getloadavg())
+        info["sharing"] = others(cpu_start, cpu_sample())
+        wall = time.perf_counter() - started
+        met = targets(bench.rows)
+        print(summary(info, f"{mode} mode{busy_note}", wall, bench.rows, args.busy))
+        if met:
+            print(format_targets(met))
+        result.update(settings={"dtype": "float32", "budget_s": budget, "min_rounds": bench.min_rounds,
+                                "max_rounds": bench.max_rounds, "matmul_n": 2048, "peak_gflops": peak,
+                                "busy_kind": args.busy_kind if args.busy else None,
+                                "kv_decode": {"prompt": PROMPT, "new": NEW},
+                                "generate": {"prompt": GEN_PROMPT, "new": list(GEN_NEW), "preset": "small"}},
+                      presets=facts, rows=bench.rows, targets=met, wall_s=wall)
+        if quiet is not None:
+            compared = busy.compare(quiet["rows"], bench.rows)
+            print(busy.format_compare(compared, args.busy, args.compare))
+            result["compare"] = {"quiet": args.compare, "quiet_busy": quiet.get("busy", 0), "rows": compared}
+        if args.profile:
+            result["profile"] = step_profile.profile(args.profile, *shapes(args.profile)["train"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
-    if args.profile:
-        profile(args.profile)
     return result
 
 

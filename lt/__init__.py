@@ -9,8 +9,26 @@ the next training step) is an explicit call, made by :func:`train`, the ``lt`` c
 the benchmarks.
 """
 
-from . import (checkpoint, corpus, data, distributed, files, generate, hf, nn, ops, optim, quant, random,
-               safetensors_io, tokenizers, tree)
+from . import (
+    checkpoint,
+    corpus,
+    data,
+    distributed,
+    files,
+    generate,
+    hf,
+    nn,
+    ops,
+    optim,
+    quant,
+    random,
+    safetensors_io,
+    tensor_parallel,
+    threads,
+    tokenizers,
+    tree,
+    zero,
+)
 from ._allocator import tune_malloc
 from .autodiff import grad, value_and_grad, vjp
 from .generate import beam_search
@@ -21,8 +39,39 @@ from .training import NonFiniteError, TrainState, evaluate, make_train_step, tra
 
 __version__ = "0.1.0"
 
-__all__ = ["GPT", "BPETokenizer", "CharTokenizer", "beam_search", "checkpoint", "corpus", "data",
-           "distributed", "files", "generate", "hf", "nn", "ops", "optim", "random", "safetensors_io",
-           "tokenizers", "tree",
-           "TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "grad", "value_and_grad", "vjp",
-           "tune_malloc", "quant", "quantize", "dequantize", "QuantizedArray"]
+__all__ = [
+    "GPT",
+    "BPETokenizer",
+    "CharTokenizer",
+    "beam_search",
+    "checkpoint",
+    "corpus",
+    "data",
+    "distributed",
+    "files",
+    "generate",
+    "hf",
+    "nn",
+    "ops",
+    "optim",
+    "random",
+    "safetensors_io",
+    "tokenizers",
+    "tree",
+    "tensor_parallel",
+    "threads",
+    "zero",
+    "TrainState",
+    "NonFiniteError",
+    "make_train_step",
+    "evaluate",
+    "train",
+    "grad",
+    "value_and_grad",
+    "vjp",
+    "tune_malloc",
+    "quant",
+    "quantize",
+    "dequantize",
+    "QuantizedArray",
+]

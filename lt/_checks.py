@@ -9,11 +9,26 @@ bottom apply the same rules to config fields, naming ``Class.field``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "is_real", "integer", "real", "choice", "index_array",
-           "positive", "non_negative", "probability", "number", "any_integer", "one_of"]
+__all__ = [
+    "is_int",
+    "is_real",
+    "integer",
+    "real",
+    "choice",
+    "index_array",
+    "positive",
+    "non_negative",
+    "probability",
+    "number",
+    "any_integer",
+    "one_of",
+    "as_tuple",
+]
 
 
 def is_int(value) -> bool:
@@ -45,8 +60,16 @@ def integer(value, name: str, low: int | None = None, high: int | None = None, h
     return int(value)
 
 
-def real(value, name: str, low: float | None = None, high: float | None = None, *,
-         low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
+def real(
+    value,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
+) -> float:
     """``value`` as a finite ``float`` within the bounds (closed unless ``*_open``), or a
     ValueError naming ``name``."""
     ok = is_real(value) and math.isfinite(value)
@@ -74,7 +97,7 @@ def index_array(values, size: int, name: str, within: str = "the vocabulary") ->
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {values.dtype}")
-    if values.size and (values.min() < 0 or values.max() >= size):     # the cheap test first
+    if values.size and (values.min() < 0 or values.max() >= size):  # the cheap test first
         bad = (values < 0) | (values >= size)
         where = np.argwhere(bad)[0]
         at = int(where[0]) if values.ndim == 1 else tuple(int(i) for i in where)
@@ -84,6 +107,7 @@ def index_array(values, size: int, name: str, within: str = "the vocabulary") ->
 
 
 # ------------------------------------------------------------------ attrs validators
+
 
 def _field(instance, attribute) -> str:
     return f"{type(instance).__name__}.{attribute.name}"
@@ -107,11 +131,12 @@ def probability(instance, attribute, value) -> None:
         raise ValueError(f"{_field(instance, attribute)} must be in [0, 1), got {value!r}")
 
 
-def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False):
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
     """attrs validator: a finite real number within the bounds (as :func:`real`)."""
+
     def check(instance, attribute, value):
         real(value, _field(instance, attribute), low, high, low_open=low_open, high_open=high_open)
+
     return check
 
 
@@ -123,7 +148,15 @@ def any_integer(instance, attribute, value) -> None:
 
 def one_of(*choices):
     """attrs validator: one of the given values."""
+
     def check(instance, attribute, value):
         if value not in choices:
             raise ValueError(f"{_field(instance, attribute)} must be one of {choices}, got {value!r}")
+
     return check
+
+
+def as_tuple(items: Iterable[Any]) -> tuple[Any, ...]:
+    """attrs converter: ``tuple(items)``. Typed, unlike the generic ``tuple`` builtin, so that
+    type checkers accept any iterable (a list, a generator) where the field is built."""
+    return tuple(items)

@@ -11,11 +11,11 @@ structure of its argument.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import tree
+from . import threads, tree
 from .ops.primitive import Tape, Tracer, value_of
 from .quant import QuantizedArray
 
@@ -32,17 +32,21 @@ def _trace(tape: Tape, arg):
     A quantized leaf (``lt.quant``) is refused: it is inference-only. Differentiate the
     dequantized tree, or pass the quantized one as an argument outside ``argnums``, where
     the primitives treat it as a constant (gradients flow to their other inputs)."""
+
     def trace(x):
         if type(x) is QuantizedArray:
             raise _QuantizedLeaf
         return tape.new(np.asarray(x)) if _is_float_array(x) else x
+
     try:
         return tree.map(trace, arg)
     except _QuantizedLeaf:
         path, x = next((p, x) for p, x in tree.items(arg) if type(x) is QuantizedArray)
-        raise TypeError(f"cannot differentiate with respect to the quantized leaf {path or '<root>'} "
-                        f"(int{x.bits}): quantized weights are inference-only; differentiate "
-                        "lt.dequantize(params), or pass the quantized tree outside argnums (a constant)") from None
+        raise TypeError(
+            f"cannot differentiate with respect to the quantized leaf {path or '<root>'} "
+            f"(int{x.bits}): quantized weights are inference-only; differentiate "
+            "lt.dequantize(params), or pass the quantized tree outside argnums (a constant)"
+        ) from None
 
 
 class _QuantizedLeaf(Exception):
@@ -52,20 +56,29 @@ class _QuantizedLeaf(Exception):
 def _backward(tape: Tape, seeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Cotangents of every traced value, from the cotangents of the outputs in ``seeds``."""
     cts = dict(seeds)
+    owned: set[int] = set()  # ids whose cotangent is a sum made here: added to in place
     for node in reversed(tape.nodes):
         gs = [cts.pop(i, None) for i in node.outputs]
+        owned.difference_update(node.outputs)
         if all(g is None for g in gs):
             continue
+        g: np.ndarray | tuple[np.ndarray, ...] | None
         if node.out_meta is None:
             g = gs[0]
         else:
             g = tuple(np.zeros(s, d) if x is None else x for x, (s, d) in zip(gs, node.out_meta))
         in_cts = node.prim.vjp(node.residual, g)
-        node.residual = None                         # free activations as we go
+        node.residual = None  # free activations as we go
         for i, ct in zip(node.inputs, in_cts):
             if i is None or ct is None:
                 continue
-            cts[i] = ct if i not in cts else cts[i] + ct
+            if i not in cts:
+                cts[i] = ct
+            elif i in owned and cts[i].shape == np.shape(ct) and cts[i].dtype == np.result_type(cts[i], ct):
+                cts[i] += ct
+            else:
+                cts[i] = cts[i] + ct
+                owned.add(i)
     return cts
 
 
@@ -80,9 +93,10 @@ def _gradient_tree(traced_arg, original_arg, cts: dict):
             if g is None:
                 return np.zeros(t.shape, t.dtype)
             g = np.ascontiguousarray(g, dtype=t.dtype)
-            return g if g.shape == t.shape else g.reshape(t.shape)   # no needless view: a view of a
-                                                                       # writeable array is copied to seal it
+            return g if g.shape == t.shape else g.reshape(t.shape)  # no needless view: a view of a
+            # writeable array is copied to seal it
         return np.zeros(np.shape(x), np.asarray(x).dtype) if isinstance(x, (np.ndarray, np.generic)) else x
+
     return tree.map(leaf_grad, traced_arg, original_arg)
 
 
@@ -100,25 +114,33 @@ def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool
     ``fn`` must return a scalar (or ``(scalar, aux)`` with ``has_aux``). The gradient is a
     tree shaped like the argument (a tuple of trees when ``argnums`` is a sequence), frozen.
     """
+
     @functools.wraps(fn)
+    @threads.adaptive  # BLAS threads: the free cores, decided per call
     def wrapped(*args, **kwargs):
-        nums = _argnums(argnums, len(args))
-        tape = Tape()
-        traced = list(args)
-        for i in nums:
-            traced[i] = _trace(tape, args[i])
-        out = fn(*traced, **kwargs)
-        value, aux = out if has_aux else (out, None)
-        if np.ndim(value_of(value)) != 0:
-            raise TypeError(f"value_and_grad needs a function with a scalar output, got shape {np.shape(value_of(value))}")
-        seeds = {value.id: np.ones((), value.dtype)} if type(value) is Tracer else {}
-        cts = _backward(tape, seeds)
-        grads = tuple(_gradient_tree(traced[i], args[i], cts) for i in nums)
-        result = np.asarray(value_of(value))
-        if has_aux:
-            result = (result, _untrace(aux))
-        return result, (grads[0] if isinstance(argnums, int) else grads)
+        return _value_and_grad(fn, argnums, has_aux, args, kwargs)
+
     return wrapped
+
+
+def _value_and_grad(fn, argnums, has_aux, args, kwargs):
+    """value_and_grad's call: trace, run, walk the tape back, gather the gradient trees."""
+    nums = _argnums(argnums, len(args))
+    tape = Tape()
+    traced = list(args)
+    for i in nums:
+        traced[i] = _trace(tape, args[i])
+    out = fn(*traced, **kwargs)
+    value, aux = out if has_aux else (out, None)
+    if np.ndim(value_of(value)) != 0:
+        raise TypeError(f"value_and_grad needs a function with a scalar output, got shape {np.shape(value_of(value))}")
+    seeds = {value.id: np.ones((), value.dtype)} if type(value) is Tracer else {}
+    cts = _backward(tape, seeds)
+    grads = tuple(_gradient_tree(traced[i], args[i], cts) for i in nums)
+    result = np.asarray(value_of(value))
+    if has_aux:
+        result = (result, _untrace(aux))
+    return result, (grads[0] if isinstance(argnums, int) else grads)
 
 
 def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
@@ -129,6 +151,7 @@ def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) 
     def wrapped(*args, **kwargs):
         value, g = vg(*args, **kwargs)
         return (g, value[1]) if has_aux else g
+
     return wrapped
 
 
@@ -148,4 +171,5 @@ def vjp(fn: Callable, *primals):
             raise ValueError(f"cotangent shape {cotangent.shape} != output shape {value.shape}")
         cts = _backward(tape, {out.id: cotangent} if type(out) is Tracer else {})
         return tuple(_gradient_tree(t, p, cts) for t, p in zip(traced, primals))
+
     return value, pullback

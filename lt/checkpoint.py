@@ -35,12 +35,21 @@ from . import _checks, quant, safetensors_io, tree
 from .nn import GPT
 from .safetensors_io import SafetensorsError
 
-__all__ = ["CheckpointError", "NonFiniteCheckpointError", "Checkpoint", "save", "load", "load_model",
-           "read_metadata", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteCheckpointError",
+    "Checkpoint",
+    "save",
+    "load",
+    "load_model",
+    "read_metadata",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
 
 FORMAT = "lt-checkpoint"
 FORMAT_VERSION = 1
-_FLOATS = ("F32", "F64")                 # the stored dtypes a params tree may have (as init makes)
+_FLOATS = ("F32", "F64")  # the stored dtypes a params tree may have (as init makes)
 
 
 class CheckpointError(ValueError):
@@ -54,7 +63,7 @@ class NonFiniteCheckpointError(CheckpointError, FloatingPointError):
 class Checkpoint(NamedTuple):
     model: GPT
     params: Any
-    opt_state: Any          # None when the file holds no optimizer state or none was asked for
+    opt_state: Any  # None when the file holds no optimizer state or none was asked for
     step: int
     metadata: dict
 
@@ -95,14 +104,21 @@ def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict
             leaf, x, count = bad
             raise NonFiniteCheckpointError(
                 f"step {step}: {what} leaf {prefix}{leaf} {_describe_bad(x, count)}; "
-                f"checkpoint not written ({path} is left as it was)")
+                f"checkpoint not written ({path} is left as it was)"
+            )
     tensors, schemes = _param_tensors(params)
     if opt_state is not None:
         tensors.update({f"opt_state/{p}": np.asarray(x, order="C") for p, x in tree.items(opt_state)})
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta.update({"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(step),
-                 "model": json.dumps(model_config(model), sort_keys=True),
-                 "has_opt_state": "1" if opt_state is not None else "0"})
+    meta.update(
+        {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "step": str(step),
+            "model": json.dumps(model_config(model), sort_keys=True),
+            "has_opt_state": "1" if opt_state is not None else "0",
+        }
+    )
     if schemes:
         meta["quantized"] = json.dumps(schemes, sort_keys=True)
     safetensors_io.save(path, tensors, meta)
@@ -143,11 +159,15 @@ def _open(path) -> safetensors_io.SafeTensors:
     meta = st.metadata
     try:
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is a safetensors file but not an lt checkpoint "
-                                  f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+            raise CheckpointError(
+                f"{path} is a safetensors file but not an lt checkpoint "
+                f"(format {meta.get('format')!r}, expected {FORMAT!r})"
+            )
         if meta.get("format_version") != str(FORMAT_VERSION):
-            raise CheckpointError(f"{path} has checkpoint format version {meta.get('format_version')}; "
-                                  f"this lt reads version {FORMAT_VERSION}")
+            raise CheckpointError(
+                f"{path} has checkpoint format version {meta.get('format_version')}; "
+                f"this lt reads version {FORMAT_VERSION}"
+            )
     except BaseException:
         st.close()
         raise
@@ -163,11 +183,9 @@ def read_metadata(path) -> dict:
 def _step_from(meta: dict, path) -> int:
     text = meta.get("step")
     try:
-        return _checks.integer(int(text) if isinstance(text, str) and text.strip().isdigit() else text,
-                               "step", low=0)
+        return _checks.integer(int(text) if isinstance(text, str) and text.strip().isdigit() else text, "step", low=0)
     except ValueError:
-        raise CheckpointError(f"{path}: header field 'step' is {text!r}, expected a "
-                              "non-negative integer") from None
+        raise CheckpointError(f"{path}: header field 'step' is {text!r}, expected a non-negative integer") from None
 
 
 def _model_from(meta: dict, path) -> GPT:
@@ -176,11 +194,13 @@ def _model_from(meta: dict, path) -> GPT:
     try:
         config = json.loads(meta["model"])
     except (json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: header field 'model' is not a JSON model config "
-                              f"({type(e).__name__}: {str(e)[:200]})") from None
+        raise CheckpointError(
+            f"{path}: header field 'model' is not a JSON model config ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: header field 'model' is a JSON {type(config).__name__}, "
-                              "expected an object of GPT fields")
+        raise CheckpointError(
+            f"{path}: header field 'model' is a JSON {type(config).__name__}, expected an object of GPT fields"
+        )
     try:
         if "layer_norm_eps" in config:
             _checks.real(config["layer_norm_eps"], "GPT.layer_norm_eps", 0, low_open=True)
@@ -191,8 +211,7 @@ def _model_from(meta: dict, path) -> GPT:
         raise CheckpointError(f"{path}: header field 'model' (the model config) is unusable: {e}") from None
 
 
-def _check_against_header(st, path, prefix: str, what: str, names: list, shapes: list,
-                          dtypes: list | None) -> None:
+def _check_against_header(st, path, prefix: str, what: str, names: list, shapes: list, dtypes: list | None) -> None:
     """Every name present with its shape (and dtype), and nothing else under ``prefix``:
     checked from the header alone, before any tensor is read."""
     for name, shape, i in zip(names, shapes, range(len(names))):
@@ -201,8 +220,9 @@ def _check_against_header(st, path, prefix: str, what: str, names: list, shapes:
         got_shape, got_dtype = st.shape(name), st.numpy_dtype(name)
         want_dtype = dtypes[i] if dtypes is not None else got_dtype
         if got_shape != tuple(shape) or got_dtype != want_dtype:
-            raise CheckpointError(f"{path}: tensor {name} is {got_dtype}{list(got_shape)}, "
-                                  f"the {what} expects {want_dtype}{list(shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {name} is {got_dtype}{list(got_shape)}, the {what} expects {want_dtype}{list(shape)}"
+            )
     known = set(names)
     extra = sorted(k for k in st if k.startswith(prefix) and k not in known)
     if extra:
@@ -213,6 +233,7 @@ def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, s
     """The tree of tensors ``prefix + leaf_path``, refusing non-finite values, frozen; a path in
     ``schemes`` (path -> (scheme, shape)) is a quantized leaf, read from its ``.codes`` and
     ``.scales`` tensors."""
+
     def read(name):
         try:
             x = st[prefix + name]
@@ -220,8 +241,9 @@ def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, s
             raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
         bad = _first_non_finite([(name, x)])
         if bad is not None:
-            raise NonFiniteCheckpointError(f"{path}: {what} tensor {prefix}{name} "
-                                           f"{_describe_bad(x, bad[2])}; refusing to load it")
+            raise NonFiniteCheckpointError(
+                f"{path}: {what} tensor {prefix}{name} {_describe_bad(x, bad[2])}; refusing to load it"
+            )
         return x
 
     out = []
@@ -233,7 +255,7 @@ def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, s
             except ValueError as e:
                 raise CheckpointError(f"{path}: quantized {what} leaf {p}: {e}") from None
         else:
-            x = tree._seal(read(p))                   # a fresh array nobody else holds: sealed, not copied
+            x = tree._seal(read(p))  # a fresh array nobody else holds: sealed, not copied
         out.append(x)
     return tree.freeze(tree.unflatten(treedef, out))
 
@@ -248,26 +270,36 @@ def _quantized_schemes(meta: dict, path, spec_shapes: dict) -> dict:
     except (json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: header field 'quantized' is not JSON ({type(e).__name__})") from None
     if not isinstance(schemes, dict):
-        raise CheckpointError(f"{path}: header field 'quantized' must map param paths to schemes, "
-                              f"got a JSON {type(schemes).__name__}")
+        raise CheckpointError(
+            f"{path}: header field 'quantized' must map param paths to schemes, got a JSON {type(schemes).__name__}"
+        )
     out = {}
     for p, scheme in schemes.items():
         if p not in spec_shapes or len(spec_shapes[p]) != 2:
-            raise CheckpointError(f"{path}: header field 'quantized' names {p!r}, which is not a matrix "
-                                  "of the model's params")
+            raise CheckpointError(
+                f"{path}: header field 'quantized' names {p!r}, which is not a matrix of the model's params"
+            )
         if not isinstance(scheme, dict) or set(scheme) != {"bits", "group_size", "axis"}:
-            raise CheckpointError(f"{path}: quantized scheme of {p} must be {{bits, group_size, axis}}, "
-                                  f"got {scheme!r}")
+            raise CheckpointError(f"{path}: quantized scheme of {p} must be {{bits, group_size, axis}}, got {scheme!r}")
         bits, G, axis = scheme["bits"], scheme["group_size"], scheme["axis"]
-        if (type(bits) is not int or bits not in quant.SCHEMES or type(G) is not int or G < 1
-                or (bits == 4 and G % 2) or type(axis) is not int or axis not in (0, 1)):
-            raise CheckpointError(f"{path}: quantized scheme of {p} is unusable: {scheme!r} (bits 8 or 4, "
-                                  "a positive group_size, even for 4 bits, axis 0 or 1)")
+        if (
+            type(bits) is not int
+            or bits not in quant.SCHEMES
+            or type(G) is not int
+            or G < 1
+            or (bits == 4 and G % 2)
+            or type(axis) is not int
+            or axis not in (0, 1)
+        ):
+            raise CheckpointError(
+                f"{path}: quantized scheme of {p} is unusable: {scheme!r} (bits 8 or 4, "
+                "a positive group_size, even for 4 bits, axis 0 or 1)"
+            )
         out[p] = ({"bits": bits, "group_size": G, "axis": axis}, tuple(spec_shapes[p]))
     return out
 
 
-def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype, dict]:
+def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype | None, dict]:
     """(paths, treedef, stored dtype, quantized schemes) of ``model``'s params, checked against
     the header before anything of the config's size is built or allocated."""
     stored = [k for k in st if k.startswith("params/")]
@@ -277,16 +309,17 @@ def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype, dict]:
     # building it, so a config claiming 10**9 layers costs nothing.
     blocks = {k.split(".")[1] for k in stored if k.startswith("params/blocks.") and k.count(".") >= 2}
     if model.num_layers > len(blocks):
-        raise CheckpointError(f"{path}: the model config says num_layers={model.num_layers}, but the "
-                              f"file holds params of {len(blocks)} blocks")
+        raise CheckpointError(
+            f"{path}: the model config says num_layers={model.num_layers}, but the "
+            f"file holds params of {len(blocks)} blocks"
+        )
     spec_leaves, treedef = tree.flatten(model.spec())
     leaf_paths = tree.paths(model.spec())
     schemes = _quantized_schemes(st.metadata, path, dict(zip(leaf_paths, (x.shape for x in spec_leaves))))
     first = next((f"params/{p}" for p in leaf_paths if p not in schemes), f"params/{leaf_paths[0]}")
     kind = st.dtype(first) if first in st else None
     if kind is not None and kind not in _FLOATS:
-        raise CheckpointError(f"{path}: tensor {first} is {kind}; params must be floating "
-                              f"point ({', '.join(_FLOATS)})")
+        raise CheckpointError(f"{path}: tensor {first} is {kind}; params must be floating point ({', '.join(_FLOATS)})")
     dtype = st.numpy_dtype(first) if kind is not None else None
     names, shapes, dtypes = [], [], []
     for p, leaf in zip(leaf_paths, spec_leaves):
@@ -301,8 +334,7 @@ def _params_layout(model: GPT, st, path) -> tuple[list, Any, np.dtype, dict]:
         names += [f"params/{p}.codes", f"params/{p}.scales"]
         shapes += [(R, Kp if scheme["bits"] == 8 else Kp // 2), (R, Kp // G)]
         dtypes += [np.dtype(np.int8 if scheme["bits"] == 8 else np.uint8), dtype]
-    _check_against_header(st, path, "params/", "model's params", names, shapes,
-                          None if dtype is None else dtypes)
+    _check_against_header(st, path, "params/", "model's params", names, shapes, None if dtype is None else dtypes)
     return leaf_paths, treedef, dtype, schemes
 
 
@@ -319,8 +351,11 @@ def load(path, model: GPT | None = None, opt_state_template=None) -> Checkpoint:
         stored = _model_from(meta, path)
         step = _step_from(meta, path)
         if model is not None and model != stored:
-            diff = [f"{k}={v!r} in the file, {getattr(model, k)!r} expected"
-                    for k, v in model_config(stored).items() if getattr(model, k) != v]
+            diff = [
+                f"{k}={v!r} in the file, {getattr(model, k)!r} expected"
+                for k, v in model_config(stored).items()
+                if getattr(model, k) != v
+            ]
             raise CheckpointError(f"{path} is a checkpoint of another model: " + "; ".join(diff))
         model = stored
         leaf_paths, treedef, _, schemes = _params_layout(model, st, path)
@@ -332,9 +367,15 @@ def load(path, model: GPT | None = None, opt_state_template=None) -> Checkpoint:
             flat, opt_def = tree.flatten(opt_state_template)
             opt_paths = tree.paths(opt_state_template)
             leaves = [np.asarray(x) for x in flat]
-            _check_against_header(st, path, "opt_state/", "optimizer state",
-                                  [f"opt_state/{p}" for p in opt_paths], [x.shape for x in leaves],
-                                  [x.dtype.newbyteorder("=") for x in leaves])
+            _check_against_header(
+                st,
+                path,
+                "opt_state/",
+                "optimizer state",
+                [f"opt_state/{p}" for p in opt_paths],
+                [x.shape for x in leaves],
+                [x.dtype.newbyteorder("=") for x in leaves],
+            )
             opt_state = _read_checked(st, path, "opt_state/", "optimizer state", opt_def, opt_paths)
     return Checkpoint(model, params, opt_state, step, meta)
 

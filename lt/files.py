@@ -33,7 +33,7 @@ def atomic_write(path, chunks: Iterable) -> None:
     fsynced and renamed over ``path``: readers see the old file or the whole new one."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the umask applies, as for open()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with naming(path), os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -44,7 +44,7 @@ def atomic_write(path, chunks: Iterable) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:                                              # make the rename itself durable
+    try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
         return

@@ -36,14 +36,25 @@ import numpy as np
 
 from . import tree
 
-__all__ = ["QuantizedArray", "quantize_array", "dequantize_array", "quantize", "dequantize",
-           "is_quantized", "describe", "plan", "planned_nbytes", "SCHEMES", "DEFAULT_GROUP_SIZE"]
+__all__ = [
+    "QuantizedArray",
+    "quantize_array",
+    "dequantize_array",
+    "quantize",
+    "dequantize",
+    "is_quantized",
+    "describe",
+    "plan",
+    "planned_nbytes",
+    "SCHEMES",
+    "DEFAULT_GROUP_SIZE",
+]
 
-SCHEMES = {8: 127, 4: 7}                # bits -> the largest code magnitude
+SCHEMES = {8: 127, 4: 7}  # bits -> the largest code magnitude
 # bits -> the group size ``group_size=None`` means: int8 one scale per output channel (row-wise,
 # as bitsandbytes; the fastest to decode, since scales then multiply whole dot products), int4
 # one per 32 weights (Q4_0's block: 4 bits alone are too coarse for a whole row).
-DEFAULT_GROUP_SIZE = {8: "channel", 4: 32}
+DEFAULT_GROUP_SIZE: dict[int, int | str] = {8: "channel", 4: 32}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -63,6 +74,12 @@ class QuantizedArray:
     """
 
     __slots__ = ("codes", "scales", "bits", "group_size", "axis", "shape")
+    codes: np.ndarray
+    scales: np.ndarray
+    bits: int
+    group_size: int
+    axis: int
+    shape: tuple[int, ...]
 
     def __init__(self, codes, scales, *, bits: int, group_size: int, axis: int, shape, copy: bool = True):
         bits = _int(bits, "bits", 1)
@@ -82,17 +99,26 @@ class QuantizedArray:
         want_codes = (R, g * group_size // (8 // bits))
         want_dtype = np.dtype(np.int8 if bits == 8 else np.uint8)
         if codes.dtype != want_dtype or codes.shape != want_codes:
-            raise ValueError(f"int{bits} codes of a {shape} matrix (groups of {group_size} along axis {axis}) "
-                             f"must be {want_dtype}{list(want_codes)}, got {codes.dtype}{list(codes.shape)}")
+            raise ValueError(
+                f"int{bits} codes of a {shape} matrix (groups of {group_size} along axis {axis}) "
+                f"must be {want_dtype}{list(want_codes)}, got {codes.dtype}{list(codes.shape)}"
+            )
         if scales.dtype not in _FLOATS or scales.shape != (R, g):
-            raise ValueError(f"scales of a {shape} matrix (groups of {group_size} along axis {axis}) must be "
-                             f"float32 or float64 of shape {[R, g]}, got {scales.dtype}{list(scales.shape)}")
+            raise ValueError(
+                f"scales of a {shape} matrix (groups of {group_size} along axis {axis}) must be "
+                f"float32 or float64 of shape {[R, g]}, got {scales.dtype}{list(scales.shape)}"
+            )
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
             raise ValueError("scales must be finite and non-negative")
         seal = tree._freeze_leaf if copy else tree._seal
-        for name, value in (("codes", seal(np.ascontiguousarray(codes))),
-                            ("scales", seal(np.ascontiguousarray(scales))),
-                            ("bits", bits), ("group_size", group_size), ("axis", axis), ("shape", shape)):
+        for name, value in (
+            ("codes", seal(np.ascontiguousarray(codes))),
+            ("scales", seal(np.ascontiguousarray(scales))),
+            ("bits", bits),
+            ("group_size", group_size),
+            ("axis", axis),
+            ("shape", shape),
+        ):
             object.__setattr__(self, name, value)
 
     # What a float leaf answers, so that shape checks and lt.tree utilities treat it as one.
@@ -108,8 +134,10 @@ class QuantizedArray:
         return {"bits": self.bits, "group_size": self.group_size, "axis": self.axis}
 
     def _refuse(self, *args, **kwargs):
-        raise TypeError("a QuantizedArray cannot be changed in place; quantize a new matrix "
-                        "(lt.quantize / lt.quant.quantize_array) and lt.tree.set it")
+        raise TypeError(
+            "a QuantizedArray cannot be changed in place; quantize a new matrix "
+            "(lt.quantize / lt.quant.quantize_array) and lt.tree.set it"
+        )
 
     __setattr__ = __delattr__ = _refuse
 
@@ -117,12 +145,16 @@ class QuantizedArray:
         return _rebuild, (self.codes, self.scales, self.bits, self.group_size, self.axis, self.shape)
 
     def __repr__(self) -> str:
-        return (f"QuantizedArray(int{self.bits}, shape={self.shape}, dtype={self.dtype}, "
-                f"group_size={self.group_size}, axis={self.axis}, nbytes={self.nbytes})")
+        return (
+            f"QuantizedArray(int{self.bits}, shape={self.shape}, dtype={self.dtype}, "
+            f"group_size={self.group_size}, axis={self.axis}, nbytes={self.nbytes})"
+        )
 
     def __array__(self, *args, **kwargs):
-        raise TypeError(f"a quantized int{self.bits} leaf {self.shape} is not a float array; the lt.ops matmuls "
-                        "take it as it is, lt.quant.dequantize_array(leaf) gives the float matrix")
+        raise TypeError(
+            f"a quantized int{self.bits} leaf {self.shape} is not a float array; the lt.ops matmuls "
+            "take it as it is, lt.quant.dequantize_array(leaf) gives the float matrix"
+        )
 
     def __getitem__(self, idx):
         """Whole groups only: a slice of stored rows (``w[:, a:b]`` of a Linear weight, ``w[a:b]``
@@ -131,12 +163,15 @@ class QuantizedArray:
         idx = idx + (slice(None),) * (2 - len(idx)) if len(idx) <= 2 else idx
         rows, red = (idx[1 - self.axis], idx[self.axis]) if len(idx) == 2 else (None, None)
         if not isinstance(rows, slice) or red != slice(None):
-            raise TypeError(f"a quantized leaf can be sliced along its stored rows only (axis {1 - self.axis}), "
-                            f"got {idx!r}; dequantize it first (lt.quant.dequantize_array)")
+            raise TypeError(
+                f"a quantized leaf can be sliced along its stored rows only (axis {1 - self.axis}), "
+                f"got {idx!r}; dequantize it first (lt.quant.dequantize_array)"
+            )
         shape = list(self.shape)
         shape[1 - self.axis] = len(range(*rows.indices(self.shape[1 - self.axis])))
-        return QuantizedArray(self.codes[rows], self.scales[rows], bits=self.bits, group_size=self.group_size,
-                              axis=self.axis, shape=shape)
+        return QuantizedArray(
+            self.codes[rows], self.scales[rows], bits=self.bits, group_size=self.group_size, axis=self.axis, shape=shape
+        )
 
 
 def _rebuild(codes, scales, bits, group_size, axis, shape):
@@ -149,7 +184,7 @@ def is_quantized(x) -> bool:
 
 # ----------------------------------------------------------------- quantize
 
-_CHUNK = 1 << 20                       # weights quantized per pass (float64 work stays ~8 MiB)
+_CHUNK = 1 << 20  # weights quantized per pass (float64 work stays ~8 MiB)
 
 
 def quantize_array(w, bits: int = 8, group_size: int | str | None = None, axis: int = 0) -> QuantizedArray:
@@ -171,32 +206,33 @@ def quantize_array(w, bits: int = 8, group_size: int | str | None = None, axis: 
     G = K + (K % 2 if bits == 4 else 0) if group_size == "channel" else _int(group_size, "group_size", 1)
     if bits == 4 and G % 2:
         raise ValueError(f"int4 packs two codes to a byte: group_size must be even, got {G}")
-    rows = w.T if axis == 0 else w                                     # (R, K)
+    rows = w.T if axis == 0 else w  # (R, K)
     R, g = rows.shape[0], -(-K // G)
     codes = np.empty((R, g * G // (8 // bits)), np.int8 if bits == 8 else np.uint8)
     scales = np.empty((R, g), w.dtype)
     step = max(1, _CHUNK // (g * G))
-    for a in range(0, R, step):                                        # a block of stored rows at a time
+    for a in range(0, R, step):  # a block of stored rows at a time
         b = min(a + step, R)
         block = np.zeros((b - a, g * G), np.float64)
         block[:, :K] = rows[a:b]
-        block = block.reshape(b - a, g, G)                             # (n, g, G)
-        s = np.abs(block).max(axis=2) / SCHEMES[bits]                  # (n, g)
+        block = block.reshape(b - a, g, G)  # (n, g, G)
+        s = np.abs(block).max(axis=2) / SCHEMES[bits]  # (n, g)
         scales[a:b] = s
-        s = scales[a:b].astype(np.float64)                             # codes from the scale as stored
+        s = scales[a:b].astype(np.float64)  # codes from the scale as stored
         c = np.rint(np.divide(block, s[:, :, None], out=np.zeros_like(block), where=s[:, :, None] > 0))
         c = np.clip(c, -SCHEMES[bits], SCHEMES[bits]).astype(np.int8)  # (n, g, G)
         if bits == 8:
             codes[a:b] = c.reshape(b - a, -1)
         else:
-            u = (c + 8).astype(np.uint8).reshape(b - a, -1)           # (n, Kp)
+            u = (c + 8).astype(np.uint8).reshape(b - a, -1)  # (n, Kp)
             half = u.shape[1] // 2
             codes[a:b] = u[:, :half] | (u[:, half:] << 4)
     return QuantizedArray(codes, scales, bits=bits, group_size=G, axis=axis, shape=w.shape, copy=False)
 
 
-def signed_codes(codes: np.ndarray, bits: int, group_size: int, out: np.ndarray,
-                 scratch: np.ndarray | None = None) -> np.ndarray:
+def signed_codes(
+    codes: np.ndarray, bits: int, group_size: int, out: np.ndarray, scratch: np.ndarray | None = None
+) -> np.ndarray:
     """The integer codes of stored rows ``codes`` as floats in ``out`` (n, Kp): unpacked, unscaled.
 
     int4 unpacks into ``scratch`` (n, Kp) int8 first: the nibble arithmetic runs on bytes,
@@ -204,18 +240,25 @@ def signed_codes(codes: np.ndarray, bits: int, group_size: int, out: np.ndarray,
     if bits == 8:
         np.copyto(out, codes, casting="unsafe")
         return out
-    half = codes.shape[1]                                              # Kp / 2
+    half = codes.shape[1]  # Kp / 2
     u = np.empty(out.shape, np.int8) if scratch is None else scratch
     bytes_ = u.view(np.uint8)
-    np.bitwise_and(codes, 15, out=bytes_[:, :half])                    # codes [0, Kp/2): low nibbles
-    np.right_shift(codes, 4, out=bytes_[:, half:])                     # codes [Kp/2, Kp): high nibbles
-    np.subtract(u, 8, out=u)                                           # stored c + 8 -> c
+    np.bitwise_and(codes, 15, out=bytes_[:, :half])  # codes [0, Kp/2): low nibbles
+    np.right_shift(codes, 4, out=bytes_[:, half:])  # codes [Kp/2, Kp): high nibbles
+    np.subtract(u, 8, out=u)  # stored c + 8 -> c
     np.copyto(out, u, casting="unsafe")
     return out
 
 
-def dequantize_codes(codes: np.ndarray, scales: np.ndarray, bits: int, group_size: int, K: int,
-                     out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+def dequantize_codes(
+    codes: np.ndarray,
+    scales: np.ndarray,
+    bits: int,
+    group_size: int,
+    K: int,
+    out: np.ndarray | None = None,
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
     """Stored rows (codes (n, ...), scales (n, g)) as floats (n, K), written into ``out`` (n, Kp)
     (``scratch``: (n, Kp) int8 for int4's unpacking)."""
     n, g = scales.shape
@@ -228,11 +271,12 @@ def dequantize_codes(codes: np.ndarray, scales: np.ndarray, bits: int, group_siz
 
 def dequantize_array(q: QuantizedArray) -> np.ndarray:
     """The float matrix ``q`` stands for (``shape``, ``dtype``), read-only."""
-    rows = dequantize_codes(q.codes, q.scales, q.bits, q.group_size, q.shape[q.axis])   # (R, K)
+    rows = dequantize_codes(q.codes, q.scales, q.bits, q.group_size, q.shape[q.axis])  # (R, K)
     return tree._seal(np.ascontiguousarray(rows.T if q.axis == 0 else rows))
 
 
 # ----------------------------------------------------------------- trees
+
 
 def _under(path: str, names) -> bool:
     return any(path == n or path.startswith(n + ".") for n in names)
@@ -262,8 +306,10 @@ def quantize(params, bits: int = 8, group_size: int | str | None = None, *, tabl
 
     def one(path: str, x):
         if is_quantized(x):
-            raise ValueError(f"lt.quantize: {path} is already quantized (int{x.bits}); "
-                             "quantize the float tree (lt.dequantize(params) gives one)")
+            raise ValueError(
+                f"lt.quantize: {path} is already quantized (int{x.bits}); "
+                "quantize the float tree (lt.dequantize(params) gives one)"
+            )
         axis = plan(path, x, tables, keep)
         if axis is None or not (isinstance(x, np.ndarray) and x.dtype in _FLOATS):
             return x
@@ -283,7 +329,7 @@ def planned_nbytes(params, bits: int | None, group_size: int | str | None = None
     for path, leaf in tree.items(params):
         shape = tuple(leaf.shape)
         axis = None if bits is None else plan(path, leaf)
-        if axis is None:
+        if bits is None or axis is None:
             total += int(np.prod(shape)) * itemsize
             continue
         R, K = shape[1 - axis], shape[axis]

@@ -13,14 +13,28 @@ raw streams stable; its distribution code is not part of that promise).
 from __future__ import annotations
 
 import hashlib
+from typing import overload
 
 import attrs
 import numpy as np
 
 from . import _checks
 
-__all__ = ["Key", "key", "fold_in", "split", "bits", "bits_at", "uniform", "normal", "bernoulli",
-           "bernoulli_at", "categorical", "randint", "permutation"]
+__all__ = [
+    "Key",
+    "key",
+    "fold_in",
+    "split",
+    "bits",
+    "bits_at",
+    "uniform",
+    "normal",
+    "bernoulli",
+    "bernoulli_at",
+    "categorical",
+    "randint",
+    "permutation",
+]
 
 _MASK64 = (1 << 64) - 1
 # The last counter word separates the uses of one key, so they never share bits.
@@ -39,8 +53,7 @@ class Key:
 
 def _philox(k: Key, counter: tuple[int, int, int, int], n: int) -> np.ndarray:
     """``n`` raw uint64 words of the Philox-4x64 stream keyed by ``k`` from ``counter``."""
-    gen = np.random.Philox(key=np.array(k.words, dtype=np.uint64),
-                           counter=np.array(counter, dtype=np.uint64))
+    gen = np.random.Philox(key=np.array(k.words, dtype=np.uint64), counter=np.array(counter, dtype=np.uint64))
     return gen.random_raw(n)
 
 
@@ -59,6 +72,10 @@ def key(seed: int) -> Key:
     return Key((w[0], w[1]))
 
 
+@overload
+def fold_in(rng: Key, data) -> Key: ...
+@overload
+def fold_in(rng: None, data) -> None: ...
 def fold_in(rng: Key | None, data) -> Key | None:
     """A new key derived from ``rng`` and ``data`` (a non-negative int below 2**128, or a str).
 
@@ -88,7 +105,7 @@ def split(rng: Key, n: int = 2) -> tuple[Key, ...]:
 
 
 def _shape(shape) -> tuple[int, ...]:
-    return (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
 
 
 def bits(rng: Key, shape=()) -> np.ndarray:
@@ -121,7 +138,7 @@ def bits_at(rng: Key, counters) -> np.ndarray:
     BigCrush as a counter-based generator; the second round mixes in the key's other word).
     """
     k0, k1 = (np.uint64(w) for w in _check_key(rng).words)
-    z = np.asarray(counters, dtype=np.uint64) * _GAMMA          # a new array: counters are never written
+    z = np.asarray(counters, dtype=np.uint64) * _GAMMA  # a new array: counters are never written
     z += k0
     _mix64_(z)
     z ^= k1
@@ -134,16 +151,16 @@ def bernoulli_at(rng: Key, p: float, counters) -> np.ndarray:
     p = _checks.real(p, "bernoulli_at: p", 0.0, 1.0)
     if p >= 1.0:
         return np.ones(np.shape(counters), bool)
-    return bits_at(rng, counters) < np.uint64(int(p * 2.0 ** 53) << 11)   # (w >> 11) < t  <=>  w < t·2**11
+    return bits_at(rng, counters) < np.uint64(int(p * 2.0**53) << 11)  # (w >> 11) < t  <=>  w < t·2**11
 
 
 def _unit(raw: np.ndarray, dtype) -> np.ndarray:
     """Floats in [0, 1) from raw words: the top 24 (float32) or 53 (float64) bits."""
     dtype = np.dtype(dtype)
     if dtype == np.float32:
-        return (raw >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
+        return (raw >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
     if dtype == np.float64:
-        return (raw >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+        return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
     raise TypeError(f"expected float32 or float64, got {dtype}")
 
 
@@ -161,7 +178,7 @@ def normal(rng: Key, shape=(), dtype=np.float32) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64))
     half = (n + 1) // 2
     raw = bits(rng, 2 * half)
-    u1 = 1.0 - _unit(raw[:half], np.float64)          # (0, 1]: log is finite
+    u1 = 1.0 - _unit(raw[:half], np.float64)  # (0, 1]: log is finite
     u2 = _unit(raw[half:], np.float64)
     r = np.sqrt(-2.0 * np.log(u1))
     theta = 2.0 * np.pi * u2
@@ -172,7 +189,7 @@ def normal(rng: Key, shape=(), dtype=np.float32) -> np.ndarray:
 def bernoulli(rng: Key, p: float, shape=()) -> np.ndarray:
     """Booleans that are True with probability ``p`` (compared on 53-bit integers)."""
     p = _checks.real(p, "bernoulli: p", 0.0, 1.0)
-    threshold = np.uint64(int(p * 2.0 ** 53))
+    threshold = np.uint64(int(p * 2.0**53))
     return (bits(rng, shape) >> np.uint64(11)) < threshold if p < 1.0 else np.ones(_shape(shape), bool)
 
 
@@ -183,7 +200,7 @@ def categorical(rng: Key, logits, axis: int = -1) -> np.ndarray:
     row is masked.
     """
     logits = np.asarray(logits, dtype=np.float64)
-    u = ((bits(rng, logits.shape) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    u = ((bits(rng, logits.shape) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
     gumbel = -np.log(-np.log(u))
     return np.argmax(logits + gumbel, axis=axis)
 

@@ -35,12 +35,27 @@ from .nn import GPT
 
 try:
     import fcntl
-except ImportError:                     # not POSIX: runs are not locked
-    fcntl = None
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunSettings", "RunFiles", "Run", "RunLock", "RunInUseError", "open_run", "read_training_text",
-           "data_fingerprint", "check_same_data", "fit_tokenizer", "load_tokenizer", "make_optimizer", "save_settings",
-           "load_settings", "load_run", "encode"]
+__all__ = [
+    "RunSettings",
+    "RunFiles",
+    "Run",
+    "RunLock",
+    "RunInUseError",
+    "open_run",
+    "read_training_text",
+    "data_fingerprint",
+    "check_same_data",
+    "fit_tokenizer",
+    "load_tokenizer",
+    "make_optimizer",
+    "save_settings",
+    "load_settings",
+    "load_run",
+    "encode",
+]
 
 
 def _model_config(instance, attribute, value) -> None:
@@ -57,14 +72,16 @@ def _within_context(instance, attribute, value) -> None:
     """attrs validator: seq_len is a positive integer no longer than the model's context."""
     positive(instance, attribute, value)
     if value > instance.model["max_seq_len"]:
-        raise ValueError(f"RunSettings.seq_len must be at most the model's max_seq_len "
-                         f"{instance.model['max_seq_len']}, got {value}")
+        raise ValueError(
+            f"RunSettings.seq_len must be at most the model's max_seq_len {instance.model['max_seq_len']}, got {value}"
+        )
 
 
 def _optional(validator):
     def check(instance, attribute, value):
         if value is not None:
             validator(instance, attribute, value)
+
     return check
 
 
@@ -81,9 +98,9 @@ class RunSettings:
     so a hand-edited file with a bad value is refused naming the field.
     """
 
-    model: dict = attrs.field(validator=_model_config)                        # lt.GPT fields
-    data: str = attrs.field(validator=attrs.validators.instance_of(str))      # "corpus:<name>" or a file path
-    tokenizer: str = attrs.field(validator=one_of("char", "bpe", "hf"))   # "hf": a tokenizer.json (--init-hf)
+    model: dict = attrs.field(validator=_model_config)  # lt.GPT fields
+    data: str = attrs.field(validator=attrs.validators.instance_of(str))  # "corpus:<name>" or a file path
+    tokenizer: str = attrs.field(validator=one_of("char", "bpe", "hf"))  # "hf": a tokenizer.json (--init-hf)
     seq_len: int = attrs.field(validator=_within_context)
     batch_size: int = attrs.field(validator=positive)
     steps: int = attrs.field(validator=positive)
@@ -149,7 +166,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)             # closing the descriptor releases the flock
+            os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
     def __enter__(self):
@@ -162,8 +179,10 @@ class RunLock:
 def _refuse_links(files: RunFiles) -> None:
     for path in files.written():
         if path.is_symlink():
-            raise ValueError(f"{path} is a symbolic link; lt never writes through one in a run directory: "
-                             "remove it or choose another --out")
+            raise ValueError(
+                f"{path} is a symbolic link; lt never writes through one in a run directory: "
+                "remove it or choose another --out"
+            )
 
 
 def _lock(files: RunFiles) -> int | None:
@@ -176,8 +195,10 @@ def _lock(files: RunFiles) -> int | None:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
-        raise RunInUseError(f"{files.root} is in use by another lt process (pid {holder or 'unknown'}) writing "
-                            "the same run; wait for it to end or choose another --out") from None
+        raise RunInUseError(
+            f"{files.root} is in use by another lt process (pid {holder or 'unknown'}) writing "
+            "the same run; wait for it to end or choose another --out"
+        ) from None
     except BaseException:
         os.close(fd)
         raise
@@ -201,16 +222,17 @@ def open_run(files: RunFiles, *, new: bool) -> RunLock:
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
     if new and root.is_dir() and not files.holds_run() and any(root.iterdir()):
-        raise FileExistsError(f"{root} is not empty and holds no lt run; lt writes only in a new or empty "
-                              "folder: choose another --out")
+        raise FileExistsError(
+            f"{root} is not empty and holds no lt run; lt writes only in a new or empty folder: choose another --out"
+        )
     if not new:
-        load_settings(files)                          # "not a run directory", before anything is made
+        load_settings(files)  # "not a run directory", before anything is made
     _refuse_links(files)
     root.mkdir(parents=True, exist_ok=True)
     lock = RunLock(files, _lock(files))
     try:
-        _refuse_links(files)                          # again, now that no other lt process writes here
-        for tmp in root.glob(".*.tmp"):               # left by a writer killed mid-write
+        _refuse_links(files)  # again, now that no other lt process writes here
+        for tmp in root.glob(".*.tmp"):  # left by a writer killed mid-write
             tmp.unlink(missing_ok=True)
         if new:
             if files.checkpoint.exists():
@@ -219,8 +241,9 @@ def open_run(files: RunFiles, *, new: bool) -> RunLock:
             for path in (files.settings, files.tokenizer, files.log, files.sample):
                 path.unlink(missing_ok=True)
         elif not files.checkpoint.exists():
-            raise FileNotFoundError(f"{root} has no checkpoint: the run stopped before its first one; "
-                                    "start it over without --resume")
+            raise FileNotFoundError(
+                f"{root} has no checkpoint: the run stopped before its first one; start it over without --resume"
+            )
     except BaseException:
         lock.release()
         raise
@@ -230,12 +253,13 @@ def open_run(files: RunFiles, *, new: bool) -> RunLock:
 class Run(NamedTuple):
     """A run ready to train, made once (by rank 0 under MPI, and sent to the others as it is):
     its directory, settings, tokenizer, the token ids of its two parts, and the state to start from."""
+
     files: RunFiles
     settings: RunSettings
     tokenizer: Any
-    train_ids: np.ndarray         # (N,) int64
-    val_ids: np.ndarray           # (M,) int64
-    state: Any                    # lt.TrainState: fresh, or read from the run's checkpoint
+    train_ids: np.ndarray  # (N,) int64
+    val_ids: np.ndarray  # (M,) int64
+    state: Any  # lt.TrainState: fresh, or read from the run's checkpoint
 
 
 def read_training_text(source: str) -> str:
@@ -243,6 +267,7 @@ def read_training_text(source: str) -> str:
     else the path of a UTF-8 file, which must exist and not be empty."""
     if source.startswith("corpus:"):
         from . import corpus
+
         return corpus.load_text(source.split(":", 1)[1])
     path = pathlib.Path(source)
     if path.is_dir():
@@ -252,8 +277,9 @@ def read_training_text(source: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"data file {source} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset "
-                         f"{e.start} ({e.reason})") from None
+        raise ValueError(
+            f"data file {source} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start} ({e.reason})"
+        ) from None
     if not text:
         raise ValueError(f"data file {source} is empty")
     return text
@@ -271,10 +297,12 @@ def check_same_data(settings: RunSettings, text: str) -> None:
         return
     now = data_fingerprint(text)
     if now["data_sha256"] != settings.data_sha256:
-        raise ValueError(f"data {settings.data} changed since the run was made ({settings.data_bytes:,} bytes, "
-                         f"sha256 {settings.data_sha256[:12]}...; now {now['data_bytes']:,} bytes, sha256 "
-                         f"{now['data_sha256'][:12]}...): resuming would train on other text; restore it or "
-                         "start a new run")
+        raise ValueError(
+            f"data {settings.data} changed since the run was made ({settings.data_bytes:,} bytes, "
+            f"sha256 {settings.data_sha256[:12]}...; now {now['data_bytes']:,} bytes, sha256 "
+            f"{now['data_sha256'][:12]}...): resuming would train on other text; restore it or "
+            "start a new run"
+        )
 
 
 def fit_tokenizer(kind: str, text: str, vocab_size: int):
@@ -291,6 +319,7 @@ def load_tokenizer(files: RunFiles, settings: RunSettings):
     Hugging Face tokenizer.json it started from."""
     if settings.tokenizer == "hf":
         from .hf import load_tokenizer as load_hf_tokenizer
+
         return load_hf_tokenizer(files.tokenizer)
     return tokenizers.load(files.tokenizer)
 
@@ -298,8 +327,9 @@ def load_tokenizer(files: RunFiles, settings: RunSettings):
 def make_optimizer(s: RunSettings) -> optim.GradientTransformation:
     """Clipping then AdamW on a warmup + cosine schedule (nanoGPT's recipe)."""
     schedule = optim.warmup_cosine(s.lr, s.warmup, max(s.steps, s.warmup + 1), end=s.min_lr)
-    return optim.chain(optim.clip_by_global_norm(s.grad_clip),
-                       optim.adamw(schedule, b2=s.beta2, weight_decay=s.weight_decay))
+    return optim.chain(
+        optim.clip_by_global_norm(s.grad_clip), optim.adamw(schedule, b2=s.beta2, weight_decay=s.weight_decay)
+    )
 
 
 def save_settings(files: RunFiles, settings: RunSettings) -> None:
@@ -309,8 +339,9 @@ def save_settings(files: RunFiles, settings: RunSettings) -> None:
 
 def load_settings(files: RunFiles) -> RunSettings:
     if not files.settings.is_file():
-        raise FileNotFoundError(f"{files.root} is not a run directory (no {files.settings.name}); "
-                                "make one with `lt train --out DIR`")
+        raise FileNotFoundError(
+            f"{files.root} is not a run directory (no {files.settings.name}); make one with `lt train --out DIR`"
+        )
     try:
         return RunSettings(**json.loads(files.settings.read_text()))
     except (TypeError, ValueError) as e:
@@ -327,9 +358,12 @@ def load_run(root) -> tuple[RunSettings, GPT, Any, Any]:
     tokenizer = load_tokenizer(files, settings)
     # A run trained from scratch has exactly its tokenizer's vocabulary; a fine-tuned checkpoint's
     # table may be padded past it (Qwen2's), but never smaller.
-    if tokenizer.vocab_size > model.vocab_size or (settings.init_hf is None and tokenizer.vocab_size != model.vocab_size):
-        raise ValueError(f"{files.tokenizer} has {tokenizer.vocab_size} tokens but the model in {files.checkpoint} "
-                         f"has {model.vocab_size}: they are not from the same run")
+    padded = settings.init_hf is not None
+    if tokenizer.vocab_size > model.vocab_size or (not padded and tokenizer.vocab_size != model.vocab_size):
+        raise ValueError(
+            f"{files.tokenizer} has {tokenizer.vocab_size} tokens but the model in {files.checkpoint} "
+            f"has {model.vocab_size}: they are not from the same run"
+        )
     return settings, model, params, tokenizer
 
 

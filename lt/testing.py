@@ -8,7 +8,7 @@ equal ``<∇f(x), v>``. Non-scalar outputs are first projected on a random cotan
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -26,8 +26,9 @@ def _is_float(x) -> bool:
 def _directions(rng, arg):
     """A random direction tree (zero on non-float leaves), scaled to unit norm overall."""
     flat, treedef = tree.flatten(arg)
-    dirs = [random.normal(random.fold_in(rng, i), x.shape, x.dtype) if _is_float(x) else None
-            for i, x in enumerate(flat)]
+    dirs = [
+        random.normal(random.fold_in(rng, i), x.shape, x.dtype) if _is_float(x) else None for i, x in enumerate(flat)
+    ]
     norm = np.sqrt(sum(float(np.sum(d * d)) for d in dirs if d is not None)) or 1.0
     return [None if d is None else d / norm for d in dirs], treedef
 
@@ -37,9 +38,17 @@ def _shift(arg, dirs, treedef, eps):
     return tree.unflatten(treedef, [x if d is None else x + eps * d for x, d in zip(flat, dirs)])
 
 
-def check_grads(fn: Callable, args: Sequence, argnums: int | Sequence[int] = 0, *,
-                eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-8,
-                num_directions: int = 3, seed: int = 0) -> None:
+def check_grads(
+    fn: Callable,
+    args: Sequence,
+    argnums: int | Sequence[int] = 0,
+    *,
+    eps: float = 1e-6,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+    num_directions: int = 3,
+    seed: int = 0,
+) -> None:
     """Raise AssertionError unless ``fn``'s VJP matches finite differences at ``args``.
 
     ``args`` are the positional arguments; ``argnums`` picks those to check (their float
@@ -69,4 +78,5 @@ def check_grads(fn: Callable, args: Sequence, argnums: int | Sequence[int] = 0, 
             raise AssertionError(
                 f"VJP disagrees with finite differences along direction {d}: "
                 f"autodiff {predicted!r}, finite differences {numeric!r} "
-                f"(relative error {abs(numeric - predicted) / max(abs(numeric), 1e-300):.3e})")
+                f"(relative error {abs(numeric - predicted) / max(abs(numeric), 1e-300):.3e})"
+            )

@@ -15,14 +15,16 @@ With ``comm`` (an mpi4py communicator, see :mod:`lt.distributed`) the same loop 
 parallel: every rank draws the same global batch, computes gradients on its own rows, and
 the gradients are averaged over ranks before the update, so the params stay identical on
 every rank. Only rank 0 prints, evaluates and writes checkpoints; a checkpoint is the same
-file whatever the number of ranks, and resumes with any number.
+file whatever the number of ranks, and resumes with any number. With ``tensor_parallel=k`` the
+ranks also split the model and the optimizer state (:mod:`lt.tensor_parallel`, :mod:`lt.zero`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,8 +35,19 @@ from .autodiff import value_and_grad
 from .nn import GPT
 from .progress import Progress
 
-__all__ = ["TrainState", "NonFiniteError", "make_train_step", "evaluate", "train", "format_record",
-           "batch_sampler", "make_evaluator", "make_checkpointer", "LogWindow", "due"]
+__all__ = [
+    "TrainState",
+    "NonFiniteError",
+    "make_train_step",
+    "evaluate",
+    "train",
+    "format_record",
+    "batch_sampler",
+    "make_evaluator",
+    "make_checkpointer",
+    "LogWindow",
+    "due",
+]
 
 
 class TrainState(NamedTuple):
@@ -43,7 +56,7 @@ class TrainState(NamedTuple):
     step: int
 
     @classmethod
-    def create(cls, params, optimizer: optim.GradientTransformation) -> "TrainState":
+    def create(cls, params, optimizer: optim.GradientTransformation) -> TrainState:
         return cls(params, optimizer.init(params), 0)
 
 
@@ -55,8 +68,9 @@ def _count(targets, ignore_index: int) -> int:
     return int(np.count_nonzero(np.asarray(targets) != ignore_index))
 
 
-def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100,
-                    comm=None) -> Callable:
+def make_train_step(
+    model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100, comm=None
+) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``model`` and ``optimizer``.
 
     ``batch`` is ``(inputs, targets)`` of shape (B, T), or (k, B, T) for k micro-batches whose
@@ -68,6 +82,37 @@ def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, igno
     (:func:`lt.distributed.mean_gradients`); loss and tokens in the metrics are global too.
     """
     parallel = distributed.of(comm).size > 1
+    grads_of = gradient_fn(model, ignore_index)
+
+    def train_step(state: TrainState, batch, rng=None):
+        inputs, targets = batch
+        if parallel:
+            (inputs, targets), rng = distributed.shard(batch, comm), distributed.rank_rng(rng, comm)
+        loss, grads, tokens = grads_of(state.params, inputs, targets, rng)
+        if parallel:  # global values: every rank decides alike below
+            loss, grads, tokens = distributed.mean_gradients(comm, loss, grads, tokens)
+        grad_norm = optim.global_norm(grads)
+        check_finite(state.step, loss, grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optim.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optim.current_learning_rate(opt_state), "tokens": tokens}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+def check_finite(step: int, loss: float, grad_norm: float) -> None:
+    """Raise :class:`NonFiniteError` naming the step unless loss and gradient norm are finite."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteError(
+            f"step {step}: loss {loss}, gradient norm {grad_norm}; training stopped before this update"
+        )
+
+
+def gradient_fn(model: GPT, ignore_index: int = -100) -> Callable:
+    """``grads_of(params, inputs, targets, rng) -> (loss, grads, tokens)``: the mean loss over the
+    counted target tokens of (B, T) inputs, or of (k, B, T) micro-batches each weighted by its
+    tokens, and its gradient."""
     loss_and_grad = value_and_grad(model.loss)
 
     def grads_of(params, inputs, targets, rng):
@@ -82,27 +127,14 @@ def make_train_step(model: GPT, optimizer: optim.GradientTransformation, *, igno
             l_i, g_i = loss_and_grad(params, x, y, rng=micro_rng, ignore_index=ignore_index)
             w = n / total
             loss += float(l_i) * w
-            grads = (tree.map(lambda g: g * g.dtype.type(w), g_i) if grads is None
-                     else tree.map(lambda a, g: a + g * g.dtype.type(w), grads, g_i))
+            grads = (
+                tree.map(lambda g, w=w: g * g.dtype.type(w), g_i)
+                if grads is None
+                else tree.map(lambda a, g, w=w: a + g * g.dtype.type(w), grads, g_i)
+            )
         return loss, grads, sum(counts)
 
-    def train_step(state: TrainState, batch, rng=None):
-        inputs, targets = batch
-        if parallel:
-            (inputs, targets), rng = distributed.shard(batch, comm), distributed.rank_rng(rng, comm)
-        loss, grads, tokens = grads_of(state.params, inputs, targets, rng)
-        if parallel:                                   # global values: every rank decides alike below
-            loss, grads, tokens = distributed.mean_gradients(comm, loss, grads, tokens)
-        grad_norm = optim.global_norm(grads)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise NonFiniteError(f"step {state.step}: loss {loss}, gradient norm {grad_norm}; "
-                                 "training stopped before this update")
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optim.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optim.current_learning_rate(opt_state),
-                   "tokens": tokens}
-        return TrainState(params, opt_state, state.step + 1), metrics
-    return train_step
+    return grads_of
 
 
 def evaluate(model: GPT, params, batches: Iterable, *, ignore_index: int = -100) -> dict:
@@ -120,26 +152,31 @@ def evaluate(model: GPT, params, batches: Iterable, *, ignore_index: int = -100)
 
 # ----------------------------------------------------------------- the loop's pieces
 
+
 def due(step: int, every: int, last: int | None = None) -> bool:
     """Whether a job that runs every ``every`` steps runs after ``step``: at multiples of
     ``every`` and at the ``last`` step; never when ``every`` is 0."""
     return bool(every) and (step % every == 0 or step == last)
 
 
-def batch_sampler(tokens, data_rng: random.Key, batch_size: int, seq_len: int,
-                  accumulate: int = 1) -> Callable[[int], tuple]:
+def batch_sampler(
+    tokens, data_rng: random.Key, batch_size: int, seq_len: int, accumulate: int = 1
+) -> Callable[[int], tuple]:
     """``batch_for(step)``: the global batch of training step ``step``, a function of the step alone.
 
     Micro-batch ``i`` of step ``s`` is ``random_windows(fold_in(fold_in(data_rng, s), i), ...)``:
     (B, T) inputs and targets, or (k, B, T) stacks of them for ``accumulate = k > 1``.
     """
+
     def batch_for(step: int):
         step_rng = random.fold_in(data_rng, step)
-        draws = [data.random_windows(random.fold_in(step_rng, i), tokens, batch_size, seq_len)
-                 for i in range(accumulate)]
+        draws = [
+            data.random_windows(random.fold_in(step_rng, i), tokens, batch_size, seq_len) for i in range(accumulate)
+        ]
         if accumulate == 1:
             return draws[0]
-        return np.stack([d.inputs for d in draws]), np.stack([d.targets for d in draws])   # (k, B, T) x 2
+        return np.stack([d.inputs for d in draws]), np.stack([d.targets for d in draws])  # (k, B, T) x 2
+
     return batch_for
 
 
@@ -149,11 +186,12 @@ class LogWindow(NamedTuple):
     A value: :meth:`add` returns a new window. Times are seconds of one clock
     (``time.perf_counter()`` in :func:`train`).
     """
+
     start: float
     tokens: int = 0
     losses: tuple = ()
 
-    def add(self, metrics: dict) -> "LogWindow":
+    def add(self, metrics: dict) -> LogWindow:
         return LogWindow(self.start, self.tokens + metrics["tokens"], self.losses + (metrics["loss"],))
 
     def record(self, step: int, lr, clock: float | None = None) -> dict:
@@ -165,17 +203,20 @@ class LogWindow(NamedTuple):
         return record
 
 
-def make_evaluator(model: GPT, tokens, batch_size: int, seq_len: int, max_batches: int | None,
-                   comm=None) -> Callable[[Any], float]:
+def make_evaluator(
+    model: GPT, tokens, batch_size: int, seq_len: int, max_batches: int | None, comm=None
+) -> Callable[[Any], float]:
     """``eval_loss(params)``: the mean loss over the first ``max_batches`` sequential windows of
     ``tokens`` (the same text every time). Collective with ``comm``: rank 0 computes it and
     every rank returns it."""
     root = distributed.of(comm).is_root
 
     def eval_loss(params) -> float:
-        ev = evaluate(model, params, data.sequential_windows(tokens, batch_size, seq_len, max_batches)) \
-            if root else None
+        ev = (
+            evaluate(model, params, data.sequential_windows(tokens, batch_size, seq_len, max_batches)) if root else None
+        )
         return distributed.broadcast(comm, ev and ev["loss"])
+
     return eval_loss
 
 
@@ -192,6 +233,7 @@ def make_checkpointer(path, model: GPT, metadata: dict | None = None, comm=None)
         if root:
             checkpoint.save(path, model, state.params, state.opt_state, state.step, metadata)
         distributed.barrier(comm)
+
     return save
 
 
@@ -203,12 +245,30 @@ def _check_counts(**counts) -> None:
             integer(value, name, 1 if name in ("batch_size", "seq_len", "accumulate", "eval_batches") else 0)
 
 
-def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState, train_tokens, *,
-          steps: int, batch_size: int, seq_len: int, rng: random.Key, val_tokens=None,
-          eval_every: int = 0, eval_batches: int = 8, log_every: int = 10, accumulate: int = 1,
-          checkpoint_path=None, checkpoint_every: int = 0, checkpoint_metadata: dict | None = None,
-          progress: bool | None = None, on_log: Callable[[dict], None] | None = None,
-          verbose: bool = True, comm=None) -> tuple[TrainState, list]:
+def train(
+    model: GPT,
+    optimizer: optim.GradientTransformation,
+    state: TrainState,
+    train_tokens,
+    *,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    rng: random.Key,
+    val_tokens=None,
+    eval_every: int = 0,
+    eval_batches: int = 8,
+    log_every: int = 10,
+    accumulate: int = 1,
+    checkpoint_path=None,
+    checkpoint_every: int = 0,
+    checkpoint_metadata: dict | None = None,
+    progress: bool | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    verbose: bool = True,
+    comm=None,
+    tensor_parallel: int | None = None,
+) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
     Every ``log_every`` steps (and at the last) a record ``{step, loss, lr, tokens_per_s}`` is
@@ -227,19 +287,55 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
     identical params and optimizer state. When a checkpoint write returns on any rank, the
     file is on disk.
 
+    With ``tensor_parallel=k`` the ranks of ``comm`` form a ``k x dp`` grid (:mod:`lt.tensor_parallel`):
+    each group of ``k`` neighbouring ranks holds one copy of the model split Megatron-style, and
+    each data-parallel rank keeps the optimizer state of its slice of the params (ZeRO-1). ``state``
+    is the whole state on every rank (as without it); checkpoints hold the whole model; the
+    returned state is whole again, on every rank.
+
     Calls :func:`lt.tune_malloc` first (glibc keeps a step's freed pages for the next step).
     """
-    _check_counts(steps=steps, batch_size=batch_size, seq_len=seq_len, accumulate=accumulate, log_every=log_every,
-                  eval_every=eval_every, eval_batches=eval_batches, checkpoint_every=checkpoint_every)
+    _check_counts(
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        accumulate=accumulate,
+        log_every=log_every,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        checkpoint_every=checkpoint_every,
+    )
     if steps < state.step:
         raise ValueError(f"steps ({steps}) is before the state's step ({state.step})")
     tune_malloc()
     root = distributed.of(comm).is_root
-    train_step = make_train_step(model, optimizer, comm=comm)
     batch_for = batch_sampler(train_tokens, random.fold_in(rng, "data"), batch_size, seq_len, accumulate)
-    eval_loss = make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, comm) \
-        if val_tokens is not None and eval_every else None
-    save = make_checkpointer(checkpoint_path, model, checkpoint_metadata, comm) if checkpoint_path else None
+    if tensor_parallel is None:
+        train_step = make_train_step(model, optimizer, comm=comm)
+        eval_loss = (
+            make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, comm)
+            if val_tokens is not None and eval_every
+            else None
+        )
+        save = make_checkpointer(checkpoint_path, model, checkpoint_metadata, comm) if checkpoint_path else None
+        finish = None
+    else:  # above this module: imported when asked for
+        from .tensor_parallel import plan
+
+        state, train_step, eval_loss, save, finish = plan(
+            model,
+            optimizer,
+            state,
+            comm,
+            tensor_parallel,
+            val_tokens=val_tokens,
+            eval_every=eval_every,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            eval_batches=eval_batches,
+            checkpoint_path=checkpoint_path,
+            checkpoint_metadata=checkpoint_metadata,
+        )
     bar = Progress(steps, start=state.step, enabled=progress if root else False)
     log, window = [], LogWindow(time.perf_counter())
     try:
@@ -251,7 +347,7 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
             evaluating = eval_loss is not None and due(state.step, eval_every, steps)
             if logging or evaluating:
                 record = window.record(state.step, metrics["lr"], time.perf_counter() if logging else None)
-                if evaluating:
+                if evaluating and eval_loss is not None:
                     record["eval_loss"] = eval_loss(state.params)
                 log.append(record)
                 if root and verbose:
@@ -262,10 +358,10 @@ def train(model: GPT, optimizer: optim.GradientTransformation, state: TrainState
             if save and due(state.step, checkpoint_every):
                 save(state)
         if save and not due(state.step, checkpoint_every):
-            save(state)                                   # the end, unless just written
+            save(state)  # the end, unless just written
     finally:
         bar.close()
-    return state, log
+    return (state if finish is None else finish(state)), log
 
 
 def format_record(record: dict) -> str:

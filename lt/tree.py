@@ -12,14 +12,26 @@ indices, named-tuple field names).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "FrozenDict", "TreeDef", "freeze", "flatten", "unflatten", "leaves", "structure",
-    "map", "paths", "items", "get", "set", "size", "nbytes",
+    "FrozenDict",
+    "TreeDef",
+    "freeze",
+    "flatten",
+    "unflatten",
+    "leaves",
+    "structure",
+    "map",
+    "paths",
+    "items",
+    "get",
+    "set",
+    "size",
+    "nbytes",
 ]
 
 
@@ -27,6 +39,7 @@ class FrozenDict(Mapping):
     """A read-only mapping: a params tree's container. Picklable; compares like a dict."""
 
     __slots__ = ("_data", "__weakref__")
+    _data: dict
 
     def __init__(self, *args, **kwargs):
         object.__setattr__(self, "_data", dict(*args, **kwargs))
@@ -35,7 +48,7 @@ class FrozenDict(Mapping):
         return self._data[key]
 
     def get(self, key, default=None):
-        return self._data.get(key, default)             # the dict's own, not Mapping's try/except
+        return self._data.get(key, default)  # the dict's own, not Mapping's try/except
 
     def __contains__(self, key) -> bool:
         return key in self._data
@@ -53,8 +66,9 @@ class FrozenDict(Mapping):
         return (FrozenDict, (self._data,))
 
     def _refuse(self, *args, **kwargs):
-        raise TypeError("a FrozenDict cannot be changed in place; "
-                        "use lt.tree.set(tree, path, value), which returns a new tree")
+        raise TypeError(
+            "a FrozenDict cannot be changed in place; use lt.tree.set(tree, path, value), which returns a new tree"
+        )
 
     __setitem__ = __delitem__ = __setattr__ = __delattr__ = _refuse
     update = pop = popitem = clear = setdefault = _refuse
@@ -76,7 +90,7 @@ class TreeDef:
     def __init__(self, kind: str, meta: Any = None, children: tuple = ()):
         self.kind, self.meta, self.children = kind, meta, children
         self.num_leaves = 1 if kind == "leaf" else sum(c.num_leaves for c in children)
-        self._key = (kind, meta, tuple(c._key for c in children))     # built once: fast equality
+        self._key = (kind, meta, tuple(c._key for c in children))  # built once: fast equality
 
     def __eq__(self, other) -> bool:
         return isinstance(other, TreeDef) and self._key == other._key
@@ -103,7 +117,7 @@ def _children(node) -> tuple[str, Any, list] | None:
     """(kind, meta, children) for a container, None for a leaf."""
     if node is None:
         return "none", None, []
-    if type(node) is np.ndarray:                       # the common leaf, without ABC checks
+    if type(node) is np.ndarray:  # the common leaf, without ABC checks
         return None
     if isinstance(node, Mapping):
         keys = tuple(sorted(node))
@@ -111,7 +125,7 @@ def _children(node) -> tuple[str, Any, list] | None:
     if _is_namedtuple(node):
         return "namedtuple", type(node), list(node)
     if isinstance(node, (tuple, list)):
-        return "tuple", None, list(node)   # a list and its frozen tuple are one structure
+        return "tuple", None, list(node)  # a list and its frozen tuple are one structure
     return None
 
 
@@ -160,8 +174,7 @@ def unflatten(treedef: TreeDef, leaves_: list):
     """Rebuild a frozen tree of structure ``treedef`` from leaves in flatten order."""
     leaves_ = list(leaves_)
     if len(leaves_) != treedef.num_leaves:
-        raise ValueError(f"unflatten: the structure has {treedef.num_leaves} leaves, "
-                         f"got {len(leaves_)}")
+        raise ValueError(f"unflatten: the structure has {treedef.num_leaves} leaves, got {len(leaves_)}")
     return _build(treedef, iter(leaves_))
 
 
@@ -177,13 +190,13 @@ def _seal(leaf):
     if not isinstance(leaf, np.ndarray):
         return leaf
     top = leaf
-    while isinstance(top.base, np.ndarray):            # the array that holds the memory
+    while isinstance(top.base, np.ndarray):  # the array that holds the memory
         top = top.base
     if (top is not leaf and top.flags.writeable) or (top.base is not None and not _read_only_buffer(top.base)):
         leaf, top = leaf.copy(), None
     if top is None or top is leaf:
         leaf.flags.writeable = False
-        return leaf.view()                             # read-only, of a read-only base
+        return leaf.view()  # read-only, of a read-only base
     leaf.flags.writeable = False
     return leaf
 
@@ -253,14 +266,14 @@ def _mismatch(trees, prefix) -> str | None:
     for other in parts[1:]:
         if (first is None) != (other is None):
             return f"at {where}: a leaf in one tree and a container in another"
-        if first is None:
+        if first is None or other is None:  # both leaves (the check above)
             continue
         if first[0] != other[0] or first[1] != other[1] or len(first[2]) != len(other[2]):
             return f"at {where}: {first[0]} {first[1] or len(first[2])} vs {other[0]} {other[1] or len(other[2])}"
     if first is None:
         return None
     for i, name in enumerate(_names(first)):
-        found = _mismatch([p[2][i] for p in parts], prefix + (name,))
+        found = _mismatch([p[2][i] for p in parts if p is not None], prefix + (name,))  # all containers here
         if found:
             return found
     return None
@@ -276,8 +289,7 @@ def map(fn: Callable, tree, *rest):
     for other in rest:
         oflat, odef = flatten(other)
         if odef != treedef:
-            raise ValueError("lt.tree.map: trees differ in structure "
-                             + (_mismatch([tree, other], ()) or ""))
+            raise ValueError("lt.tree.map: trees differ in structure " + (_mismatch([tree, other], ()) or ""))
         others.append(oflat)
     return unflatten(treedef, [_seal(fn(*xs)) for xs in zip(flat, *others)])
 
@@ -320,7 +332,9 @@ def _replace(node, parts: tuple, value, done: tuple):
         return freeze(value)
     name, rest = parts[0], parts[1:]
     new_child = _replace(_child(node, name, done), rest, value, done + (name,))
-    kind = _children(node)[0]
+    parts_here = _children(node)
+    assert parts_here is not None  # _child raised above for a leaf
+    kind = parts_here[0]
     if kind == "dict":
         return FrozenDict({k: (new_child if k == name else v) for k, v in node.items()})
     kids = list(node)

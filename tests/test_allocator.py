@@ -49,6 +49,7 @@ PROBE = textwrap.dedent("""
         return libc.mallinfo2().hblkhd - before >= size
 
     print("start", mmapped())
+    print("start big", mmapped(64 << 20))
 """)
 
 
@@ -66,7 +67,9 @@ def test_import_lt_leaves_the_allocator_alone_and_tune_malloc_changes_it():
         print("after import", mmapped())
         print("tuned", lt.tune_malloc())
         print("after tune_malloc", mmapped())
-    """) == ["start True", "after import True", "tuned True", "after tune_malloc False"]
+        print("big after tune_malloc", mmapped(64 << 20))    # over glibc's largest threshold: no mmap at all
+    """) == ["start True", "start big True", "after import True", "tuned True", "after tune_malloc False",
+             "big after tune_malloc False"]
 
 
 def test_train_tunes_the_allocator_unless_told_not_to():
@@ -79,5 +82,5 @@ def test_train_tunes_the_allocator_unless_told_not_to():
                  batch_size=2, seq_len=8, rng=lt.random.key(1), progress=False, verbose=False)
         print("after train", mmapped())
     """
-    assert run(code) == ["start True", "after train False"]
-    assert run(code, LT_TUNE_MALLOC="0") == ["start True", "after train True"]
+    assert run(code) == ["start True", "start big True", "after train False"]
+    assert run(code, LT_TUNE_MALLOC="0") == ["start True", "start big True", "after train True"]

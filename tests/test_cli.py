@@ -105,6 +105,9 @@ def test_info_lists_every_preset_with_its_parameter_count():
     (["train", "--data", "/no/such/file.txt", "--out", "{tmp}/x"], "does not exist"),
     (["generate", "--run", "/no/such/run"], "not a run directory"),
     (["eval", "--run", "/no/such/run"], "not a run directory"),
+    (["info", "--run", "/no/such/run"], "not a run directory"),
+    (["plot", "--run", "/no/such/run"], "not a run directory"),
+    (["plot"], "the following arguments are required: --run"),
     (["generate"], "or --hf DIR"), (["generate", "--run", "x", "--hf", "y"], "one of them"),
     (["frobnicate"], "invalid choice"),
 ])

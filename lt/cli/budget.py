@@ -42,15 +42,14 @@ def _typical(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def size_steps(model, optimizer, state, settings, train_ids, budget: float, started: float,
-               sample_tokens: int) -> int:
+def size_steps(model, optimizer, state, settings, train_ids, budget: float, started: float, sample_tokens: int) -> int:
     """How many steps fit in ``budget`` seconds counted from ``started`` (``time.perf_counter``):
     the budget left after this warm-up, less a margin, the final sample and the evaluations,
     divided by the measured step time. At least 1."""
     step = make_train_step(model, optimizer)
     rng = random.fold_in(random.key(settings.seed), "warm-up")
     batch = data.random_windows(rng, train_ids, settings.batch_size, settings.seq_len)
-    step(state, batch, rng)                                                     # first call: warm caches
+    step(state, batch, rng)  # first call: warm caches
     step_time = _typical(lambda: step(state, batch, rng), 5)
     eval_time = _typical(lambda: model.loss(state.params, batch.inputs, batch.targets), 3)
     prompt = np.asarray(train_ids[:1], np.int64)

@@ -10,17 +10,46 @@ __all__ = ["TRAIN_DEFAULTS", "RECIPES", "UsageError", "build_parser", "recipe_de
 
 
 # nanoGPT's CPU recipe for character-level Shakespeare: 2,000 steps, about two minutes on 2 cores.
-NANOGPT = dict(preset="mini", data="corpus:shakespeare", tokenizer="char", vocab_size=512,
-               seq_len=64, batch_size=12, steps=2000, time=None, lr=1e-3, min_lr=1e-4, warmup=100,
-               weight_decay=0.1, grad_clip=1.0, beta2=0.99, dropout=0.0, seed=1337,
-               eval_every=250, eval_batches=20, checkpoint_every=500)
+NANOGPT = dict(
+    preset="mini",
+    data="corpus:shakespeare",
+    tokenizer="char",
+    vocab_size=512,
+    seq_len=64,
+    batch_size=12,
+    steps=2000,
+    time=None,
+    lr=1e-3,
+    min_lr=1e-4,
+    warmup=100,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    beta2=0.99,
+    dropout=0.0,
+    seed=1337,
+    eval_every=250,
+    eval_batches=20,
+    checkpoint_every=500,
+)
 # `lt train`'s recipe: the winner of `python benchmarks/sweep_recipe.py` for five minutes on 2
 # cores (an Intel Xeon): llama-mini, the Llama-shaped model of mini's size, on byte-level BPE
 # tokens, 16 x 128 a step: 2.126 bits per character against nanoGPT's recipe's 2.445 (its
 # validation loss 1.695) in the same five minutes.
-DEFAULT = dict(NANOGPT, preset="llama-mini", tokenizer="bpe", vocab_size=512, steps=None, time="5m",
-               seq_len=128, batch_size=16, lr=2e-3, min_lr=2e-4, warmup=200, eval_every=500,
-               checkpoint_every=1000)
+DEFAULT = dict(
+    NANOGPT,
+    preset="llama-mini",
+    tokenizer="bpe",
+    vocab_size=512,
+    steps=None,
+    time="5m",
+    seq_len=128,
+    batch_size=16,
+    lr=2e-3,
+    min_lr=2e-4,
+    warmup=200,
+    eval_every=500,
+    checkpoint_every=1000,
+)
 RECIPES = {"default": DEFAULT, "nanogpt": NANOGPT}
 TRAIN_DEFAULTS = DEFAULT
 
@@ -51,7 +80,8 @@ def _positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
-    parse.__name__ = kind.__name__                        # argparse names it in its messages
+
+    parse.__name__ = kind.__name__  # argparse names it in its messages
     return parse
 
 
@@ -64,12 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", metavar="FILE", help="a UTF-8 text file instead of the bundled corpus")
     t.add_argument("--tokenizer", choices=["char", "bpe"], help="byte-level BPE (default) or char")
     t.add_argument("--vocab-size", type=_positive(int), help="BPE vocabulary size (default 512)")
-    t.add_argument("--recipe", choices=sorted(RECIPES),
-                   help="the defaults: 'default' (5 minutes of llama-mini) or 'nanogpt' (2,000 steps of mini, "
-                        "nanoGPT's CPU recipe); flags override them")
-    t.add_argument("--time", metavar="DURATION",
-                   help="train for this wall-clock budget (300s, 5m, 1.5h): the step count is measured in a "
-                        "short warm-up and fixed in run.json (default recipe: 5m)")
+    t.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="the defaults: 'default' (5 minutes of llama-mini) or 'nanogpt' (2,000 steps of mini, "
+        "nanoGPT's CPU recipe); flags override them",
+    )
+    t.add_argument(
+        "--time",
+        metavar="DURATION",
+        help="train for this wall-clock budget (300s, 5m, 1.5h): the step count is measured in a "
+        "short warm-up and fixed in run.json (default recipe: 5m)",
+    )
     t.add_argument("--steps", type=_positive(int), help="total training steps (instead of --time)")
     t.add_argument("--batch-size", type=_positive(int), help="sequences per step (default 16)")
     t.add_argument("--seq-len", type=_positive(int), help="tokens per sequence (default 128)")
@@ -82,18 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive(int), help="steps between evaluations (default 500)")
     t.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints (default 1000)")
     t.add_argument("--out", metavar="DIR", help="run directory (default runs/<data>-<tokenizer>)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (repeated flags must equal its settings; "
-                        "only --steps may change)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (repeated flags must equal its settings; "
+        "only --steps may change)",
+    )
     t.add_argument("--mpi", action="store_true", help="data-parallel over MPI ranks (launch with mpiexec)")
+    t.add_argument(
+        "--tensor-parallel",
+        type=_positive(int),
+        metavar="K",
+        help="split the model over groups of K MPI ranks (Megatron-style), data-parallel with sharded "
+        "optimizer state (ZeRO-1) across the groups; K must divide the number of ranks",
+    )
     t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (default 400)")
-    t.add_argument("--init-hf", metavar="DIR",
-                   help="fine-tune a Hugging Face checkpoint (gpt2, llama, qwen2, mistral) with its tokenizer "
-                        "instead of training a preset from scratch")
+    t.add_argument(
+        "--init-hf",
+        metavar="DIR",
+        help="fine-tune a Hugging Face checkpoint (gpt2, llama, qwen2, mistral) with its tokenizer "
+        "instead of training a preset from scratch",
+    )
 
     g = sub.add_parser("generate", help="continue a prompt with a trained run or a Hugging Face model")
     g.add_argument("--run", metavar="DIR", help="a run directory (lt train --out)")
-    g.add_argument("--hf", metavar="DIR", help="a Hugging Face model directory (gpt2, llama, qwen2, mistral)")
+    g.add_argument(
+        "--hf",
+        metavar="DIR|NAME",
+        help="a Hugging Face model directory (gpt2, llama, qwen2, mistral), "
+        "or a hub name such as gpt2 (downloaded once into the hub cache; needs lt[hf])",
+    )
     g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", type=int, default=300)
     g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -102,14 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--beams", type=_positive(int), help="beam search with this many beams instead of sampling")
     g.add_argument("--quantize", choices=["int8", "int4"], help="quantize the weights first (lt.quantize defaults)")
-    g.add_argument("--checkpoint", metavar="FILE",
-                   help="generate from this checkpoint (e.g. one `lt quantize` wrote) instead of the run's own")
+    g.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="generate from this checkpoint (e.g. one `lt quantize` wrote) instead of the run's own",
+    )
 
     q = sub.add_parser("quantize", help="write an int8 or int4 checkpoint of a run")
     q.add_argument("--run", required=True, metavar="DIR")
     q.add_argument("--bits", type=int, choices=[8, 4], default=8, help="8 (default) or 4")
-    q.add_argument("--group-size", type=_positive(int),
-                   help="weights per scale (default: int8 one per output channel, int4 32)")
+    q.add_argument(
+        "--group-size", type=_positive(int), help="weights per scale (default: int8 one per output channel, int4 32)"
+    )
     q.add_argument("--out", metavar="FILE", help="default DIR/checkpoint-int8.safetensors (or -int4)")
 
     e = sub.add_parser("eval", help="loss and perplexity of a run on held-out text")
@@ -117,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="FILE", help="a text file (default: the run's validation split)")
     e.add_argument("--max-batches", type=_positive(int), default=50)
 
-    sub.add_parser("info", help="presets with parameter counts and memory")
+    i = sub.add_parser("info", help="presets with parameter counts and memory, or a summary of a run")
+    i.add_argument("--run", metavar="DIR", help="summarise this run: model, steps, best validation loss, tokens, time")
+
+    pl = sub.add_parser("plot", help="draw a run's loss, learning rate and tokens/s curves to a PNG")
+    pl.add_argument("--run", required=True, metavar="DIR")
+    pl.add_argument("--out", metavar="FILE", help="default DIR/curves.png")
     return p
-
-

@@ -1,5 +1,5 @@
 """``lt generate``, ``lt eval``, ``lt quantize`` and ``lt info``: what a trained run (or a
-Hugging Face model) is used for."""
+Hugging Face model, by directory or hub name) is used for; ``lt info --run`` summarises a run."""
 
 from __future__ import annotations
 
@@ -21,14 +21,16 @@ __all__ = ["cmd_generate", "cmd_eval", "cmd_quantize", "cmd_info", "sample_text"
 def sample_text(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng, echo=False) -> str:
     """Generate ``n`` tokens after ``prompt``, printing the text as it comes when ``echo``."""
     from .. import generate
+
     ids = runs.encode(tokenizer, prompt)
     new, shown = [], ""
-    for tok in generate.stream_window(model, params, ids, rng=rng, max_new_tokens=n, temperature=temperature,
-                                      top_k=top_k, top_p=top_p):
+    for tok in generate.stream_window(
+        model, params, ids, rng=rng, max_new_tokens=n, temperature=temperature, top_k=top_k, top_p=top_p
+    ):
         new.append(tok)
         if echo:
             text = tokenizer.decode(np.array(new))
-            sys.stdout.write(text[len(shown):])
+            sys.stdout.write(text[len(shown) :])
             sys.stdout.flush()
             shown = text
     return prompt + tokenizer.decode(np.array(new, dtype=np.int64))
@@ -38,35 +40,41 @@ def _load_for_inference(args):
     """``(model, params, tokenizer)`` of ``--run`` (from ``--checkpoint`` if given) or ``--hf``,
     ``--quantize``d if asked."""
     if (args.run is None) == (args.hf is None):
-        raise UsageError("give --run DIR (a run of lt train) or --hf DIR (a Hugging Face model), one of them")
+        raise UsageError("give --run DIR (a run of lt train) or --hf DIR|NAME (a Hugging Face model), one of them")
     if args.hf is not None:
         if args.checkpoint:
             raise UsageError("--checkpoint goes with --run, not --hf")
         from .. import hf
-        (model, params), tokenizer = hf.from_hf(args.hf), hf.load_tokenizer(args.hf)
+
+        path = hf.resolve(args.hf)  # a local directory, or a hub name fetched into the cache
+        (model, params), tokenizer = hf.from_hf(path), hf.load_tokenizer(path)
     else:
         model, params, tokenizer = _load_run(args)
     if args.quantize:
         if any(quant.is_quantized(x) for x in tree.leaves(params)):
-            raise UsageError(f"--quantize {args.quantize}: the checkpoint is already quantized "
-                             f"({quant.describe(params)}); drop --quantize")
+            raise UsageError(
+                f"--quantize {args.quantize}: the checkpoint is already quantized "
+                f"({quant.describe(params)}); drop --quantize"
+            )
         params = quant.quantize(params, bits=int(args.quantize[3:]))
     return model, params, tokenizer
 
 
 def _load_run(args):
     """``(model, params, tokenizer)`` of ``--run``, from ``--checkpoint`` if given."""
-    settings, model, params, tokenizer = runs.load_run(args.run)
+    _, model, params, tokenizer = runs.load_run(args.run)
     if args.checkpoint:
         model, params = checkpoint.load_model(args.checkpoint)
         if model.vocab_size != tokenizer.vocab_size:
-            raise UsageError(f"{args.checkpoint} has a vocabulary of {model.vocab_size} tokens, the run "
-                             f"{args.run} {tokenizer.vocab_size}: they are not from the same run")
+            raise UsageError(
+                f"{args.checkpoint} has a vocabulary of {model.vocab_size} tokens, the run "
+                f"{args.run} {tokenizer.vocab_size}: they are not from the same run"
+            )
     return model, params, tokenizer
 
 
 def cmd_quantize(args) -> int:
-    settings, model, params, tokenizer = runs.load_run(args.run)
+    _, model, params, _ = runs.load_run(args.run)
     if any(quant.is_quantized(x) for x in tree.leaves(params)):
         raise UsageError(f"{args.run}: its checkpoint is already quantized ({quant.describe(params)})")
     step = checkpoint.read_metadata(runs.RunFiles(args.run).checkpoint)["step"]
@@ -74,8 +82,10 @@ def cmd_quantize(args) -> int:
     qparams = quant.quantize(params, bits=args.bits, group_size=args.group_size)
     checkpoint.save(out, model, qparams, step=int(step))
     before, after = tree.nbytes(params), tree.nbytes(qparams)
-    print(f"{out}: int{args.bits}, {after / 2**20:.1f} MiB ({8 * after / model.num_params():.2f} bits per "
-          f"parameter), from {before / 2**20:.1f} MiB of float weights")
+    print(
+        f"{out}: int{args.bits}, {after / 2**20:.1f} MiB ({8 * after / model.num_params():.2f} bits per "
+        f"parameter), from {before / 2**20:.1f} MiB of float weights"
+    )
     return 0
 
 
@@ -86,17 +96,30 @@ def cmd_generate(args) -> int:
         raise UsageError("--prompt must not be empty")
     if args.beams is not None:
         from .. import generate
+
         ids = runs.encode(tokenizer, args.prompt)
         if len(ids) >= model.max_seq_len:
-            raise UsageError(f"the prompt is {len(ids)} tokens; beam search needs it shorter than the model's "
-                             f"context of {model.max_seq_len} tokens")
+            raise UsageError(
+                f"the prompt is {len(ids)} tokens; beam search needs it shorter than the model's "
+                f"context of {model.max_seq_len} tokens"
+            )
         n = min(args.max_new_tokens, model.max_seq_len - len(ids))
         result = generate.beam_search(model, params, ids, num_beams=args.beams, max_new_tokens=n)
         print(tokenizer.decode(np.asarray(result.sequences[0])))
         return 0
     sys.stdout.write(args.prompt)
-    sample_text(model, params, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                random.key(args.seed), echo=True)
+    sample_text(
+        model,
+        params,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        random.key(args.seed),
+        echo=True,
+    )
     sys.stdout.write("\n")
     return 0
 
@@ -104,8 +127,11 @@ def cmd_generate(args) -> int:
 def cmd_eval(args) -> int:
     tune_malloc()
     settings, model, params, tokenizer = runs.load_run(args.run)
-    text = runs.read_training_text(str(args.data)) if args.data else \
-        train_val_split_text(runs.read_training_text(settings.data), settings.val_fraction)[1]
+    text = (
+        runs.read_training_text(str(args.data))
+        if args.data
+        else train_val_split_text(runs.read_training_text(settings.data), settings.val_fraction)[1]
+    )
     ids = runs.encode(tokenizer, text)
     batches = data.sequential_windows(ids, settings.batch_size, settings.seq_len, args.max_batches)
     result = evaluate(model, params, batches)
@@ -114,25 +140,36 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    print(f"{'preset':12} {'layers':>6} {'heads':>5} {'kv':>3} {'hidden':>6} {'ffn':>5} {'vocab':>6} {'context':>7} "
-          f"{'parameters':>12} {'weights':>9} {'training':>9} {'KV/token':>9}")
+    if getattr(args, "run", None) is not None:
+        from .runlog import format_summary, summary
+
+        print(format_summary(summary(args.run)))
+        return 0
+    print(
+        f"{'preset':12} {'layers':>6} {'heads':>5} {'kv':>3} {'hidden':>6} {'ffn':>5} {'vocab':>6} {'context':>7} "
+        f"{'parameters':>12} {'weights':>9} {'training':>9} {'KV/token':>9}"
+    )
     for name in PRESETS:
         m = GPT.preset(name)
         n = m.num_params()
         kv_bytes = 2 * m.num_layers * m.kv_heads * (m.hidden_dim // m.num_heads) * 4
-        print(f"{name:12} {m.num_layers:>6} {m.num_heads:>5} {m.kv_heads:>3} {m.hidden_dim:>6} {m.ffn_dim:>5} "
-              f"{m.vocab_size:>6} {m.max_seq_len:>7} {n:>12,} {n * 4 / 2**20:>7.1f}MB {n * 16 / 2**20:>7.1f}MB "
-              f"{kv_bytes / 2**10:>7.1f}KB")
-    print("weights: float32 params; training: params, gradients and AdamW's two moments (activations extra); "
-          "KV/token: the KV cache's float32 keys and values per position of one sequence (kv heads only)")
+        print(
+            f"{name:12} {m.num_layers:>6} {m.num_heads:>5} {m.kv_heads:>3} {m.hidden_dim:>6} {m.ffn_dim:>5} "
+            f"{m.vocab_size:>6} {m.max_seq_len:>7} {n:>12,} {n * 4 / 2**20:>7.1f}MB {n * 16 / 2**20:>7.1f}MB "
+            f"{kv_bytes / 2**10:>7.1f}KB"
+        )
+    print(
+        "weights: float32 params; training: params, gradients and AdamW's two moments (activations extra); "
+        "KV/token: the KV cache's float32 keys and values per position of one sequence (kv heads only)"
+    )
     print(f"\n{'preset':12} {'bytes per parameter (weights as stored)':>42}")
     print(f"{'':12} {'float32':>14} {'int8':>14} {'int4':>14}")
     for name in PRESETS:
         m = GPT.preset(name)
         sizes = [quant.planned_nbytes(m.spec(), bits) for bits in (None, 8, 4)]
         print(f"{name:12} " + " ".join(f"{b / m.num_params():5.2f} {b / 2**20:6.1f}MB" for b in sizes))
-    print("int8: one scale per output channel; int4: one per 32 weights (lt quantize, lt generate --quantize); "
-          "wpe, norms and biases stay float32")
+    print(
+        "int8: one scale per output channel; int4: one per 32 weights (lt quantize, lt generate --quantize); "
+        "wpe, norms and biases stay float32"
+    )
     return 0
-
-

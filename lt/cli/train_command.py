@@ -7,6 +7,7 @@ import pathlib
 import re
 import sys
 import time
+from typing import Any
 
 import attrs
 
@@ -25,7 +26,7 @@ __all__ = ["cmd_train"]
 
 
 # free to differ on --resume (a run's step count is fixed in run.json once --time has sized it)
-_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "sample_tokens", "time", "recipe"}
+_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "tensor_parallel", "sample_tokens", "time", "recipe"}
 
 
 def _train_step_bytes(model: GPT, batch: int, seq: int) -> int:
@@ -53,40 +54,59 @@ def _available_bytes() -> int | None:
 def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None) -> RunSettings:
     """New settings from the flags (defaults filled in), for a fresh run. ``start``: the model
     a ``--init-hf`` run fine-tunes (it replaces the preset; ``tokenizer_kind`` is its tokenizer's)."""
-    v = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else d)
-         for k, d in recipe_defaults(args).items()}
+    v: dict[str, Any] = {
+        k: (getattr(args, k, None) if getattr(args, k, None) is not None else d)
+        for k, d in recipe_defaults(args).items()
+    }
     try:
         budget = None if v["time"] is None else parse_duration(v["time"])
     except ValueError as e:
         raise UsageError(str(e)) from None
     if start is not None:
-        given = [f"--{f.replace('_', '-')}" for f in ("preset", "tokenizer", "vocab_size") if getattr(args, f) is not None]
+        given = [
+            f"--{f.replace('_', '-')}" for f in ("preset", "tokenizer", "vocab_size") if getattr(args, f) is not None
+        ]
         if given:
-            raise UsageError(f"{', '.join(given)} does not go with --init-hf: the model and its tokenizer "
-                             f"come from {args.init_hf}")
+            raise UsageError(
+                f"{', '.join(given)} does not go with --init-hf: the model and its tokenizer come from {args.init_hf}"
+            )
     sized = GPT.preset(v["preset"]) if start is None else start
     # Any --seq-len, also past the preset's context (attention is blockwise, memory O(T) per
     # layer): refused, before anything is allocated or written, only when a step would not fit.
     need, have = _train_step_bytes(sized, v["batch_size"], v["seq_len"]), _available_bytes()
     if have is not None and need > have:
-        raise UsageError(f"--seq-len {v['seq_len']} needs about {need / 2**30:.1f} GiB for a training step of "
-                         f"preset {v['preset']} at --batch-size {v['batch_size']}, more than the "
-                         f"{have / 2**30:.1f} GiB available; lower --seq-len or --batch-size")
+        raise UsageError(
+            f"--seq-len {v['seq_len']} needs about {need / 2**30:.1f} GiB for a training step of "
+            f"preset {v['preset']} at --batch-size {v['batch_size']}, more than the "
+            f"{have / 2**30:.1f} GiB available; lower --seq-len or --batch-size"
+        )
     try:
         if start is None:
             # The context is the training window: positions past it would never have been trained.
             model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
-        else:                                    # a checkpoint's context is its own (its positions were trained)
+        else:  # a checkpoint's context is its own (its positions were trained)
             model = attrs.evolve(start, dropout=v["dropout"])
-        return RunSettings(model=attrs.asdict(model), data=v["data"] if args.data is None else str(args.data),
-                           tokenizer=tokenizer_kind or v["tokenizer"], seq_len=v["seq_len"],
-                           batch_size=v["batch_size"], init_hf=None if start is None else str(args.init_hf),
-                           steps=v["steps"] or 1, time_budget=budget,   # sized by _prepare with a budget
-                           lr=v["lr"], min_lr=v["min_lr"], warmup=v["warmup"],
-                           weight_decay=v["weight_decay"], grad_clip=v["grad_clip"], beta2=v["beta2"],
-                           seed=v["seed"], eval_every=v["eval_every"], eval_batches=v["eval_batches"],
-                           checkpoint_every=v["checkpoint_every"])
-    except ValueError as e:            # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
+        return RunSettings(
+            model=attrs.asdict(model),
+            data=v["data"] if args.data is None else str(args.data),
+            tokenizer=tokenizer_kind or v["tokenizer"],
+            seq_len=v["seq_len"],
+            batch_size=v["batch_size"],
+            init_hf=None if start is None else str(args.init_hf),
+            steps=v["steps"] or 1,
+            time_budget=budget,  # sized by _prepare with a budget
+            lr=v["lr"],
+            min_lr=v["min_lr"],
+            warmup=v["warmup"],
+            weight_decay=v["weight_decay"],
+            grad_clip=v["grad_clip"],
+            beta2=v["beta2"],
+            seed=v["seed"],
+            eval_every=v["eval_every"],
+            eval_batches=v["eval_batches"],
+            checkpoint_every=v["checkpoint_every"],
+        )
+    except ValueError as e:  # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
         raise UsageError(re.sub(r"RunSettings\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
 
 
@@ -100,7 +120,7 @@ def _default_out(args) -> pathlib.Path:
 def _saved_flag(flag: str, saved: RunSettings, tokenizer):
     """The value of ``--flag`` that the saved run was made with (what the flag's own parse gives)."""
     model = GPT(**saved.model)
-    if flag == "preset":               # the preset whose layers, heads and widths the model has
+    if flag == "preset":  # the preset whose layers, heads and widths the model has
         fixed = dict(vocab_size=model.vocab_size, max_seq_len=model.max_seq_len, dropout=model.dropout)
         return next((name for name in PRESETS if GPT.preset(name, **fixed) == model), "a custom model")
     if flag == "dropout":
@@ -124,7 +144,7 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
     both values (a resumed run keeps its settings)."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SETTINGS}
     if saved.tokenizer == "char":
-        given.pop("vocab_size", None)            # a char run ignores --vocab-size, as when it was made
+        given.pop("vocab_size", None)  # a char run ignores --vocab-size, as when it was made
     changed = []
     for flag, value in sorted(given.items()):
         was = _saved_flag(flag, saved, tokenizer)
@@ -132,12 +152,14 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
         if not same:
             changed.append(f"--{flag.replace('_', '-')} {value} (the run has {was})")
     if changed:
-        raise UsageError(f"lt train --resume keeps the run's saved settings; {'; '.join(changed)}: "
-                         "drop the flag or start a new run with another --out (only --steps may change)")
+        raise UsageError(
+            f"lt train --resume keeps the run's saved settings; {'; '.join(changed)}: "
+            "drop the flag or start a new run with another --out (only --steps may change)"
+        )
     return attrs.evolve(saved, steps=args.steps or saved.steps)
 
 
-def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, runs.RunLock]:
+def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
     """The run to train, new or resumed, its optimizer, and the lock held on its directory while
     it trains: read and written by rank 0 alone. A new run's directory is made only once its
     settings, data and tokenizer are ready."""
@@ -151,10 +173,11 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
             tokenizer = runs.load_tokenizer(files, saved)
             settings = _check_resume_flags(args, saved, tokenizer)
         else:
-            if files.checkpoint.exists():          # early, before the data is read (checked again locked)
+            if files.checkpoint.exists():  # early, before the data is read (checked again locked)
                 raise UsageError(f"{files.root} already holds a run; continue it with --resume or choose another --out")
-            if args.init_hf:                       # fine-tuning: the model, its weights and its tokenizer
+            if args.init_hf:  # fine-tuning: the model, its weights and its tokenizer
                 from .. import hf
+
                 start, tokenizer = hf.from_hf(args.init_hf), hf.load_tokenizer(args.init_hf)
                 kind = "bpe" if isinstance(tokenizer, tokenizers.BPETokenizer) else "hf"
                 settings = _settings(args, start[0], kind)
@@ -167,37 +190,50 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
             settings = attrs.evolve(settings, **runs.data_fingerprint(text))
         train_text, val_text = train_val_split_text(text, settings.val_fraction)
         if not args.resume and start is None:
-            tokenizer = runs.fit_tokenizer(settings.tokenizer, text if settings.tokenizer == "char" else train_text,
-                                           args.vocab_size or recipe_defaults(args)["vocab_size"])
-        if settings.init_hf is None:             # a model from scratch has the tokenizer's vocabulary
-            settings = attrs.evolve(settings, model=attrs.asdict(GPT(**{**settings.model,
-                                                                         "vocab_size": tokenizer.vocab_size})))
+            tokenizer = runs.fit_tokenizer(
+                settings.tokenizer,
+                text if settings.tokenizer == "char" else train_text,
+                args.vocab_size or recipe_defaults(args)["vocab_size"],
+            )
+        if settings.init_hf is None:  # a model from scratch has the tokenizer's vocabulary
+            settings = attrs.evolve(
+                settings, model=attrs.asdict(GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size}))
+            )
         model = GPT(**settings.model)
         optimizer = runs.make_optimizer(settings)
         params = model.init(random.fold_in(random.key(settings.seed), "init")) if start is None else start[1]
         state = TrainState.create(params, optimizer)
         train_ids, val_ids = runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text)
-        if not args.resume and settings.time_budget is not None:    # --time: measure, then fix the count
-            steps = size_steps(model, optimizer, state, settings, train_ids, settings.time_budget, started,
-                               args.sample_tokens)
+        if not args.resume and settings.time_budget is not None:  # --time: measure, then fix the count
+            steps = size_steps(
+                model, optimizer, state, settings, train_ids, settings.time_budget, started, args.sample_tokens
+            )
             settings = attrs.evolve(settings, steps=steps)
-            optimizer = runs.make_optimizer(settings)                  # its schedule spans the steps
+            optimizer = runs.make_optimizer(settings)  # its schedule spans the steps
             state = TrainState.create(params, optimizer)
-            print(f"lt: {steps:,} steps fit a {settings.time_budget:.0f} s budget (measured on this machine; "
-                  "fixed in run.json)", file=sys.stderr, flush=True)
+            print(
+                f"lt: {steps:,} steps fit a {settings.time_budget:.0f} s budget (measured on this machine; "
+                "fixed in run.json)",
+                file=sys.stderr,
+                flush=True,
+            )
         if args.resume:
             ck = checkpoint.load(files.checkpoint, model, state.opt_state)
             state = TrainState(ck.params, ck.opt_state, ck.step)
             if settings.steps < state.step:
-                raise UsageError(f"--steps {settings.steps} is before the run's step {state.step}; "
-                                 f"give --steps {state.step} or more")
-            if settings != saved:                  # a new --steps: run.json says where the run goes
+                raise UsageError(
+                    f"--steps {settings.steps} is before the run's step {state.step}; give --steps {state.step} or more"
+                )
+            if settings != saved:  # a new --steps: run.json says where the run goes
                 runs.save_settings(files, settings)
         else:
             lock = runs.open_run(files, new=True)
             if lock.restarted:
-                print(f"lt: {files.root} held a run that stopped before its first checkpoint; starting it over",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"lt: {files.root} held a run that stopped before its first checkpoint; starting it over",
+                    file=sys.stderr,
+                    flush=True,
+                )
             tokenizer.save(files.tokenizer)
             runs.save_settings(files, settings)
     except BaseException:
@@ -208,21 +244,24 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
     return run, optimizer, lock
 
 
-def _shared_run(args, world: distributed.World, started: float) -> tuple[Run, optim.GradientTransformation,
-                                                                         runs.RunLock | None]:
+def _shared_run(
+    args, world: distributed.World, started: float
+) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
     """The run and its optimizer on every rank, and rank 0's lock on the run directory: rank 0
     prepares the run (reading and writing the files), and only with more than one rank is it
-    broadcast, as it is (arrays buffer by buffer, the rest pickled); each rank builds the optimizer once. (An error on rank 0 ends the job:
-    under ``python -m mpi4py`` its exit status aborts the other ranks.)"""
+    broadcast, as it is (arrays buffer by buffer, the rest pickled); each rank builds the optimizer
+    once. (An error on rank 0 ends the job: under ``python -m mpi4py`` its exit status aborts the
+    other ranks.)"""
     run, optimizer, lock = _prepare(args, started) if world.is_root else (None, None, None)
     if world.size > 1:
         run = distributed.broadcast(world.comm, run)
         optimizer = optimizer or runs.make_optimizer(run.settings)
+    assert run is not None and optimizer is not None  # rank 0 made them; the others were sent them
     return run, optimizer, lock
 
 
 def cmd_train(args) -> int:
-    started = time.perf_counter()                   # a --time budget counts from here
+    started = time.perf_counter()  # a --time budget counts from here
     tune_malloc()
     world = _world(args.mpi)
     run, optimizer, lock = _shared_run(args, world, started)
@@ -236,11 +275,17 @@ def cmd_train(args) -> int:
 def _train(args, world, run, optimizer) -> int:
     files, settings, state = run.files, run.settings, run.state
     model = GPT(**settings.model)
+    tp = getattr(args, "tensor_parallel", None)
+    if tp is not None and world.size % tp:
+        raise UsageError(f"--tensor-parallel {tp} must divide the number of MPI ranks ({world.size})")
     if world.is_root:
         ranks = f" on {world.size} MPI ranks" if world.size > 1 else ""
-        print(f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
-              f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}",
-              flush=True)
+        ranks += f" (tensor-parallel groups of {tp})" if tp is not None else ""
+        print(
+            f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
+            f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}",
+            flush=True,
+        )
     log_file = files.open_log() if world.is_root else None
 
     def on_log(record):
@@ -250,19 +295,34 @@ def _train(args, world, run, optimizer) -> int:
 
     start = time.perf_counter()
     try:
-        state, _ = train(model, optimizer, state, run.train_ids, steps=settings.steps,
-                         batch_size=settings.batch_size, seq_len=settings.seq_len, rng=random.key(settings.seed),
-                         val_tokens=run.val_ids if len(run.val_ids) else None, eval_every=settings.eval_every,
-                         eval_batches=settings.eval_batches, log_every=50, checkpoint_path=files.checkpoint,
-                         checkpoint_every=settings.checkpoint_every, on_log=on_log, comm=world.comm)
+        state, _ = train(
+            model,
+            optimizer,
+            state,
+            run.train_ids,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            seq_len=settings.seq_len,
+            rng=random.key(settings.seed),
+            val_tokens=run.val_ids if len(run.val_ids) else None,
+            eval_every=settings.eval_every,
+            eval_batches=settings.eval_batches,
+            log_every=50,
+            checkpoint_path=files.checkpoint,
+            checkpoint_every=settings.checkpoint_every,
+            on_log=on_log,
+            comm=world.comm,
+            tensor_parallel=tp,
+        )
     finally:
         if log_file:
             log_file.close()
     if world.is_root:
         print(f"trained to step {state.step} in {time.perf_counter() - start:.0f} s; checkpoint {files.checkpoint}")
         if args.sample_tokens > 0:
-            sample = sample_text(model, state.params, run.tokenizer, "\n", args.sample_tokens, 0.8, None, None,
-                             random.key(0))
+            sample = sample_text(
+                model, state.params, run.tokenizer, "\n", args.sample_tokens, 0.8, None, None, random.key(0)
+            )
             atomic_write_text(files.sample, sample)
             print("--- sample ---" + sample)
     return 0
@@ -274,5 +334,3 @@ def _world(mpi_flag: bool) -> distributed.World:
         return distributed.world(mpi=True if mpi_flag else None)
     except ImportError as e:
         raise UsageError(str(e)) from None
-
-

@@ -27,6 +27,23 @@ from .kv_cache import KVCache, extend, extend_prepared, prefill, prefill_prompts
 from .prompts import Prompts, prepare_decoding, prepare_prompts
 from .sampling import distribution, filter_logits, greedy, sample, top_k_indices
 
-__all__ = ["generate", "stream", "stream_window", "beam_search", "BeamResult", "KVCache", "prefill", "extend",
-           "prefill_prompts", "extend_prepared", "Prompts", "prepare_prompts", "prepare_decoding",
-           "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]
+__all__ = [
+    "generate",
+    "stream",
+    "stream_window",
+    "beam_search",
+    "BeamResult",
+    "KVCache",
+    "prefill",
+    "extend",
+    "prefill_prompts",
+    "extend_prepared",
+    "Prompts",
+    "prepare_prompts",
+    "prepare_decoding",
+    "distribution",
+    "filter_logits",
+    "sample",
+    "greedy",
+    "top_k_indices",
+]

@@ -45,9 +45,18 @@ class BeamResult(NamedTuple):
     scores: np.ndarray
 
 
-def beam_search(model, params, prompt_ids, num_beams: int, max_new_tokens: int,
-                length_penalty: float = 1.0, eos_id: int | None = None, *,
-                pad_id: int | None = None, attention_mask=None) -> BeamResult:
+def beam_search(
+    model,
+    params,
+    prompt_ids,
+    num_beams: int,
+    max_new_tokens: int,
+    length_penalty: float = 1.0,
+    eos_id: int | None = None,
+    *,
+    pad_id: int | None = None,
+    attention_mask=None,
+) -> BeamResult:
     """The ``num_beams`` best continuations of each prompt by beam search, with their scores.
 
     ``prompt_ids`` is one prompt (T,), a batch (B, T) (left-padded where
@@ -58,44 +67,52 @@ def beam_search(model, params, prompt_ids, num_beams: int, max_new_tokens: int,
     V = model.vocab_size
     K = _checks.integer(num_beams, "num_beams", 1)
     length_penalty = _checks.real(length_penalty, "length_penalty")
-    prompts, n, eos_id, pad_id = prepare_decoding(model, params, prompt_ids, max_new_tokens=max_new_tokens,
-                                                  eos_id=eos_id, pad_id=pad_id, attention_mask=attention_mask)
+    prompts, n, eos_id, pad_id = prepare_decoding(
+        model,
+        params,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        attention_mask=attention_mask,
+    )
     B, T = prompts.ids.shape
 
-    pool: list[list] = [[] for _ in range(B)]        # per prompt: (score, order, tokens)
-    alive_tokens = np.zeros((B, K, 0), np.int64)      # (B, K, step)
+    pool: list[list] = [[] for _ in range(B)]  # per prompt: (score, order, tokens)
+    alive_tokens = np.zeros((B, K, 0), np.int64)  # (B, K, step)
     if n:
         logits, cache = prefill_prompts(model, params, prompts, T + n)
-        logp = np.repeat(log_softmax(logits), K, axis=0)            # (B·K, V): every beam sees the prompt
-        cache = cache.take(np.repeat(np.arange(B), K))               # (B·K) rows
+        logp = np.repeat(log_softmax(logits), K, axis=0)  # (B·K, V): every beam sees the prompt
+        cache = cache.take(np.repeat(np.arange(B), K))  # (B·K) rows
         alive = np.full((B, K), -np.inf)
-        alive[:, 0] = 0.0                                             # one live beam: no duplicates
-        for step in range(n):                                         # a loop over generated steps
-            cand = (alive[..., None] + logp.reshape(B, K, V)).reshape(B, K * V)   # total log-prob
-            top = top_k_indices(cand, K)                              # (B, K) best first
-            total = np.take_along_axis(cand, top, -1)                 # (B, K)
+        alive[:, 0] = 0.0  # one live beam: no duplicates
+        for step in range(n):  # a loop over generated steps
+            cand = (alive[..., None] + logp.reshape(B, K, V)).reshape(B, K * V)  # total log-prob
+            top = top_k_indices(cand, K)  # (B, K) best first
+            total = np.take_along_axis(cand, top, -1)  # (B, K)
             beam, tok = top // V, top % V
-            alive_tokens = np.concatenate([np.take_along_axis(alive_tokens, beam[..., None], 1),
-                                           tok[..., None]], axis=-1)  # (B, K, step + 1)
+            alive_tokens = np.concatenate(
+                [np.take_along_axis(alive_tokens, beam[..., None], 1), tok[..., None]], axis=-1
+            )  # (B, K, step + 1)
             ended = np.isfinite(total) & (tok == eos_id if eos_id is not None else False)
-            for b, k in zip(*np.nonzero(ended)):                      # only the hypotheses ending now
+            for b, k in zip(*np.nonzero(ended)):  # only the hypotheses ending now
                 pool[b].append((total[b, k] / (step + 1) ** length_penalty, len(pool[b]), alive_tokens[b, k]))
             alive = np.where(ended, -np.inf, total)
             if step == n - 1 or not np.isfinite(alive).any():
                 break
-            rows = (np.arange(B)[:, None] * K + beam).reshape(-1)    # (B·K) parent row of each beam
+            rows = (np.arange(B)[:, None] * K + beam).reshape(-1)  # (B·K) parent row of each beam
             logits, cache = extend_prepared(model, params, cache.take(rows), tok.reshape(-1, 1))
-            logp = log_softmax(logits)                               # (B·K, V)
-        for b, k in zip(*np.nonzero(np.isfinite(alive))):              # live beams of full length
-            pool[b].append((alive[b, k] / n ** length_penalty, len(pool[b]), alive_tokens[b, k]))
+            logp = log_softmax(logits)  # (B·K, V)
+        for b, k in zip(*np.nonzero(np.isfinite(alive))):  # live beams of full length
+            pool[b].append((alive[b, k] / n**length_penalty, len(pool[b]), alive_tokens[b, k]))
     else:
         for b in range(B):
-            pool[b].append((0.0, 0, alive_tokens[b, 0]))              # the prompt alone
+            pool[b].append((0.0, 0, alive_tokens[b, 0]))  # the prompt alone
 
     sequences = np.full((B, K, T + n), pad_id, np.int64)
     sequences[:, :, :T] = prompts.ids[:, None]
     scores = np.full((B, K), -np.inf)
-    for b in range(B):                                                # ranking, once per prompt
+    for b in range(B):  # ranking, once per prompt
         for k, (score, _, toks) in enumerate(sorted(pool[b], key=lambda h: (-h[0], h[1]))[:K]):
-            sequences[b, k, T:T + len(toks)], scores[b, k] = toks, score
+            sequences[b, k, T : T + len(toks)], scores[b, k] = toks, score
     return BeamResult(sequences[0], scores[0]) if prompts.single else BeamResult(sequences, scores)

@@ -11,7 +11,7 @@ prompt (T,) gives the tokens of row 0 of a batch.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -23,15 +23,25 @@ from .sampling import check_sampling, draw
 __all__ = ["generate", "stream", "stream_window"]
 
 
-def _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
-           eos_id, pad_id, attention_mask) -> tuple[Decoding, tuple]:
+def _setup(
+    model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, attention_mask
+) -> tuple[Decoding, tuple]:
     """Check every argument (a ValueError naming the bad one) and left-pad the prompts."""
     sampling = check_sampling(temperature, top_k, top_p)
     if sampling[0] > 0 and not isinstance(rng, random.Key):
-        raise ValueError(f"rng must be an lt.random.Key (lt.random.key(seed)) to sample with "
-                         f"temperature={sampling[0]}; got {rng!r} (temperature=0 is greedy and needs none)")
-    run = prepare_decoding(model, params, prompt_ids, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                           pad_id=pad_id, attention_mask=attention_mask)
+        raise ValueError(
+            f"rng must be an lt.random.Key (lt.random.key(seed)) to sample with "
+            f"temperature={sampling[0]}; got {rng!r} (temperature=0 is greedy and needs none)"
+        )
+    run = prepare_decoding(
+        model,
+        params,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        attention_mask=attention_mask,
+    )
     return run, sampling
 
 
@@ -49,22 +59,33 @@ def _tokens(model, params, run: Decoding, rng, sampling) -> Iterator[np.ndarray]
         return
     B, T = prompts.ids.shape
     u = _uniforms(rng, B, n) if sampling[0] > 0 else None
-    logits, cache = prefill_prompts(model, params, prompts, T + n)   # (B, V); room for every step
+    logits, cache = prefill_prompts(model, params, prompts, T + n)  # (B, V); room for every step
     finished = np.zeros(B, bool)
-    for step in range(n):                                             # a loop over generated steps
-        tok = draw(logits, None if u is None else u[:, step], *sampling).astype(np.int64)   # (B,)
+    for step in range(n):  # a loop over generated steps
+        tok = draw(logits, None if u is None else u[:, step], *sampling).astype(np.int64)  # (B,)
         if eos_id is not None:
             tok[finished] = pad_id
             finished |= tok == eos_id
-        yield tok.copy()                                              # the caller's to keep
+        yield tok.copy()  # the caller's to keep
         if step == n - 1 or finished.all():
             return
-        logits, cache = extend_prepared(model, params, cache, tok[:, None])   # one new position per row
+        logits, cache = extend_prepared(model, params, cache, tok[:, None])  # one new position per row
 
 
-def stream(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-           pad_id: int | None = None, attention_mask=None) -> Iterator:
+def stream(
+    model,
+    params,
+    prompt_ids,
+    *,
+    rng=None,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    attention_mask=None,
+) -> Iterator:
     """Generate lazily: an iterator over the new tokens, one step at a time (for streaming).
 
     Each step yields an ``int`` for a single prompt (T,) and a fresh int64 array (B,)
@@ -73,16 +94,28 @@ def stream(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperat
     are checked when ``stream`` is called; the prompt is prefilled at the first
     ``next`` and each later ``next`` computes one step. Options as in :func:`generate`.
     """
-    run, sampling = _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
-                           eos_id, pad_id, attention_mask)
+    run, sampling = _setup(
+        model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, attention_mask
+    )
     steps = _tokens(model, params, run, rng, sampling)
     return (int(tok[0]) for tok in steps) if run.prompts.single else steps
 
 
-def generate(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             pad_id: int | None = None, attention_mask=None,
-             callback: Callable | None = None) -> np.ndarray:
+def generate(
+    model,
+    params,
+    prompt_ids,
+    *,
+    rng=None,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    attention_mask=None,
+    callback: Callable | None = None,
+) -> np.ndarray:
     """Continue each prompt by ``max_new_tokens`` tokens: the prompts followed by them.
 
     ``prompt_ids``: one prompt (T,); a batch (B, T), left-padded where ``attention_mask``
@@ -103,8 +136,9 @@ def generate(model, params, prompt_ids, *, rng=None, max_new_tokens: int, temper
     otherwise; there is no sliding window). Inference only: plain NumPy, a KV cache
     sized for the whole run, the prompt prefilled in one pass, then one position per step.
     """
-    run, sampling = _setup(model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p,
-                           eos_id, pad_id, attention_mask)
+    run, sampling = _setup(
+        model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, attention_mask
+    )
     prompts = run.prompts
     B, T = prompts.ids.shape
     out = np.full((B, T + run.max_new_tokens), run.pad_id, np.int64)
@@ -124,12 +158,12 @@ def stream_window(model, params, prompt_ids, *, rng=None, max_new_tokens: int, *
     from there (chunk ``c`` draws from ``fold_in(rng, c)``). Tokens further back are
     forgotten. Options as in :func:`stream`; within the context it equals ``stream``.
     """
-    ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)][-model.max_seq_len:]
+    ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)][-model.max_seq_len :]
     remaining = _checks.integer(max_new_tokens, "max_new_tokens", 0)
     chunk = 0
     while remaining:
         if len(ids) >= model.max_seq_len:
-            ids = ids[-(model.max_seq_len // 2):]
+            ids = ids[-(model.max_seq_len // 2) :]
         n = min(remaining, model.max_seq_len - len(ids))
         key = rng if chunk == 0 else random.fold_in(rng, chunk)
         for tok in stream(model, params, np.asarray(ids, np.int64), rng=key, max_new_tokens=n, **options):

@@ -33,6 +33,7 @@ __all__ = ["KVCache", "prefill", "extend", "prefill_prompts", "extend_prepared"]
 
 # ----------------------------------------------------------------- the cache
 
+
 class _Buffer:
     """Storage shared by the caches of one prefill: per layer keys and values (B, H, C, d),
     the real-token mask (B, C), and how many positions have been written (``filled``)."""
@@ -43,11 +44,15 @@ class _Buffer:
         self.keys, self.values, self.mask, self.filled = keys, values, mask, filled
 
     @classmethod
-    def empty(cls, L: int, B: int, H: int, C: int, d: int, dtype) -> "_Buffer":
-        return cls([np.empty((B, H, C, d), dtype) for _ in range(L)],
-                   [np.empty((B, H, C, d), dtype) for _ in range(L)], np.zeros((B, C), bool), 0)
+    def empty(cls, L: int, B: int, H: int, C: int, d: int, dtype) -> _Buffer:
+        return cls(
+            [np.empty((B, H, C, d), dtype) for _ in range(L)],
+            [np.empty((B, H, C, d), dtype) for _ in range(L)],
+            np.zeros((B, C), bool),
+            0,
+        )
 
-    def copy(self, S: int, C: int, rows=None) -> "_Buffer":
+    def copy(self, S: int, C: int, rows=None) -> _Buffer:
         """A new buffer of capacity C holding the first S positions (of ``rows`` only, if given)."""
         take = (lambda a: a) if rows is None else (lambda a: a[rows])
         B = self.mask.shape[0] if rows is None else len(rows)
@@ -76,20 +81,20 @@ class KVCache:
     model: object = attrs.field(repr=False)
     length: int
     next_positions: np.ndarray = attrs.field(repr=False)
-    padded: bool = attrs.field(repr=False)           # some key is padding: decode steps need a mask
+    padded: bool = attrs.field(repr=False)  # some key is padding: decode steps need a mask
     _buffer: _Buffer = attrs.field(repr=False)
 
     @property
     def keys(self) -> tuple:
-        return tuple(_read_only(k[:, :, :self.length]) for k in self._buffer.keys)
+        return tuple(_read_only(k[:, :, : self.length]) for k in self._buffer.keys)
 
     @property
     def values(self) -> tuple:
-        return tuple(_read_only(v[:, :, :self.length]) for v in self._buffer.values)
+        return tuple(_read_only(v[:, :, : self.length]) for v in self._buffer.values)
 
     @property
     def mask(self) -> np.ndarray:
-        return _read_only(self._buffer.mask[:, :self.length])
+        return _read_only(self._buffer.mask[:, : self.length])
 
     @property
     def batch_size(self) -> int:
@@ -100,7 +105,7 @@ class KVCache:
         """Positions the buffer holds before :func:`extend` must grow it (by copying)."""
         return self._buffer.mask.shape[1]
 
-    def take(self, rows) -> "KVCache":
+    def take(self, rows) -> KVCache:
         """A cache of the given batch rows (B',) in that order (beam search reorders beams)."""
         rows = np.asarray(rows)
         buf = self._buffer.copy(self.length, self.capacity, rows)
@@ -109,12 +114,15 @@ class KVCache:
 
 # ----------------------------------------------------------------- the steps
 
+
 def _appender(keys: np.ndarray, values: np.ndarray, start: int, stop: int):
     """The ``kv`` hook of one layer: write the new keys/values at [start, stop), return [0, stop)."""
-    def kv(k, v):                                    # (B, H, t, d) each
+
+    def kv(k, v):  # (B, H, t, d) each
         keys[:, :, start:stop] = k
         values[:, :, start:stop] = v
-        return keys[:, :, :stop], values[:, :, :stop]                # (B, H, S, d)
+        return keys[:, :, :stop], values[:, :, :stop]  # (B, H, S, d)
+
     return kv
 
 
@@ -136,40 +144,42 @@ def prefill_prompts(model, params, prompts: Prompts, capacity: int):
     buf = _Buffer.empty(model.num_layers, B, model.kv_heads, max(capacity, T), d, model.compute_dtype(params))
     buf.mask[:, :T] = prompts.mask
     padded = not prompts.mask.all()
-    mask = model.visible(0, T)                                        # (T, T)
+    mask = model.visible(0, T)  # (T, T)
     if padded:
-        mask = mask & prompts.mask[:, None, None, :]                  # (B, 1, T, T)
+        mask = mask & prompts.mask[:, None, None, :]  # (B, 1, T, T)
     logits = _run(model, params, buf, 0, prompts.ids, prompts.positions, mask)
-    nxt = _read_only(prompts.positions[:, -1] + 1)                    # (B,)
+    nxt = _read_only(prompts.positions[:, -1] + 1)  # (B,)
     return logits, KVCache(model, T, nxt, padded, buf)
 
 
 def extend_prepared(model, params, cache: KVCache, ids: np.ndarray):
     """:func:`extend` for ids (B, t) that are known to be valid (a decoder's own samples):
     ``(logits (B, V), KVCache)``. Checks only that the positions fit ``max_seq_len``."""
-    B, t = ids.shape
+    _, t = ids.shape  # (B, t)
     S, stop = cache.length, cache.length + t
     buf = cache._buffer
-    if stop > cache.capacity:                                         # no room: grow (amortised O(1))
+    if stop > cache.capacity:  # no room: grow (amortised O(1))
         buf = buf.copy(S, max(stop, 2 * cache.capacity))
-    elif buf.filled != S:                                             # S.. shown by a newer cache: fork
+    elif buf.filled != S:  # S.. shown by a newer cache: fork
         buf = buf.copy(S, cache.capacity)
-    positions = cache.next_positions[:, None] + np.arange(t)          # (B, t)
+    positions = cache.next_positions[:, None] + np.arange(t)  # (B, t)
     if positions[:, -1].max() >= model.max_seq_len:
-        raise ValueError(f"cannot extend past max_seq_len={model.max_seq_len}: a row would reach "
-                         f"position {int(positions[:, -1].max())}")
+        raise ValueError(
+            f"cannot extend past max_seq_len={model.max_seq_len}: a row would reach "
+            f"position {int(positions[:, -1].max())}"
+        )
     buf.mask[:, S:stop] = True
-    mask = None                                                       # one query sees every key
+    mask = None  # one query sees every key
     if cache.padded or t > 1 or (model.sliding_window is not None and stop > model.sliding_window):
-        mask = model.visible(S, stop) & buf.mask[:, None, None, :stop]     # (B, 1, t, S + t)
+        mask = model.visible(S, stop) & buf.mask[:, None, None, :stop]  # (B, 1, t, S + t)
     logits = _run(model, params, buf, S, ids, positions, mask)
     return logits, KVCache(model, stop, _read_only(positions[:, -1] + 1), cache.padded, buf)
 
 
 # ----------------------------------------------------------------- public API
 
-def prefill(model, params, prompt_ids, *, attention_mask=None, capacity: int | None = None,
-            pad_id: int = 0):
+
+def prefill(model, params, prompt_ids, *, attention_mask=None, capacity: int | None = None, pad_id: int = 0):
     """Run the prompts through ``model`` in one pass: ``(logits, cache)``.
 
     ``logits`` (B, V) (or (V,) for one prompt (T,)) predict each row's next token;
@@ -197,6 +207,8 @@ def extend(model, params, cache: KVCache, ids):
     ids = model.check_ids(ids, "ids")
     ids = ids[:, None] if ids.ndim == 1 else ids
     if ids.shape[0] != cache.batch_size or ids.shape[1] == 0:
-        raise ValueError(f"ids must have shape ({cache.batch_size},) or ({cache.batch_size}, t) with t >= 1 "
-                         f"for this cache, got {np.shape(ids)}")
+        raise ValueError(
+            f"ids must have shape ({cache.batch_size},) or ({cache.batch_size}, t) with t >= 1 "
+            f"for this cache, got {np.shape(ids)}"
+        )
     return extend_prepared(model, params, cache, ids)

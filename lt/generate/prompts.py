@@ -23,10 +23,10 @@ __all__ = ["Prompts", "prepare_prompts", "Decoding", "prepare_decoding"]
 class Prompts(NamedTuple):
     """A batch of left-padded prompts ready for prefill; every array is (B, T)."""
 
-    ids: np.ndarray          # token ids; padding holds pad_id
-    mask: np.ndarray         # True at real tokens
-    positions: np.ndarray    # position ids: 0 at each row's first real token
-    single: bool             # the caller gave one prompt (T,)
+    ids: np.ndarray  # token ids; padding holds pad_id
+    mask: np.ndarray  # True at real tokens
+    positions: np.ndarray  # position ids: 0 at each row's first real token
+    single: bool  # the caller gave one prompt (T,)
 
 
 def _left_pad(rows, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +38,9 @@ def _left_pad(rows, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     T = max(len(r) for r in rows)
     ids = np.full((len(rows), T), pad_id, np.int64)
     mask = np.zeros((len(rows), T), bool)
-    for i, r in enumerate(rows):                      # once per prompt, before decoding
+    for i, r in enumerate(rows):  # once per prompt, before decoding
         if len(r):
-            ids[i, T - len(r):], mask[i, T - len(r):] = r, True
+            ids[i, T - len(r) :], mask[i, T - len(r) :] = r, True
     return ids, mask
 
 
@@ -53,8 +53,10 @@ def _check_mask(attention_mask, shape: tuple) -> np.ndarray:
     if mask.shape != shape:
         raise ValueError(f"attention_mask must have the shape of prompt_ids {shape}, got {np.shape(attention_mask)}")
     if np.any(mask[:, 1:] < mask[:, :-1]):
-        raise ValueError("attention_mask must mark left padding (False before a row's prompt, True "
-                         "from its first token on); a row has False after True")
+        raise ValueError(
+            "attention_mask must mark left padding (False before a row's prompt, True "
+            "from its first token on); a row has False after True"
+        )
     return mask
 
 
@@ -65,29 +67,38 @@ def prepare_prompts(model, prompt_ids, attention_mask=None, pad_id: int = 0) -> 
     (B, T) marks padding with False), or a list of 1-D prompts of any lengths, which is
     left-padded with ``pad_id``. The caller's arrays are never written to.
     """
-    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and all(np.ndim(r) == 1 for r in prompt_ids) \
-            and len({len(r) for r in prompt_ids}) > 1:
+    if (
+        isinstance(prompt_ids, (list, tuple))
+        and prompt_ids
+        and all(np.ndim(r) == 1 for r in prompt_ids)
+        and len({len(r) for r in prompt_ids}) > 1
+    ):
         if attention_mask is not None:
-            raise ValueError("attention_mask must be None when prompt_ids is a list of prompts of "
-                             "different lengths (they are left-padded for you)")
+            raise ValueError(
+                "attention_mask must be None when prompt_ids is a list of prompts of "
+                "different lengths (they are left-padded for you)"
+            )
         ids, attention_mask = _left_pad(prompt_ids, pad_id)
     else:
         ids = np.asarray(prompt_ids)
         if ids.size == 0 and ids.dtype == np.float64:
-            ids = ids.astype(np.int64)                # [] is an empty prompt, not a float array
+            ids = ids.astype(np.int64)  # [] is an empty prompt, not a float array
     ids = model.check_ids(ids, "prompt_ids")
     single = ids.ndim == 1
-    ids = ids[None] if single else ids                # (B, T), a view
+    ids = ids[None] if single else ids  # (B, T), a view
     B, T = ids.shape
     if B == 0 or T == 0:
-        raise ValueError(f"prompt_ids is empty (shape {ids.shape[1:] if single else ids.shape}); "
-                         "give at least one token per prompt")
+        raise ValueError(
+            f"prompt_ids is empty (shape {ids.shape[1:] if single else ids.shape}); give at least one token per prompt"
+        )
     mask = np.ones((B, T), bool) if attention_mask is None else _check_mask(attention_mask, (B, T))
-    empty = ~mask[:, -1]                              # left padding: a real row ends with True
+    empty = ~mask[:, -1]  # left padding: a real row ends with True
     if empty.any():
-        raise ValueError(f"prompt_ids row {int(np.argmax(empty))} is empty (no position is marked "
-                         "real); give at least one token per prompt")
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)          # (B, T)
+        raise ValueError(
+            f"prompt_ids row {int(np.argmax(empty))} is empty (no position is marked "
+            "real); give at least one token per prompt"
+        )
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)  # (B, T)
     return Prompts(ids, mask, positions, single)
 
 
@@ -100,8 +111,9 @@ class Decoding(NamedTuple):
     pad_id: int
 
 
-def prepare_decoding(model, params, prompt_ids, *, max_new_tokens, eos_id=None, pad_id=None,
-                     attention_mask=None) -> Decoding:
+def prepare_decoding(
+    model, params, prompt_ids, *, max_new_tokens, eos_id=None, pad_id=None, attention_mask=None
+) -> Decoding:
     """Check the shared decoding arguments and left-pad the prompts (a ValueError naming the bad one).
 
     ``pad_id`` defaults to ``eos_id``, else 0. The longest prompt plus ``max_new_tokens``
@@ -116,8 +128,10 @@ def prepare_decoding(model, params, prompt_ids, *, max_new_tokens, eos_id=None, 
     prompts = prepare_prompts(model, prompt_ids, attention_mask, pad_id)
     longest = int(prompts.positions[:, -1].max()) + 1
     if longest + n > model.max_seq_len:
-        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={n} is "
-                         f"{longest + n} positions, more than max_seq_len={model.max_seq_len}: "
-                         "shorten the prompt or lower max_new_tokens, or use lt.generate.stream_window "
-                         "(learned positions stop at max_seq_len)")
+        raise ValueError(
+            f"a prompt of {longest} tokens + max_new_tokens={n} is "
+            f"{longest + n} positions, more than max_seq_len={model.max_seq_len}: "
+            "shorten the prompt or lower max_new_tokens, or use lt.generate.stream_window "
+            "(learned positions stop at max_seq_len)"
+        )
     return Decoding(prompts, n, eos_id, pad_id)

@@ -46,15 +46,15 @@ def top_k_indices(x: np.ndarray, k: int) -> np.ndarray:
     V = x.shape[-1]
     k = min(int(k), V)
     if k < V:
-        kth = np.partition(x, V - k, axis=-1)[..., V - k, None]      # (..., 1) k-th largest value
-        above, tied = x > kth, x == kth                               # (..., V)
-        room = k - above.sum(axis=-1, keepdims=True)                  # ties still to take
-        keep = above | (tied & (np.cumsum(tied, axis=-1) <= room))    # exactly k per row
-        idx = np.nonzero(keep)[-1].reshape(x.shape[:-1] + (k,))       # (..., k), ascending index
+        kth = np.partition(x, V - k, axis=-1)[..., V - k, None]  # (..., 1) k-th largest value
+        above, tied = x > kth, x == kth  # (..., V)
+        room = k - above.sum(axis=-1, keepdims=True)  # ties still to take
+        keep = above | (tied & (np.cumsum(tied, axis=-1) <= room))  # exactly k per row
+        idx = np.nonzero(keep)[-1].reshape(x.shape[:-1] + (k,))  # (..., k), ascending index
     else:
         idx = np.broadcast_to(np.arange(V), x.shape)
-    order = np.argsort(-np.take_along_axis(x, idx, -1), axis=-1, kind="stable")   # ties keep index order
-    return np.take_along_axis(idx, order, -1)                         # (..., k)
+    order = np.argsort(-np.take_along_axis(x, idx, -1), axis=-1, kind="stable")  # ties keep index order
+    return np.take_along_axis(idx, order, -1)  # (..., k)
 
 
 def _candidates(logits, temperature: float, top_k, top_p):
@@ -64,26 +64,27 @@ def _candidates(logits, temperature: float, top_k, top_p):
     probabilities (..., m), zero for tokens top-p dropped; or ``(None, probs)`` (..., V)
     when nothing is filtered. ``temperature`` must be > 0.
     """
-    x = np.asarray(logits, dtype=np.float64)                          # (..., V)
-    x = (x - x.max(axis=-1, keepdims=True)) / temperature             # <= 0: no overflow at tiny t
+    x = np.asarray(logits, dtype=np.float64)  # (..., V)
+    x = (x - x.max(axis=-1, keepdims=True)) / temperature  # <= 0: no overflow at tiny t
     if top_k is None and (top_p is None or top_p >= 1.0):
-        exp_normalize_(x)                                             # x is a new array: in place
+        exp_normalize_(x)  # x is a new array: in place
         return None, x
     idx = top_k_indices(x, x.shape[-1] if top_k is None else top_k)  # (..., m) most likely first
-    probs = np.take_along_axis(x, idx, -1)                            # (..., m), a new array; its max is 0
-    exp_normalize_(probs)                                             # renormalised over top-k
+    probs = np.take_along_axis(x, idx, -1)  # (..., m), a new array; its max is 0
+    exp_normalize_(probs)  # renormalised over top-k
     if top_p is not None and top_p < 1.0:
-        before = np.cumsum(probs, axis=-1)                            # mass of the tokens ahead
+        before = np.cumsum(probs, axis=-1)  # mass of the tokens ahead
         before[..., 1:] = before[..., :-1].copy()
         before[..., 0] = 0.0
-        probs *= before < top_p                                       # the first token always stays
+        probs *= before < top_p  # the first token always stays
         probs /= probs.sum(axis=-1, keepdims=True)
-    by_index = np.argsort(idx, axis=-1)                               # back to token order
+    by_index = np.argsort(idx, axis=-1)  # back to token order
     return np.take_along_axis(idx, by_index, -1), np.take_along_axis(probs, by_index, -1)
 
 
-def distribution(logits, *, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None) -> np.ndarray:
+def distribution(
+    logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> np.ndarray:
     """The distribution the next token is drawn from: float64 (..., V), each row summing to 1.
 
     Zero outside the tokens temperature, top-k and top-p leave; ``temperature=0`` gives
@@ -93,7 +94,7 @@ def distribution(logits, *, temperature: float = 1.0, top_k: int | None = None,
     logits = np.asarray(logits)
     dense = np.zeros(logits.shape, np.float64)
     if temperature == 0.0:
-        np.put_along_axis(dense, greedy(logits)[..., None], 1.0, -1)          # one-hot
+        np.put_along_axis(dense, greedy(logits)[..., None], 1.0, -1)  # one-hot
         return dense
     idx, probs = _candidates(logits, temperature, top_k, top_p)
     if idx is None:
@@ -112,7 +113,7 @@ def filter_logits(logits, *, top_k: int | None = None, top_p: float | None = Non
     logits = np.asarray(logits)
     if not np.issubdtype(logits.dtype, np.floating):
         raise TypeError(f"logits must be a float array, got dtype {logits.dtype}")
-    keep = distribution(logits, top_k=top_k, top_p=top_p) > 0        # (..., V)
+    keep = distribution(logits, top_k=top_k, top_p=top_p) > 0  # (..., V)
     return np.where(keep, logits, logits.dtype.type(ops.masked_fill_value(logits.dtype)))
 
 
@@ -128,9 +129,9 @@ def _inverse_cdf(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     a zero-probability column is never chosen (its cumulative value equals its left
     neighbour's), and rounding at the very top falls back to the last nonzero column.
     """
-    cdf = np.cumsum(probs, axis=-1)                                   # (..., m)
-    x = u * cdf[..., -1]                                              # (...)
-    col = (cdf <= x[..., None]).sum(axis=-1)                          # first cdf > x
+    cdf = np.cumsum(probs, axis=-1)  # (..., m)
+    x = u * cdf[..., -1]  # (...)
+    col = (cdf <= x[..., None]).sum(axis=-1)  # first cdf > x
     last = probs.shape[-1] - 1 - np.argmax(probs[..., ::-1] > 0, axis=-1)
     return np.minimum(col, last)
 
@@ -145,8 +146,9 @@ def draw(logits, u, temperature: float, top_k: int | None, top_p: float | None) 
     return col if idx is None else np.take_along_axis(idx, col[..., None], -1)[..., 0]
 
 
-def sample(rng, logits, *, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None) -> np.ndarray:
+def sample(
+    rng, logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> np.ndarray:
     """Tokens drawn from :func:`distribution` of ``logits`` (..., V) -> (...) int.
 
     Row ``i`` (in C order over the leading axes) uses the ``i``-th float64 of

@@ -14,6 +14,10 @@ directory, checks the layer count against the blocks present before building any
 and every tensor's name, shape and dtype against the config before reading any
 (:class:`HFCheckpointError`). Config options whose maths lt does not implement are
 refused with the field named. :func:`load_tokenizer` reads the directory's tokenizer.
+
+Where a path is expected, a Hugging Face hub name (``"gpt2"``, ``"Qwen/Qwen2.5-0.5B"``) that
+is not a local path is fetched into the hub's cache by :func:`resolve` (:mod:`lt.hf.hub`,
+``huggingface_hub`` from the ``hf`` extra; ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` honoured).
 """
 
 from __future__ import annotations
@@ -29,10 +33,22 @@ from ..nn.gpt import GPT
 from . import gpt2, llama
 from .files import HFCheckpointError, count_blocks, open_weights, read_config, read_params
 from .gpt2 import hf_name
-from .tokenizer import HFTokenizer, load_tokenizer
+from .hub import resolve
+from .tokenizer import HFTokenizer
+from .tokenizer import load_tokenizer as _load_tokenizer
 
-__all__ = ["from_hf", "to_hf", "gpt_from_config", "config_from_gpt", "hf_name", "HFCheckpointError",
-           "MODEL_TYPES", "load_tokenizer", "HFTokenizer"]
+__all__ = [
+    "from_hf",
+    "to_hf",
+    "gpt_from_config",
+    "config_from_gpt",
+    "hf_name",
+    "HFCheckpointError",
+    "MODEL_TYPES",
+    "load_tokenizer",
+    "HFTokenizer",
+    "resolve",
+]
 
 _FAMILIES = {t: module for module in (gpt2, llama) for t in module.MODEL_TYPES}
 MODEL_TYPES = tuple(_FAMILIES)
@@ -41,8 +57,9 @@ MODEL_TYPES = tuple(_FAMILIES)
 def _family(config: dict, where: str):
     model_type = config.get("model_type", "gpt2")
     if model_type not in _FAMILIES:
-        raise ValueError(f"{where}: model_type is {model_type!r}; lt reads "
-                         f"{', '.join(map(repr, MODEL_TYPES))} checkpoints")
+        raise ValueError(
+            f"{where}: model_type is {model_type!r}; lt reads {', '.join(map(repr, MODEL_TYPES))} checkpoints"
+        )
     return _FAMILIES[model_type]
 
 
@@ -67,14 +84,15 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
 
 
 def from_hf(path, *, dtype=np.float32, dropout: float | None = None) -> tuple[GPT, object]:
-    """``(model, params)`` from a Hugging Face model directory (config.json + safetensors).
+    """``(model, params)`` from a Hugging Face model directory (config.json + safetensors), or
+    from a hub name such as ``"gpt2"`` (:func:`resolve`: downloaded once into the hub cache).
 
     ``model_type`` ``gpt2``, ``llama``, ``qwen2`` or ``mistral``. Weights stored as F16,
     BF16, F32 or F64 are converted to ``dtype`` (float32 or float64). Every tensor's
     presence, shape and dtype is checked against the config: a missing, wrong-shaped or
     unexpected tensor raises a ValueError naming it. ``dropout``: see :func:`gpt_from_config`.
     """
-    path = Path(path)
+    path = resolve(path)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"from_hf: dtype must be float32 or float64, got {dtype}")
@@ -88,13 +106,21 @@ def from_hf(path, *, dtype=np.float32, dropout: float | None = None) -> tuple[GP
         # The spec grows with the layer count: compare it to the blocks present before building it.
         blocks = count_blocks(stored, fam.BLOCKS)
         if model.num_layers > blocks:
-            raise HFCheckpointError(f"{where}: {fam.LAYERS_FIELD}={model.num_layers}, but the weights hold "
-                                    f"{blocks} blocks ({fam.BLOCKS}.0 ... {fam.BLOCKS}.{blocks - 1})")
+            raise HFCheckpointError(
+                f"{where}: {fam.LAYERS_FIELD}={model.num_layers}, but the weights hold "
+                f"{blocks} blocks ({fam.BLOCKS}.0 ... {fam.BLOCKS}.{blocks - 1})"
+            )
         params = read_params(path, model, stored, dtype, fam.sources(model), fam.skip(model), fam.KIND)
     finally:
         for st in files:
             st.close()
     return model, params
+
+
+def load_tokenizer(path):
+    """The tokenizer of a Hugging Face model directory, a ``tokenizer.json`` file, or a hub name
+    (:func:`resolve`); see :func:`lt.hf.tokenizer.load_tokenizer`."""
+    return _load_tokenizer(resolve(path))
 
 
 def to_hf(model: GPT, params, path) -> Path:
@@ -108,7 +134,7 @@ def to_hf(model: GPT, params, path) -> Path:
     model the family cannot express. Returns ``path``.
     """
     fam = _writer(model)
-    fam.config_from_gpt(model)                        # refuse what the family cannot express, first
+    fam.config_from_gpt(model)  # refuse what the family cannot express, first
     model.check_params(params)
     config = fam.config_from_gpt(model, model.compute_dtype(params))
     tensors = fam.tensors(model, params)

@@ -36,42 +36,75 @@ from .files import Source
 __all__ = ["MODEL_TYPES", "hf_name", "gpt_from_config", "config_from_gpt"]
 
 MODEL_TYPES = ("gpt2",)
-PREFIX = "transformer."            # GPT2LMHeadModel's prefix of every tensor but lm_head.weight
-BLOCKS = "h"                       # block i's tensors are h.i.…
+PREFIX = "transformer."  # GPT2LMHeadModel's prefix of every tensor but lm_head.weight
+BLOCKS = "h"  # block i's tensors are h.i.…
 LAYERS_FIELD = "n_layer"
 KIND = "GPT-2 LM"
 
 # GPT2Config's defaults, used for fields a config.json leaves out (as transformers does).
 _DEFAULTS = {
-    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-    "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1, "embd_pdrop": 0.1,
-    "attn_pdrop": 0.1, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
-    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "tie_word_embeddings": True,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
     "add_cross_attention": False,
 }
 # transformers' activations that are GELU's tanh form (lt's "gelu"), and ReLU.
-_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu",
-                "gelu_python_tanh": "gelu", "gelu_accurate": "gelu", "relu": "relu"}
+_ACTIVATIONS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+    "gelu_python_tanh": "gelu",
+    "gelu_accurate": "gelu",
+    "relu": "relu",
+}
 # Options that change what the model computes, with the value lt computes.
-_FIXED = {"scale_attn_weights": (True, "lt always scales attention scores by 1/sqrt(head_dim)"),
-          "scale_attn_by_inverse_layer_idx": (False, "lt does not scale attention by 1/(layer+1)"),
-          "add_cross_attention": (False, "lt's GPT is decoder-only, without cross-attention")}
-_BLOCK = {"ln1.scale": "ln_1.weight", "ln1.bias": "ln_1.bias",
-          "attn.qkv.w": "attn.c_attn.weight", "attn.qkv.b": "attn.c_attn.bias",
-          "attn.proj.w": "attn.c_proj.weight", "attn.proj.b": "attn.c_proj.bias",
-          "ln2.scale": "ln_2.weight", "ln2.bias": "ln_2.bias",
-          "ffn.fc.w": "mlp.c_fc.weight", "ffn.fc.b": "mlp.c_fc.bias",
-          "ffn.proj.w": "mlp.c_proj.weight", "ffn.proj.b": "mlp.c_proj.bias"}
-_TOP = {"wte.w": "wte.weight", "wpe.w": "wpe.weight", "ln_f.scale": "ln_f.weight",
-        "ln_f.bias": "ln_f.bias", "head.w": "lm_head.weight"}
+_FIXED = {
+    "scale_attn_weights": (True, "lt always scales attention scores by 1/sqrt(head_dim)"),
+    "scale_attn_by_inverse_layer_idx": (False, "lt does not scale attention by 1/(layer+1)"),
+    "add_cross_attention": (False, "lt's GPT is decoder-only, without cross-attention"),
+}
+_BLOCK = {
+    "ln1.scale": "ln_1.weight",
+    "ln1.bias": "ln_1.bias",
+    "attn.qkv.w": "attn.c_attn.weight",
+    "attn.qkv.b": "attn.c_attn.bias",
+    "attn.proj.w": "attn.c_proj.weight",
+    "attn.proj.b": "attn.c_proj.bias",
+    "ln2.scale": "ln_2.weight",
+    "ln2.bias": "ln_2.bias",
+    "ffn.fc.w": "mlp.c_fc.weight",
+    "ffn.fc.b": "mlp.c_fc.bias",
+    "ffn.proj.w": "mlp.c_proj.weight",
+    "ffn.proj.b": "mlp.c_proj.bias",
+}
+_TOP = {
+    "wte.w": "wte.weight",
+    "wpe.w": "wpe.weight",
+    "ln_f.scale": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+    "head.w": "lm_head.weight",
+}
 _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
-_ENDOFTEXT = 50256                 # GPT-2's <|endoftext|> id, its bos and eos
+_ENDOFTEXT = 50256  # GPT-2's <|endoftext|> id, its bos and eos
 # lt.GPT fields GPT-2 has one value of: (field, GPT-2's value, what GPT-2 computes).
-_GPT2_ONLY = (("norm", "layer", "LayerNorm (norm='layer')"),
-              ("activation", ("gelu", "relu"), "a GELU or ReLU feed-forward"),
-              ("bias", True, "biases on every Linear (bias=True)"),
-              ("qkv_bias", (None, True), "biases on q, k, v (qkv_bias=None or True)"),
-              ("sliding_window", None, "full causal attention (sliding_window=None)"))
+_GPT2_ONLY = (
+    ("norm", "layer", "LayerNorm (norm='layer')"),
+    ("activation", ("gelu", "relu"), "a GELU or ReLU feed-forward"),
+    ("bias", True, "biases on every Linear (bias=True)"),
+    ("qkv_bias", (None, True), "biases on q, k, v (qkv_bias=None or True)"),
+    ("sliding_window", None, "full causal attention (sliding_window=None)"),
+)
 
 
 def hf_name(path: str) -> str:
@@ -86,6 +119,7 @@ def hf_name(path: str) -> str:
 
 # ------------------------------------------------------------------ config
 
+
 def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = "config") -> GPT:
     """The lt GPT a ``GPT2Config`` dict describes; refuses options lt cannot compute.
 
@@ -95,27 +129,37 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
     c = {**_DEFAULTS, **config}
     for field, (value, why) in _FIXED.items():
         if c[field] != value:
-            raise ValueError(f"{where}: {field}={c[field]!r} is not supported ({why}); "
-                             f"expected {value!r}")
+            raise ValueError(f"{where}: {field}={c[field]!r} is not supported ({why}); expected {value!r}")
     act = c["activation_function"]
     if act not in _ACTIVATIONS:
-        raise ValueError(f"{where}: activation_function={act!r} is not supported; lt computes "
-                         f"the tanh GELU {sorted(k for k, v in _ACTIVATIONS.items() if v == 'gelu')} "
-                         "or 'relu' (note 'gelu' in transformers is the exact erf form)")
+        raise ValueError(
+            f"{where}: activation_function={act!r} is not supported; lt computes "
+            f"the tanh GELU {sorted(k for k, v in _ACTIVATIONS.items() if v == 'gelu')} "
+            "or 'relu' (note 'gelu' in transformers is the exact erf form)"
+        )
     if dropout is None:
         rates = {c[k] for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
         if len(rates) != 1:
-            raise ValueError(f"{where}: resid_pdrop, embd_pdrop and attn_pdrop differ "
-                             f"({c['resid_pdrop']}, {c['embd_pdrop']}, {c['attn_pdrop']}); lt has one "
-                             "dropout rate: pass dropout= to choose it")
+            raise ValueError(
+                f"{where}: resid_pdrop, embd_pdrop and attn_pdrop differ "
+                f"({c['resid_pdrop']}, {c['embd_pdrop']}, {c['attn_pdrop']}); lt has one "
+                "dropout rate: pass dropout= to choose it"
+            )
         dropout = rates.pop()
     try:
-        return GPT(vocab_size=c["vocab_size"], max_seq_len=c["n_positions"], num_layers=c["n_layer"],
-                   num_heads=c["n_head"], hidden_dim=c["n_embd"],
-                   ffn_dim=c["n_inner"] if c["n_inner"] is not None else 4 * c["n_embd"],
-                   dropout=float(dropout), tie_embeddings=bool(c["tie_word_embeddings"]),
-                   positional="learned", activation=_ACTIVATIONS[act],
-                   layer_norm_eps=float(c["layer_norm_epsilon"]))
+        return GPT(
+            vocab_size=c["vocab_size"],
+            max_seq_len=c["n_positions"],
+            num_layers=c["n_layer"],
+            num_heads=c["n_head"],
+            hidden_dim=c["n_embd"],
+            ffn_dim=c["n_inner"] if c["n_inner"] is not None else 4 * c["n_embd"],
+            dropout=float(dropout),
+            tie_embeddings=bool(c["tie_word_embeddings"]),
+            positional="learned",
+            activation=_ACTIVATIONS[act],
+            layer_norm_eps=float(c["layer_norm_epsilon"]),
+        )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -129,34 +173,51 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
     if not isinstance(model, GPT):
         raise TypeError(f"to_hf needs an lt.GPT, got {type(model).__name__}")
     if model.positional != "learned":
-        raise ValueError(f"GPT.positional={model.positional!r} cannot be written as GPT-2, "
-                         "whose positions are a learned table (positional='learned')")
+        raise ValueError(
+            f"GPT.positional={model.positional!r} cannot be written as GPT-2, "
+            "whose positions are a learned table (positional='learned')"
+        )
     for field, allowed, what in _GPT2_ONLY:
         value = getattr(model, field, allowed if not isinstance(allowed, tuple) else allowed[0])
         if value not in (allowed if isinstance(allowed, tuple) else (allowed,)):
             raise ValueError(f"GPT.{field}={value!r} cannot be written as GPT-2, which computes {what}")
     kv_heads = getattr(model, "num_kv_heads", None)
     if kv_heads not in (None, model.num_heads):
-        raise ValueError(f"GPT.num_kv_heads={kv_heads!r} cannot be written as GPT-2, whose every "
-                         f"head has its own keys and values (num_kv_heads=None or num_heads)")
+        raise ValueError(
+            f"GPT.num_kv_heads={kv_heads!r} cannot be written as GPT-2, whose every "
+            f"head has its own keys and values (num_kv_heads=None or num_heads)"
+        )
     eot = _ENDOFTEXT if model.vocab_size > _ENDOFTEXT else None
     return {
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": model.vocab_size, "n_positions": model.max_seq_len,
-        "n_embd": model.hidden_dim, "n_layer": model.num_layers, "n_head": model.num_heads,
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": model.vocab_size,
+        "n_positions": model.max_seq_len,
+        "n_embd": model.hidden_dim,
+        "n_layer": model.num_layers,
+        "n_head": model.num_heads,
         "n_inner": model.ffn_dim,
         "activation_function": "gelu_new" if model.activation == "gelu" else "relu",
-        "resid_pdrop": model.dropout, "embd_pdrop": model.dropout, "attn_pdrop": model.dropout,
+        "resid_pdrop": model.dropout,
+        "embd_pdrop": model.dropout,
+        "attn_pdrop": model.dropout,
         "summary_first_dropout": model.dropout,
-        "layer_norm_epsilon": model.layer_norm_eps, "initializer_range": 0.02,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False, "add_cross_attention": False,
-        "tie_word_embeddings": model.tie_embeddings, "use_cache": True,
-        "bos_token_id": eot, "eos_token_id": eot, "dtype": np.dtype(dtype).name,
+        "layer_norm_epsilon": model.layer_norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": model.tie_embeddings,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "dtype": np.dtype(dtype).name,
     }
 
 
 # ------------------------------------------------------------------ tensors
+
 
 def sources(model: GPT):
     """``lt_path -> Source``: each leaf is one stored tensor; only the LM head is transposed."""
@@ -166,6 +227,7 @@ def sources(model: GPT):
         transpose = lt_path == "head.w"
         shape = shapes[lt_path][::-1] if transpose else shapes[lt_path]
         return Source(((hf_name(lt_path), shape),), transpose)
+
     return source
 
 

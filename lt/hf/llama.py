@@ -45,32 +45,69 @@ from .files import Source
 __all__ = ["MODEL_TYPES", "gpt_from_config", "config_from_gpt"]
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
-PREFIX = "model."                  # *ForCausalLM's prefix of every tensor but lm_head.weight
+PREFIX = "model."  # *ForCausalLM's prefix of every tensor but lm_head.weight
 BLOCKS = "layers"
 LAYERS_FIELD = "num_hidden_layers"
 KIND = "Llama-family LM"
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 
 # Each config class's defaults (transformers 5), for fields a config.json leaves out.
-_COMMON = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "rope_theta": 10000.0,
-           "head_dim": None, "num_key_value_heads": None}
-_DEFAULTS = {
-    "llama": {**_COMMON, "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-              "num_hidden_layers": 32, "num_attention_heads": 32, "max_position_embeddings": 2048,
-              "attention_bias": False, "mlp_bias": False},
-    "qwen2": {**_COMMON, "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
-              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-              "max_position_embeddings": 32768, "use_sliding_window": False, "sliding_window": 4096,
-              "max_window_layers": 28, "layer_types": None},
-    "mistral": {**_COMMON, "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
-                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-                "max_position_embeddings": 4096 * 32, "sliding_window": 4096},
+_COMMON = {
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "rope_theta": 10000.0,
+    "head_dim": None,
+    "num_key_value_heads": None,
 }
-_SILU = ("silu", "swish")          # transformers' names of x * sigmoid(x)
-_BLOCK = {"ln1.scale": "input_layernorm.weight", "ln2.scale": "post_attention_layernorm.weight",
-          "attn.proj.w": "self_attn.o_proj.weight", "attn.proj.b": "self_attn.o_proj.bias",
-          "ffn.gate.w": "mlp.gate_proj.weight", "ffn.up.w": "mlp.up_proj.weight",
-          "ffn.down.w": "mlp.down_proj.weight"}
+_DEFAULTS = {
+    "llama": {
+        **_COMMON,
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "max_position_embeddings": 2048,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },
+    "qwen2": {
+        **_COMMON,
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 22016,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 32768,
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": 28,
+        "layer_types": None,
+    },
+    "mistral": {
+        **_COMMON,
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 4096 * 32,
+        "sliding_window": 4096,
+    },
+}
+_SILU = ("silu", "swish")  # transformers' names of x * sigmoid(x)
+_BLOCK = {
+    "ln1.scale": "input_layernorm.weight",
+    "ln2.scale": "post_attention_layernorm.weight",
+    "attn.proj.w": "self_attn.o_proj.weight",
+    "attn.proj.b": "self_attn.o_proj.bias",
+    "ffn.gate.w": "mlp.gate_proj.weight",
+    "ffn.up.w": "mlp.up_proj.weight",
+    "ffn.down.w": "mlp.down_proj.weight",
+}
 _QKV = ("q_proj", "k_proj", "v_proj")
 _TOP = {"wte.w": "embed_tokens.weight", "ln_f.scale": "norm.weight", "head.w": "lm_head.weight"}
 _BUFFER = re.compile(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
@@ -91,15 +128,17 @@ def _rope(c: dict, where: str) -> tuple[float, RopeScaling | None]:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: rope_parameters / rope_scaling must be a JSON object, got {entry!r}")
     if any(isinstance(v, dict) for v in entry.values()):
-        raise ValueError(f"{where}: rope_parameters per layer type {sorted(entry)} are not supported "
-                         "(lt uses one rotary embedding for every layer)")
+        raise ValueError(
+            f"{where}: rope_parameters per layer type {sorted(entry)} are not supported "
+            "(lt uses one rotary embedding for every layer)"
+        )
     theta = entry.get("rope_theta", c["rope_theta"])
     partial = entry.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
         _refuse(where, "partial_rotary_factor", partial, "lt rotates every feature of a head")
     kind = entry.get("rope_type", entry.get("type", "default"))
     entry = dict(entry)
-    if kind == "llama3":                # transformers' default for the pre-scaling context
+    if kind == "llama3":  # transformers' default for the pre-scaling context
         entry.setdefault("original_max_position_embeddings", c["max_position_embeddings"])
     theta = _checks.real(theta, f"{where}: rope_theta", 0, low_open=True)
     try:
@@ -122,16 +161,23 @@ def _sliding_window(model_type: str, c: dict, num_layers: int, where: str) -> in
         if types is None:
             first = _int(c, "max_window_layers", where, 0) if window is not None else num_layers
             types = ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
-        if not isinstance(types, list) or len(types) != num_layers or \
-                not all(t in ("full_attention", "sliding_attention") for t in types):
-            raise ValueError(f"{where}: layer_types must list 'full_attention' or 'sliding_attention' "
-                             f"for each of the {num_layers} layers, got {types!r}")
+        if (
+            not isinstance(types, list)
+            or len(types) != num_layers
+            or not all(t in ("full_attention", "sliding_attention") for t in types)
+        ):
+            raise ValueError(
+                f"{where}: layer_types must list 'full_attention' or 'sliding_attention' "
+                f"for each of the {num_layers} layers, got {types!r}"
+            )
         if window is None or "sliding_attention" not in types:
             return None
         if "full_attention" in types:
-            raise ValueError(f"{where}: use_sliding_window=true with max_window_layers="
-                             f"{c['max_window_layers']!r} (layer_types {types}) slides some layers and not "
-                             "others; lt's sliding_window applies to every layer")
+            raise ValueError(
+                f"{where}: use_sliding_window=true with max_window_layers="
+                f"{c['max_window_layers']!r} (layer_types {types}) slides some layers and not "
+                "others; lt's sliding_window applies to every layer"
+            )
     return None if window is None else _int(c, "sliding_window", where)
 
 
@@ -155,27 +201,47 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
     hidden, heads = _int(c, "hidden_size", where), _int(c, "num_attention_heads", where)
     kv_heads = heads if c["num_key_value_heads"] is None else _int(c, "num_key_value_heads", where)
     if heads % kv_heads:
-        raise ValueError(f"{where}: num_attention_heads={heads} is not divisible by num_key_value_heads="
-                         f"{kv_heads}; each group of query heads shares one key/value head")
+        raise ValueError(
+            f"{where}: num_attention_heads={heads} is not divisible by num_key_value_heads="
+            f"{kv_heads}; each group of query heads shares one key/value head"
+        )
     if c["head_dim"] is not None and c["head_dim"] != hidden // heads:
-        _refuse(where, "head_dim", c["head_dim"], f"lt's head size is hidden_size // num_attention_heads "
-                f"= {hidden // heads}")
+        _refuse(
+            where,
+            "head_dim",
+            c["head_dim"],
+            f"lt's head size is hidden_size // num_attention_heads = {hidden // heads}",
+        )
     num_layers = _int(c, "num_hidden_layers", where)
     window = _sliding_window(model_type, c, num_layers, where)
     theta, scaling = _rope(c, where)
     try:
-        return GPT(vocab_size=c["vocab_size"], max_seq_len=c["max_position_embeddings"], num_layers=num_layers,
-                   num_heads=heads, hidden_dim=hidden, ffn_dim=c["intermediate_size"],
-                   dropout=0.0 if dropout is None else float(dropout),
-                   tie_embeddings=c["tie_word_embeddings"], norm="rms", layer_norm_eps=c["rms_norm_eps"],
-                   positional="rope", rope_theta=theta, rope_scaling=scaling, activation="swiglu",
-                   num_kv_heads=None if kv_heads == heads else kv_heads, bias=bool(attention_bias),
-                   qkv_bias=True if model_type == "qwen2" else None, sliding_window=window)
+        return GPT(
+            vocab_size=c["vocab_size"],
+            max_seq_len=c["max_position_embeddings"],
+            num_layers=num_layers,
+            num_heads=heads,
+            hidden_dim=hidden,
+            ffn_dim=c["intermediate_size"],
+            dropout=0.0 if dropout is None else float(dropout),
+            tie_embeddings=c["tie_word_embeddings"],
+            norm="rms",
+            layer_norm_eps=c["rms_norm_eps"],
+            positional="rope",
+            rope_theta=theta,
+            rope_scaling=scaling,
+            activation="swiglu",
+            num_kv_heads=None if kv_heads == heads else kv_heads,
+            bias=bool(attention_bias),
+            qkv_bias=True if model_type == "qwen2" else None,
+            sliding_window=window,
+        )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
 
 
 # ------------------------------------------------------------------ writing the config
+
 
 def _setting(model: GPT, field: str, default=None):
     return getattr(model, field, default)
@@ -186,18 +252,24 @@ def family(model: GPT) -> str:
     ValueError naming the field no family has."""
     for field, value in (("norm", "rms"), ("positional", "rope"), ("activation", "swiglu")):
         if _setting(model, field) != value:
-            raise ValueError(f"GPT.{field}={_setting(model, field)!r} cannot be written as Llama, Qwen2 "
-                             f"or Mistral, which need {field}={value!r}")
+            raise ValueError(
+                f"GPT.{field}={_setting(model, field)!r} cannot be written as Llama, Qwen2 "
+                f"or Mistral, which need {field}={value!r}"
+            )
     bias = _setting(model, "bias", True)
     qkv_bias = bias if _setting(model, "qkv_bias") is None else _setting(model, "qkv_bias")
     window = _setting(model, "sliding_window")
     if bias and not qkv_bias:
-        raise ValueError("GPT.bias=True with qkv_bias=False (a biased output projection and unbiased "
-                         "q, k, v) is no Hugging Face family's attention")
+        raise ValueError(
+            "GPT.bias=True with qkv_bias=False (a biased output projection and unbiased "
+            "q, k, v) is no Hugging Face family's attention"
+        )
     if bias:
         if window is not None:
-            raise ValueError(f"GPT.sliding_window={window} with bias=True cannot be written: Llama "
-                             "(attention_bias) has no sliding window")
+            raise ValueError(
+                f"GPT.sliding_window={window} with bias=True cannot be written: Llama "
+                "(attention_bias) has no sliding window"
+            )
         return "llama"
     if qkv_bias:
         return "qwen2"
@@ -214,20 +286,36 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
     if scaling is not None:
         rope = {"rope_type": scaling.kind, "rope_theta": theta, "factor": scaling.factor}
         if scaling.kind == "llama3":
-            rope.update(low_freq_factor=scaling.low_freq_factor, high_freq_factor=scaling.high_freq_factor,
-                        original_max_position_embeddings=scaling.original_max_position_embeddings)
+            rope.update(
+                low_freq_factor=scaling.low_freq_factor,
+                high_freq_factor=scaling.high_freq_factor,
+                original_max_position_embeddings=scaling.original_max_position_embeddings,
+            )
     config = {
-        "model_type": model_type, "architectures": [ARCHITECTURES[model_type]],
-        "vocab_size": model.vocab_size, "hidden_size": model.hidden_dim,
-        "intermediate_size": model.ffn_dim, "num_hidden_layers": model.num_layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "head_dim": model.hidden_dim // heads, "hidden_act": "silu",
-        "max_position_embeddings": model.max_seq_len, "rms_norm_eps": model.layer_norm_eps,
-        "tie_word_embeddings": model.tie_embeddings, "rope_parameters": rope, "rope_theta": theta,
-        "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
-        "bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "dtype": np.dtype(dtype).name,
+        "model_type": model_type,
+        "architectures": [ARCHITECTURES[model_type]],
+        "vocab_size": model.vocab_size,
+        "hidden_size": model.hidden_dim,
+        "intermediate_size": model.ffn_dim,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": model.hidden_dim // heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": model.max_seq_len,
+        "rms_norm_eps": model.layer_norm_eps,
+        "tie_word_embeddings": model.tie_embeddings,
+        "rope_parameters": rope,
+        "rope_theta": theta,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "dtype": np.dtype(dtype).name,
     }
-    if scaling is not None:                        # transformers 4.x reads rope_theta + rope_scaling
+    if scaling is not None:  # transformers 4.x reads rope_theta + rope_scaling
         config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     window = _setting(model, "sliding_window")
     if model_type == "llama":
@@ -235,12 +323,17 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
     elif model_type == "mistral":
         config.update(sliding_window=window)
     else:
-        config.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=0,
-                      layer_types=["full_attention" if window is None else "sliding_attention"] * model.num_layers)
+        config.update(
+            use_sliding_window=window is not None,
+            sliding_window=window,
+            max_window_layers=0,
+            layer_types=["full_attention" if window is None else "sliding_attention"] * model.num_layers,
+        )
     return config
 
 
 # ------------------------------------------------------------------ tensors
+
 
 def _qkv_sizes(model: GPT) -> tuple[int, int]:
     d = model.hidden_dim // model.num_heads
@@ -260,11 +353,14 @@ def sources(model: GPT):
         _, i, rest = lt_path.split(".", 2)
         if rest in ("attn.qkv.w", "attn.qkv.b"):
             kind = "weight" if rest.endswith(".w") else "bias"
-            return Source(tuple((f"layers.{i}.self_attn.{p}.{kind}", (n, *shape[:-1]))
-                                for p, n in zip(_QKV, (q, kv, kv))), transpose=True)
+            return Source(
+                tuple((f"layers.{i}.self_attn.{p}.{kind}", (n, *shape[:-1])) for p, n in zip(_QKV, (q, kv, kv))),
+                transpose=True,
+            )
         if rest not in _BLOCK:
             raise ValueError(f"{lt_path} has no Hugging Face Llama-family counterpart")
         return Source(((f"layers.{i}.{_BLOCK[rest]}", shape[::-1]),), transpose=True)
+
     return source
 
 
@@ -279,7 +375,7 @@ def tensors(model: GPT, params) -> dict:
     out = {}
     for lt_path, array in tree.items(params):
         src = source(lt_path)
-        ends = np.cumsum([shape[0] for _, shape in src.tensors])[:-1]      # q | k | v columns
+        ends = np.cumsum([shape[0] for _, shape in src.tensors])[:-1]  # q | k | v columns
         for (name, _), part in zip(src.tensors, np.split(array, ends, axis=-1)):
             part = part.T if src.transpose else part
             out[name if name == "lm_head.weight" else PREFIX + name] = np.ascontiguousarray(part)

@@ -26,7 +26,7 @@ from .files import read_bounded, read_json
 
 __all__ = ["HFTokenizer", "load_tokenizer"]
 
-_MAX_TOKENIZER = 256 * 2**20       # released tokenizer.json files are under 40 MB
+_MAX_TOKENIZER = 256 * 2**20  # released tokenizer.json files are under 40 MB
 _GPT2_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
 
@@ -34,8 +34,10 @@ def _tokenizers_package():
     try:
         import tokenizers
     except ImportError:
-        raise ImportError("reading a tokenizer.json needs Hugging Face's `tokenizers` package: "
-                          "pip install 'lt[hf]' (or pip install tokenizers)") from None
+        raise ImportError(
+            "reading a tokenizer.json needs Hugging Face's `tokenizers` package: "
+            "pip install 'lt[hf]' (or pip install tokenizers)"
+        ) from None
     return tokenizers
 
 
@@ -47,7 +49,7 @@ class HFTokenizer:
         self.where = where
 
     @classmethod
-    def from_file(cls, path) -> "HFTokenizer":
+    def from_file(cls, path) -> HFTokenizer:
         """The tokenizer in a ``tokenizer.json`` (a regular file of bounded size)."""
         package = _tokenizers_package()
         data = read_bounded(Path(path), "tokenizer (tokenizer.json)", _MAX_TOKENIZER)
@@ -55,11 +57,11 @@ class HFTokenizer:
             text = data.decode("utf-8")
             return cls(package.Tokenizer.from_str(text), str(path))
         except UnicodeDecodeError as e:
-            raise TokenizerFileError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); "
-                                     "expected a Hugging Face tokenizer.json") from None
-        except Exception as e:                        # the Rust parser raises a plain Exception
-            raise TokenizerFileError(f"{path}: not a tokenizer.json the `tokenizers` package can "
-                                     f"read ({e})") from None
+            raise TokenizerFileError(
+                f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); expected a Hugging Face tokenizer.json"
+            ) from None
+        except Exception as e:  # the Rust parser raises a plain Exception
+            raise TokenizerFileError(f"{path}: not a tokenizer.json the `tokenizers` package can read ({e})") from None
 
     @property
     def vocab_size(self) -> int:
@@ -115,11 +117,15 @@ def load_tokenizer(path):
         raise FileNotFoundError(f"no tokenizer at {path}: expected a model directory or a tokenizer.json")
     has_json = (path / "tokenizer.json").exists()
     for vocab, merges in _GPT2_FILES:
-        if (path / vocab).exists() and (path / merges).exists():
-            if vocab == "encoder.json" or not has_json or _model_type(path) == "gpt2":
-                return BPETokenizer.from_gpt2_files(path / vocab, path / merges)
+        if (
+            (path / vocab).exists()
+            and (path / merges).exists()
+            and (vocab == "encoder.json" or not has_json or _model_type(path) == "gpt2")
+        ):
+            return BPETokenizer.from_gpt2_files(path / vocab, path / merges)
     if has_json:
         return HFTokenizer.from_file(path / "tokenizer.json")
     found = sorted(p.name for p in path.iterdir())
-    raise FileNotFoundError(f"{path} has no tokenizer.json, encoder.json + vocab.bpe, or vocab.json + "
-                            f"merges.txt (found {found})")
+    raise FileNotFoundError(
+        f"{path} has no tokenizer.json, encoder.json + vocab.bpe, or vocab.json + merges.txt (found {found})"
+    )

@@ -11,14 +11,22 @@ import functools
 import attrs
 import numpy as np
 
-from .. import _checks, ops, random
+from .. import _checks, ops, random, threads
 from .._checks import positive, probability
+from ..ops.collective import Group
 from .layers import Dropout, Linear
 from .module import Module
+from .parallel import enter, local_size, row_parallel
 from .rotary import RotaryEmbedding
 
-__all__ = ["causal_mask", "padding_mask", "scaled_dot_product_attention", "MultiHeadAttention",
-           "split_heads", "merge_heads"]
+__all__ = [
+    "causal_mask",
+    "padding_mask",
+    "scaled_dot_product_attention",
+    "MultiHeadAttention",
+    "split_heads",
+    "merge_heads",
+]
 
 
 @functools.lru_cache(maxsize=32)
@@ -43,7 +51,7 @@ def padding_mask(seq_lengths, max_len: int) -> np.ndarray:
         raise TypeError(f"seq_lengths must be a 1-D integer array, got {lengths.dtype} of shape {lengths.shape}")
     if lengths.size and (lengths.min() < 0 or lengths.max() > max_len):
         raise ValueError(f"seq_lengths must be in [0, {max_len}], got {lengths.min()}..{lengths.max()}")
-    valid = np.arange(max_len)[None, :] < lengths[:, None]                # (B, S)
+    valid = np.arange(max_len)[None, :] < lengths[:, None]  # (B, S)
     return valid[:, None, None, :]
 
 
@@ -55,8 +63,10 @@ def _causal(mask, T: int, S: int):
     return mask, False
 
 
-def scaled_dot_product_attention(q, k, v, mask=None, dropout: float = 0.0, *, rng=None,
-                                 return_weights: bool = False, kernel: str = "auto"):
+@threads.adaptive  # BLAS threads: the free cores, decided per call
+def scaled_dot_product_attention(
+    q, k, v, mask=None, dropout: float = 0.0, *, rng=None, return_weights: bool = False, kernel: str = "auto"
+):
     """``softmax(q kᵀ / √d, mask) v``, dropout on the weights when ``rng`` is given.
 
     q (..., T, d), k (..., S, d), v (..., S, dv) -> (..., T, dv); with ``return_weights``
@@ -70,8 +80,9 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout: float = 0.0, *, rn
     _checks.real(dropout, "dropout", 0.0, 1.0, high_open=True)
     rate = dropout if rng is not None else 0.0
     mask, causal = _causal(mask, q.shape[-2], k.shape[-2])
-    return ops.dot_product_attention(q, k, v, mask, rate, rng, causal=causal, kernel=kernel,
-                                     return_weights=return_weights)
+    return ops.dot_product_attention(
+        q, k, v, mask, rate, rng, causal=causal, kernel=kernel, return_weights=return_weights
+    )
 
 
 def split_heads(x, num_heads: int):
@@ -92,6 +103,13 @@ class MultiHeadAttention(Module):
 
     Self-attention (query, key and value the same array) makes one matmul for q, k, v;
     otherwise the three column blocks of ``qkv`` project query, key and value.
+
+    With ``tp`` (an ``lt.ops.Group`` of P ranks) this is one rank's share (Megatron's split):
+    H / P consecutive query heads and their key/value heads (Hkv / P of them when P divides
+    Hkv; else, when Hkv divides P, the one they share, a copy held by P / Hkv ranks whose
+    gradients are summed over them), so ``qkv`` holds those heads' columns of each of its q|k|v
+    blocks (column-parallel, entered through ``f``) and ``proj`` their rows (row-parallel: one
+    allreduce, bias once).
     """
 
     hidden_dim: int = attrs.field(validator=positive)
@@ -102,14 +120,58 @@ class MultiHeadAttention(Module):
     qkv_bias: bool = True
     out_bias: bool = True
     rope: RotaryEmbedding | None = None
+    tp: Group | None = None
 
     def __attrs_post_init__(self):
         if self.hidden_dim % self.num_heads:
-            raise ValueError(f"{type(self).__name__}: hidden_dim ({self.hidden_dim}) must be "
-                             f"divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"{type(self).__name__}: hidden_dim ({self.hidden_dim}) must be "
+                f"divisible by num_heads ({self.num_heads})"
+            )
         if self.num_heads % self.kv_heads:
-            raise ValueError(f"{type(self).__name__}: num_heads ({self.num_heads}) must be divisible by "
-                             f"num_kv_heads ({self.kv_heads})")
+            raise ValueError(
+                f"{type(self).__name__}: num_heads ({self.num_heads}) must be divisible by "
+                f"num_kv_heads ({self.kv_heads})"
+            )
+        P = 1 if self.tp is None else self.tp.size
+        if self.num_heads % P:
+            raise ValueError(
+                f"tensor parallelism over {P} ranks splits the attention heads among them: "
+                f"num_heads ({self.num_heads}) must be divisible by {P}"
+            )
+        if self.kv_heads % P and P % self.kv_heads:
+            raise ValueError(
+                f"tensor parallelism over {P} ranks: num_kv_heads ({self.kv_heads}) must divide {P} "
+                f"(each key/value head copied to {P} / {self.kv_heads} ranks) or be divisible by it "
+                "(split among them)"
+            )
+
+    @property
+    def local_heads(self) -> int:
+        """Query heads on this rank: H, or H / P with tensor parallelism over P ranks."""
+        return local_size(self.num_heads, self.tp)
+
+    @property
+    def kv_replicas(self) -> int:
+        """Ranks holding a copy of each key/value head: P / Hkv when P > Hkv, else 1."""
+        P = 1 if self.tp is None else self.tp.size
+        return max(P // self.kv_heads, 1)
+
+    @property
+    def local_kv_heads(self) -> int:
+        """Key/value heads on this rank: Hkv, or Hkv / P, or 1 (a copy) when P > Hkv."""
+        return 1 if self.kv_replicas > 1 else local_size(self.kv_heads, self.tp)
+
+    def _shared_kv(self, params):
+        """``qkv``'s params, with the key/value columns of a head copied to several ranks passed
+        through ``copy_to_replicas`` (identity; their gradient summed over the copies)."""
+        if self.kv_replicas == 1:
+            return params
+        out = {}
+        for name, x in params.items():
+            q, kv = ops.split(x, [self.widths[0]], axis=-1)
+            out[name] = ops.concat(q, ops.copy_to_replicas(kv, group=self.tp, blocks=self.kv_heads), axis=-1)
+        return out
 
     @property
     def kv_heads(self) -> int:
@@ -118,9 +180,9 @@ class MultiHeadAttention(Module):
 
     @functools.cached_property
     def widths(self) -> tuple[int, int, int]:
-        """Columns of ``qkv`` that make queries, keys and values: H·d, Hkv·d, Hkv·d."""
+        """Columns of ``qkv`` that make queries, keys and values: H·d, Hkv·d, Hkv·d (this rank's heads')."""
         d = self.hidden_dim // self.num_heads
-        return self.num_heads * d, self.kv_heads * d, self.kv_heads * d
+        return self.local_heads * d, self.local_kv_heads * d, self.local_kv_heads * d
 
     @functools.cached_property
     def qkv(self) -> Linear:
@@ -129,7 +191,7 @@ class MultiHeadAttention(Module):
 
     @functools.cached_property
     def proj(self) -> Linear:
-        return Linear(self.hidden_dim, self.hidden_dim, bias=self.out_bias, init_std=self.out_init_std)
+        return Linear(self.widths[0], self.hidden_dim, bias=self.out_bias, init_std=self.out_init_std)
 
     @functools.cached_property
     def drop(self) -> Dropout:
@@ -142,12 +204,20 @@ class MultiHeadAttention(Module):
         """Queries (B, H, T, d), keys and values (B, Hkv, S, d)."""
         nq, nk, _ = self.widths
         if query is key and key is value:
-            qkv = self.qkv.apply(params["qkv"], query)                    # (B, T, (H + 2 Hkv) d)
+            qkv = self.qkv.apply(self._shared_kv(params["qkv"]), query)  # (B, T, (H + 2 Hkv) d)
             q, k, v = ops.split(qkv, [nq, nq + nk], axis=-1)
-        else:                                                             # each from its column block
-            q, k, v = (self._column_block(params["qkv"], lo, hi, x)
-                       for x, (lo, hi) in zip((query, key, value), ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk))))
-        return split_heads(q, self.num_heads), split_heads(k, self.kv_heads), split_heads(v, self.kv_heads)
+        else:  # each from its column block
+            if self.kv_replicas > 1:
+                raise NotImplementedError("cross-attention with key/value heads copied over tensor-parallel ranks")
+            q, k, v = (
+                self._column_block(params["qkv"], lo, hi, x)
+                for x, (lo, hi) in zip((query, key, value), ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk)))
+            )
+        return (
+            split_heads(q, self.local_heads),
+            split_heads(k, self.local_kv_heads),
+            split_heads(v, self.local_kv_heads),
+        )
 
     def _column_block(self, params, lo: int, hi: int, x):
         """``x`` projected by the columns [lo, hi) of ``qkv`` alone (cross-attention)."""
@@ -157,8 +227,22 @@ class MultiHeadAttention(Module):
             block["b"] = ops.index(params["b"], cols)
         return Linear(self.hidden_dim, hi - lo, bias=self.qkv_bias).apply(block, x)
 
-    def apply(self, params, query, key, value, mask=None, *, rng=None, return_weights=False, kv=None,
-              kernel: str = "auto", positions=None, rotary=None):
+    @threads.adaptive
+    def apply(
+        self,
+        params,
+        query,
+        key,
+        value,
+        mask=None,
+        *,
+        rng=None,
+        return_weights=False,
+        kv=None,
+        kernel: str = "auto",
+        positions=None,
+        rotary=None,
+    ):
         """query (B, T, D), key/value (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
 
         ``kernel`` picks the attention kernel as in :func:`scaled_dot_product_attention`.
@@ -167,9 +251,16 @@ class MultiHeadAttention(Module):
         (B, Hkv, S, d) and returns the keys and values to attend over (B, Hkv, S', d): a KV
         cache's hook to append the new positions and hand back the whole context.
         With ``rope``, queries and keys are rotated by ``positions`` (B, T) before the hook,
-        so a cache holds rotated keys (``rotary``: their precomputed ``rope.angles``). With Hkv < H, each key/value head serves H / Hkv
-        consecutive query heads (grouped-query attention; no copies).
+        so a cache holds rotated keys (``rotary``: their precomputed ``rope.angles``). With
+        Hkv < H, each key/value head serves H / Hkv consecutive query heads (grouped-query
+        attention; no copies).
         """
+        if self.tp is not None:  # "f": column-parallel q, k, v
+            query, key, value = (
+                (enter(query, self.tp),) * 3
+                if query is key and key is value
+                else (enter(x, self.tp) for x in (query, key, value))
+            )
         q, k, v = self.project_qkv(params, query, key, value)
         if self.rope is not None:
             angles = rotary if rotary is not None else self.rope.angles(positions, q.dtype)
@@ -180,11 +271,12 @@ class MultiHeadAttention(Module):
         attn_rng = random.fold_in(rng, "weights") if rate else None
         mask, causal = _causal(mask, q.shape[-2], k.shape[-2])
         q, k, v, mask = self._grouped(q, k, v, mask)
-        out = ops.dot_product_attention(q, k, v, mask, rate, attn_rng, causal=causal, kernel=kernel,
-                                        return_weights=return_weights)
+        out = ops.dot_product_attention(
+            q, k, v, mask, rate, attn_rng, causal=causal, kernel=kernel, return_weights=return_weights
+        )
         out, weights = out if return_weights else (out, None)
         out, weights = self._ungrouped(out), None if weights is None else self._ungrouped(weights)
-        y = self.proj.apply(params["proj"], merge_heads(out))             # (B, T, D)
+        y = row_parallel(params["proj"], merge_heads(out), self.tp)  # (B, T, D), "g" with tp
         y = self.drop.apply({}, y, rng=random.fold_in(rng, "resid"))
         return (y, weights) if return_weights else y
 
@@ -192,14 +284,14 @@ class MultiHeadAttention(Module):
         """With shared keys and values (Hkv < H): queries (B, Hkv, G, T, d) in groups of
         G = H / Hkv consecutive heads, keys and values (B, Hkv, 1, S, d) and the mask one
         axis deeper, so attention broadcasts each kv head over its group."""
-        G = self.num_heads // self.kv_heads
+        G = self.local_heads // self.local_kv_heads
         if G == 1:
             return q, k, v, mask
-        B, H, T, d = q.shape
-        q = ops.reshape(q, (B, self.kv_heads, G, T, d))
+        B, _, T, d = q.shape  # (B, H, T, d)
+        q = ops.reshape(q, (B, self.local_kv_heads, G, T, d))
         k, v = (ops.reshape(t, t.shape[:2] + (1,) + t.shape[2:]) for t in (k, v))
         if mask is not None and np.ndim(mask) == 4:
-            mask = np.asarray(mask)[:, :, None]                          # (B, 1, 1, T, S)
+            mask = np.asarray(mask)[:, :, None]  # (B, 1, 1, T, S)
         return q, k, v, mask
 
     def _ungrouped(self, x):

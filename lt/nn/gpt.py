@@ -20,18 +20,26 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
 
-from .. import _checks, ops, random
+from .. import _checks, ops, random, threads
 from .._checks import number, one_of, positive, probability
 from .attention import causal_mask
-from .layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEncoding, Linear,
-                     PositionalEncoding, check_positions)
 from .gated import RMSNorm
+from .layers import (
+    Dropout,
+    Embedding,
+    LayerNorm,
+    LearnedPositionalEncoding,
+    Linear,
+    PositionalEncoding,
+    check_positions,
+)
 from .module import Module, check_params
+from .parallel import enter, local_size, vocab_lookup
 from .rotary import RopeScaling, RotaryEmbedding
 from .transformer import TransformerBlock, make_norm
 
@@ -41,14 +49,14 @@ __all__ = ["GPT", "PRESETS"]
 PRESETS = {
     "tiny": (500, 128, 2, 2, 32, 128),
     "small": (1000, 256, 4, 4, 64, 256),
-    "mini": (256, 256, 4, 4, 128, 512),       # nanoGPT's CPU Shakespeare model; the CLI's default
+    "mini": (256, 256, 4, 4, 128, 512),  # nanoGPT's CPU Shakespeare model; the CLI's default
     "medium": (5000, 512, 6, 6, 192, 768),
     "large": (10000, 1024, 12, 8, 256, 1024),
     "gpt2": (50257, 1024, 12, 12, 768, 3072),
     # Llama-shaped (RMS norm, rotary positions, SwiGLU, grouped-query attention, no biases)
     "llama-tiny": (500, 128, 2, 4, 32, 96),
-    "llama-mini": (256, 256, 4, 4, 128, 408),           # mini's size (857,216 vs 858,880 parameters)
-    "smollm-135m": (49152, 2048, 30, 9, 576, 1536),      # SmolLM-135M's shape, tied embeddings
+    "llama-mini": (256, 256, 4, 4, 128, 408),  # mini's size (857,216 vs 858,880 parameters)
+    "smollm-135m": (49152, 2048, 30, 9, 576, 1536),  # SmolLM-135M's shape, tied embeddings
 }
 
 LLAMA = dict(norm="rms", positional="rope", activation="swiglu", bias=False)
@@ -66,8 +74,7 @@ def _rope_scaling(value):
     if isinstance(value, dict):
         return RopeScaling(**value) if "kind" in value else RopeScaling.from_config(value)
     if value is not None and not isinstance(value, RopeScaling):
-        raise ValueError(f"GPT.rope_scaling must be an lt.nn.RopeScaling, a dict of its fields or None, "
-                         f"got {value!r}")
+        raise ValueError(f"GPT.rope_scaling must be an lt.nn.RopeScaling, a dict of its fields or None, got {value!r}")
     return value
 
 
@@ -86,8 +93,9 @@ class GPT(Module):
     num_layers: int = attrs.field(validator=positive)
     num_heads: int = attrs.field(validator=positive)
     hidden_dim: int = attrs.field(validator=positive)
-    ffn_dim: int = attrs.field(default=attrs.Factory(lambda self: 4 * self.hidden_dim, takes_self=True),
-                               validator=positive)
+    ffn_dim: int = attrs.field(
+        default=attrs.Factory(lambda self: 4 * self.hidden_dim, takes_self=True), validator=positive
+    )
     dropout: float = attrs.field(default=0.0, validator=probability)
     tie_embeddings: bool = True
     positional: str = attrs.field(default="learned", validator=one_of("learned", "sinusoidal", "rope"))
@@ -96,24 +104,30 @@ class GPT(Module):
     norm: str = attrs.field(default="layer", validator=one_of("layer", "rms"))
     num_kv_heads: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     bias: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    qkv_bias: bool | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.instance_of(bool)))
+    qkv_bias: bool | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(bool))
+    )
     rope_theta: float = attrs.field(default=10000.0, validator=number(0, low_open=True))
     rope_scaling: RopeScaling | None = attrs.field(default=None, converter=_rope_scaling)
     sliding_window: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
 
+    # Not a field: the whole model has no tensor-parallel group. ``lt.nn.ShardedGPT``, one rank's
+    # share of the same model, sets it; the forward below then communicates at fixed points.
+    tp = None
+
     def __attrs_post_init__(self):
         if self.hidden_dim % self.num_heads:
-            raise ValueError(f"GPT.hidden_dim ({self.hidden_dim}) must be divisible by "
-                             f"GPT.num_heads ({self.num_heads})")
+            raise ValueError(
+                f"GPT.hidden_dim ({self.hidden_dim}) must be divisible by GPT.num_heads ({self.num_heads})"
+            )
         if self.num_heads % self.kv_heads:
-            raise ValueError(f"GPT.num_heads ({self.num_heads}) must be divisible by "
-                             f"GPT.num_kv_heads ({self.kv_heads})")
-        if self.num_kv_heads == self.num_heads:                   # one spelling of plain multi-head
+            raise ValueError(
+                f"GPT.num_heads ({self.num_heads}) must be divisible by GPT.num_kv_heads ({self.kv_heads})"
+            )
+        if self.num_kv_heads == self.num_heads:  # one spelling of plain multi-head
             object.__setattr__(self, "num_kv_heads", None)
         if self.positional == "rope" and (self.hidden_dim // self.num_heads) % 2:
-            raise ValueError(f"GPT.positional='rope' needs an even head size, got "
-                             f"{self.hidden_dim // self.num_heads}")
+            raise ValueError(f"GPT.positional='rope' needs an even head size, got {self.hidden_dim // self.num_heads}")
 
     @property
     def kv_heads(self) -> int:
@@ -121,12 +135,13 @@ class GPT(Module):
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "GPT":
+    def preset(cls, name: str, **overrides) -> GPT:
         """A named configuration (``GPT.presets()`` lists them); fields may be overridden."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        fields = dict(zip(("vocab_size", "max_seq_len", "num_layers", "num_heads", "hidden_dim",
-                           "ffn_dim"), PRESETS[name]))
+        fields = dict(
+            zip(("vocab_size", "max_seq_len", "num_layers", "num_heads", "hidden_dim", "ffn_dim"), PRESETS[name])
+        )
         return cls(**{**fields, **FAMILY.get(name, {}), **overrides})
 
     @staticmethod
@@ -137,7 +152,7 @@ class GPT(Module):
 
     @functools.cached_property
     def wte(self) -> Embedding:
-        return Embedding(self.vocab_size, self.hidden_dim)
+        return Embedding(local_size(self.vocab_size, self.tp), self.hidden_dim)  # V_r rows with tp
 
     @functools.cached_property
     def wpe(self):
@@ -153,10 +168,21 @@ class GPT(Module):
         rope = None
         if self.positional == "rope":
             rope = RotaryEmbedding(self.hidden_dim // self.num_heads, self.rope_theta, self.rope_scaling)
-        return TransformerBlock(self.hidden_dim, self.num_heads, self.ffn_dim, self.dropout,
-                                self.activation, 0.02 / math.sqrt(2 * self.num_layers),
-                                self.layer_norm_eps, norm=self.norm, num_kv_heads=self.num_kv_heads,
-                                bias=self.bias, qkv_bias=self.qkv_bias, rope=rope)
+        return TransformerBlock(
+            self.hidden_dim,
+            self.num_heads,
+            self.ffn_dim,
+            self.dropout,
+            self.activation,
+            0.02 / math.sqrt(2 * self.num_layers),
+            self.layer_norm_eps,
+            norm=self.norm,
+            num_kv_heads=self.num_kv_heads,
+            bias=self.bias,
+            qkv_bias=self.qkv_bias,
+            rope=rope,
+            tp=self.tp,
+        )
 
     @functools.cached_property
     def ln_f(self) -> LayerNorm | RMSNorm:
@@ -165,7 +191,9 @@ class GPT(Module):
     @functools.cached_property
     def head(self) -> Linear | None:
         """The untied LM head (D, V); None when the head is the token table (tied)."""
-        return None if self.tie_embeddings else Linear(self.hidden_dim, self.vocab_size, bias=False)
+        return (
+            None if self.tie_embeddings else Linear(self.hidden_dim, local_size(self.vocab_size, self.tp), bias=False)
+        )
 
     @functools.cached_property
     def embed_dropout(self) -> Dropout:
@@ -210,8 +238,8 @@ class GPT(Module):
         from 0 this is ``causal_mask(stop)`` itself (which attention kernels recognise)."""
         if self.sliding_window is None and start == 0:
             return causal_mask(stop)
-        i = np.arange(start, stop)[:, None]                               # query positions (t, 1)
-        j = np.arange(stop)[None, :]                                      # key positions (1, S)
+        i = np.arange(start, stop)[:, None]  # query positions (t, 1)
+        j = np.arange(stop)[None, :]  # key positions (1, S)
         mask = j <= i
         if self.sliding_window is not None:
             mask &= j > i - self.sliding_window
@@ -221,20 +249,36 @@ class GPT(Module):
 
     def embed(self, params, ids, positions, *, rng=None):
         """Token plus position embeddings, then dropout: checked ids and positions (B, T) -> (B, T, D)."""
-        x = self.wte.lookup(params["wte"], ids)                            # (B, T, D)
-        if self.wpe is not None:                                           # (rotary positions act in attention)
+        if self.tp is None:
+            x = self.wte.lookup(params["wte"], ids)  # (B, T, D)
+        else:  # vocabulary-parallel: "g" sums ranks
+            x = vocab_lookup(params["wte"]["w"], ids, self.vocab_size, self.tp)
+        if self.wpe is not None:  # (rotary positions act in attention)
             x = x + self.wpe.lookup(params.get("wpe", {}), positions, dtype=x.dtype)
         return self.embed_dropout.apply({}, x, rng=rng)
 
     def logits(self, params, h):
-        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``."""
-        h = self.ln_f.apply(params["ln_f"], h)
+        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``.
+        With tensor parallelism, this rank's vocabulary columns (..., V_r), entered through "f"."""
+        h = enter(self.ln_f.apply(params["ln_f"], h), self.tp)
         if self.head is None:
             return self.wte.attend(params["wte"], h)
         return self.head.apply(params["head"], h)
 
-    def forward(self, params, ids, *, positions, mask, cache: Sequence[Callable] | None = None, rng=None,
-                last_only: bool = False, hidden_states: bool = False, kernel: str = "auto"):
+    @threads.adaptive  # BLAS threads: the free cores, decided per call
+    def forward(
+        self,
+        params,
+        ids,
+        *,
+        positions,
+        mask,
+        cache: Sequence[Callable] | None = None,
+        rng=None,
+        last_only: bool = False,
+        hidden_states: bool = False,
+        kernel: str = "auto",
+    ):
         """The one forward pass that ``apply``, ``loss``, prefill, decoding and beam search run.
 
         ``ids`` (B, T) at ``positions`` (B, T), both already checked; ``mask`` broadcastable to
@@ -249,15 +293,23 @@ class GPT(Module):
         x = self.embed(params, ids, positions, rng=random.fold_in(rng, "embed"))
         hidden = [x] if hidden_states else None
         blocks_rng = random.fold_in(rng, "blocks")
-        rope = self.block.rope                                            # rotary angles: once, for every layer
+        rope = self.block.rope  # rotary angles: once, for every layer
         rotary = None if rope is None else rope.angles(positions, self.compute_dtype(params))
-        for i, block_params in enumerate(params["blocks"]):              # a loop over layers
-            x = self.block.apply(block_params, x, mask, positions=positions, rng=random.fold_in(blocks_rng, i),
-                                 kv=None if cache is None else cache[i], kernel=kernel, rotary=rotary)
+        for i, block_params in enumerate(params["blocks"]):  # a loop over layers
+            x = self.block.apply(
+                block_params,
+                x,
+                mask,
+                positions=positions,
+                rng=random.fold_in(blocks_rng, i),
+                kv=None if cache is None else cache[i],
+                kernel=kernel,
+                rotary=rotary,
+            )
             if hidden is not None:
                 hidden.append(x)
-        logits = self.logits(params, x[:, -1] if last_only else x)        # (B, V) or (B, T, V)
-        return (logits, tuple(hidden)) if hidden_states else logits
+        logits = self.logits(params, x[:, -1] if last_only else x)  # (B, V) or (B, T, V)
+        return (logits, tuple(hidden)) if hidden is not None else logits
 
     def _batch(self, ids, attention_mask, positions):
         """Checked ids (T,) or (B, T) as a batch (B, T), with positions (B, T), the attention mask
@@ -269,17 +321,26 @@ class GPT(Module):
             positions = np.broadcast_to(np.arange(T), (B, T))
         else:
             positions = check_positions(np.broadcast_to(positions, (B, T)), self.max_seq_len)
-        mask = self.visible(0, T)                                          # (T, T)
+        mask = self.visible(0, T)  # (T, T)
         if attention_mask is not None:
             attention_mask = np.asarray(attention_mask, bool)
             attention_mask = attention_mask[None] if single and attention_mask.ndim == 1 else attention_mask
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {attention_mask.shape}")
-            mask = mask & attention_mask[:, None, None, :]                 # (B, 1, T, T)
+            mask = mask & attention_mask[:, None, None, :]  # (B, 1, T, T)
         return ids, positions, mask, single
 
-    def apply(self, params, ids, *, rng=None, attention_mask=None, positions=None,
-              return_hidden_states: bool = False, kernel: str = "auto"):
+    def apply(
+        self,
+        params,
+        ids,
+        *,
+        rng=None,
+        attention_mask=None,
+        positions=None,
+        return_hidden_states: bool = False,
+        kernel: str = "auto",
+    ):
         """Next-token logits (B, T, V) for ``ids`` (B, T); (T,) gives (T, V).
 
         ``attention_mask`` (B, T) bool marks real tokens (False = padding, never attended
@@ -289,16 +350,26 @@ class GPT(Module):
         """
         self.check_params(params)
         ids, positions, mask, single = self._batch(self.check_ids(ids), attention_mask, positions)
-        out = self.forward(params, ids, positions=positions, mask=mask, rng=rng,
-                           hidden_states=return_hidden_states, kernel=kernel)
+        out = self.forward(
+            params, ids, positions=positions, mask=mask, rng=rng, hidden_states=return_hidden_states, kernel=kernel
+        )
         if not single:
             return out
         if return_hidden_states:
             return out[0][0], tuple(h[0] for h in out[1])
         return out[0]
 
-    def loss(self, params, ids, targets=None, *, rng=None, ignore_index: int = -100, attention_mask=None,
-             kernel: str = "auto"):
+    def loss(
+        self,
+        params,
+        ids,
+        targets=None,
+        *,
+        rng=None,
+        ignore_index: int = -100,
+        attention_mask=None,
+        kernel: str = "auto",
+    ):
         """Mean next-token cross-entropy over positions whose target is not ``ignore_index``.
 
         With ``targets`` (same shape as ``ids``) position t is scored on ``targets[t]``;
@@ -310,8 +381,9 @@ class GPT(Module):
         ids = self.check_ids(ids)
         if targets is None:
             if ids.shape[-1] < 2:
-                raise ValueError(f"ids has {ids.shape[-1]} position; predicting each next token needs at "
-                                 "least 2 (or give targets)")
+                raise ValueError(
+                    f"ids has {ids.shape[-1]} position; predicting each next token needs at least 2 (or give targets)"
+                )
             ids, targets = ids[..., :-1], ids[..., 1:]
             if attention_mask is not None:
                 attention_mask = np.asarray(attention_mask, bool)
@@ -320,8 +392,13 @@ class GPT(Module):
         if np.shape(targets) != ids.shape:
             raise ValueError(f"targets must have the shape of ids {ids.shape}, got {np.shape(targets)}")
         ids, positions, mask, _ = self._batch(ids, attention_mask, None)
-        logits = self.forward(params, ids, positions=positions, mask=mask, rng=rng, kernel=kernel)   # (B, T, V)
-        return ops.cross_entropy(logits, np.reshape(targets, ids.shape), ignore_index)
+        logits = self.forward(params, ids, positions=positions, mask=mask, rng=rng, kernel=kernel)  # (B, T, V)
+        targets = np.reshape(targets, ids.shape)
+        if self.tp is None:
+            return ops.cross_entropy(logits, targets, ignore_index)
+        return ops.parallel_cross_entropy(
+            logits, targets, group=self.tp, vocab_size=self.vocab_size, ignore_index=ignore_index
+        )  # (B, T, V_r): never gathered
 
     def generate(self, params, prompt_ids, *, rng=None, max_new_tokens: int, **options):
         """Continue ``prompt_ids`` by ``max_new_tokens`` tokens: :func:`lt.generate.generate`
@@ -330,4 +407,5 @@ class GPT(Module):
         A thin forwarder, imported when called: ``lt.generate`` sits above ``lt.nn`` and
         this module never imports it at load time."""
         from ..generate import generate
+
         return generate(self, params, prompt_ids, rng=rng, max_new_tokens=max_new_tokens, **options)

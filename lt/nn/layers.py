@@ -14,10 +14,20 @@ import numpy as np
 
 from .. import _checks, ops
 from .._checks import one_of, positive, probability
+from ..ops.collective import Group
 from .module import Module, Param
+from .parallel import enter, local_size, row_parallel
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "FeedForward", "PositionalEncoding",
-           "LearnedPositionalEncoding", "Dropout", "dropout"]
+__all__ = [
+    "Linear",
+    "Embedding",
+    "LayerNorm",
+    "FeedForward",
+    "PositionalEncoding",
+    "LearnedPositionalEncoding",
+    "Dropout",
+    "dropout",
+]
 
 
 @attrs.frozen
@@ -102,7 +112,10 @@ def dropout(x, rate: float, rng=None):
 
 @attrs.frozen
 class FeedForward(Module):
-    """Position-wise MLP: ``proj(act(fc(x)))`` then dropout; act is GELU (tanh) or ReLU."""
+    """Position-wise MLP: ``proj(act(fc(x)))`` then dropout; act is GELU (tanh) or ReLU.
+
+    With ``tp`` (P ranks) this rank holds ~F / P hidden units: ``fc``'s columns (column-parallel,
+    entered through ``f``) and ``proj``'s rows (row-parallel: one allreduce, bias once)."""
 
     dim: int = attrs.field(validator=positive)
     hidden_dim: int = attrs.field(validator=positive)
@@ -110,14 +123,15 @@ class FeedForward(Module):
     dropout: float = attrs.field(default=0.0, validator=probability)
     out_init_std: float = 0.02
     bias: bool = True
+    tp: Group | None = None
 
     @functools.cached_property
     def fc(self) -> Linear:
-        return Linear(self.dim, self.hidden_dim, bias=self.bias)
+        return Linear(self.dim, local_size(self.hidden_dim, self.tp), bias=self.bias)
 
     @functools.cached_property
     def proj(self) -> Linear:
-        return Linear(self.hidden_dim, self.dim, bias=self.bias, init_std=self.out_init_std)
+        return Linear(local_size(self.hidden_dim, self.tp), self.dim, bias=self.bias, init_std=self.out_init_std)
 
     @functools.cached_property
     def drop(self) -> Dropout:
@@ -128,18 +142,18 @@ class FeedForward(Module):
 
     def apply(self, params, x, *, rng=None):
         """(..., D) -> (..., F) -> (..., D)."""
-        h = self.fc.apply(params["fc"], x)                                # (..., F)
+        h = self.fc.apply(params["fc"], enter(x, self.tp))  # (..., F) [this rank's F / P]
         h = ops.gelu(h) if self.activation == "gelu" else ops.relu(h)
-        y = self.proj.apply(params["proj"], h)                            # (..., D)
+        y = row_parallel(params["proj"], h, self.tp)  # (..., D), "g" with tp
         return self.drop.apply({}, y, rng=rng)
 
 
 @functools.lru_cache(maxsize=16)
 def _sinusoid_table(max_len: int, dim: int, dtype: str) -> np.ndarray:
     """(max_len, dim): sin on even feature indices, cos on odd ones (Vaswani et al.)."""
-    pos = np.arange(max_len, dtype=np.float64)[:, None]                   # (L, 1)
-    pair = np.arange(0, dim, 2, dtype=np.float64)                         # 2i
-    angle = pos / np.power(10000.0, pair / dim)                           # (L, ceil(D/2))
+    pos = np.arange(max_len, dtype=np.float64)[:, None]  # (L, 1)
+    pair = np.arange(0, dim, 2, dtype=np.float64)  # 2i
+    angle = pos / np.power(10000.0, pair / dim)  # (L, ceil(D/2))
     table = np.empty((max_len, dim), np.float64)
     table[:, 0::2] = np.sin(angle)
     table[:, 1::2] = np.cos(angle[:, : dim // 2])

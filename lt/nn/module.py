@@ -47,8 +47,7 @@ def _init_node(spec, rng: random.Key, dtype):
     if isinstance(spec, Param):
         return tree._seal(spec.sample(rng, dtype))
     if isinstance(spec, Mapping):
-        return tree.FrozenDict({name: _init_node(sub, random.fold_in(rng, name), dtype)
-                                for name, sub in spec.items()})
+        return tree.FrozenDict({name: _init_node(sub, random.fold_in(rng, name), dtype) for name, sub in spec.items()})
     return tuple(_init_node(sub, random.fold_in(rng, i), dtype) for i, sub in enumerate(spec))
 
 
@@ -80,7 +79,8 @@ def _fits(component, params) -> bool:
     want_def, want_shapes = layout(component)
     return treedef == want_def and all(
         getattr(x, "shape", None) == shape and getattr(x, "dtype", None) in PARAM_DTYPES
-        for x, shape in zip(flat, want_shapes))
+        for x, shape in zip(flat, want_shapes)
+    )
 
 
 # A memo of ``_fits`` for frozen trees, the one cache in lt.nn. It cannot change a result: a
@@ -88,7 +88,7 @@ def _fits(component, params) -> bool:
 # as long as it lives (weak values: the memo never keeps a tree alive). It skips re-walking
 # the tree on every call: 63 us -> 1.4 us per check on the tiny preset, 7% of its forward pass
 # (293 us on gpt2). Traced trees (inside lt.value_and_grad) are new objects and always walked.
-_checked: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+_checked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def check_params(component, params, owner: str) -> None:
@@ -100,7 +100,7 @@ def check_params(component, params, owner: str) -> None:
     if _checked.get(key) is params:
         return
     if _fits(component, params):
-        if type(params) is tree.FrozenDict:            # immutable: it fits for as long as it lives
+        if type(params) is tree.FrozenDict:  # immutable: it fits for as long as it lives
             _checked[key] = params
         return
     expected = _spec_shapes(component.spec())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import attrs
 import numpy as np
@@ -36,17 +37,20 @@ class RopeScaling:
     original_max_position_embeddings: int = attrs.field(default=8192, validator=positive)
 
     @classmethod
-    def from_config(cls, entry: dict | None) -> "RopeScaling | None":
+    def from_config(cls, entry: dict | None) -> RopeScaling | None:
         """The scaling of a config's ``rope_scaling`` dict (None or type ``default``: none);
         another type is refused by name."""
         if entry is None:
             return None
-        kind = entry.get("rope_type", entry.get("type"))
+        kind: Any = entry.get("rope_type", entry.get("type"))  # a JSON value, checked below
         if kind == "default":
             return None
         choice(kind, "rope_scaling type (lt implements)", ("linear", "llama3"))
-        fields = {k: entry[k] for k in ("low_freq_factor", "high_freq_factor",
-                                        "original_max_position_embeddings") if k in entry and kind == "llama3"}
+        fields = {
+            k: entry[k]
+            for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            if k in entry and kind == "llama3"
+        }
         return cls(kind, entry["factor"], **fields)
 
 
@@ -98,7 +102,7 @@ class RotaryEmbedding(Module):
         positions = np.asarray(positions)
         positions = positions[None] if positions.ndim == 1 else positions
         freqs = positions[..., None].astype(np.float64) * rope_inv_freq(self.head_dim, self.theta, self.scaling)
-        angle = np.concatenate([freqs, freqs], axis=-1)[:, None]         # (B, 1, T, d): pair i at i and i + P
+        angle = np.concatenate([freqs, freqs], axis=-1)[:, None]  # (B, 1, T, d): pair i at i and i + P
         return np.cos(angle).astype(dtype), np.sin(angle).astype(dtype)
 
     def apply(self, params, x, positions, *, rng=None, angles=None):

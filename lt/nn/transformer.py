@@ -14,8 +14,9 @@ import functools
 
 import attrs
 
-from .. import random
+from .. import random, threads
 from .._checks import one_of, positive, probability
+from ..ops.collective import Group
 from .attention import MultiHeadAttention
 from .gated import GatedFeedForward, RMSNorm
 from .layers import FeedForward, LayerNorm
@@ -48,6 +49,7 @@ class TransformerBlock(Module):
     bias: bool = True
     qkv_bias: bool | None = None
     rope: RotaryEmbedding | None = None
+    tp: Group | None = None  # tensor parallelism: attention and feed-forward split over it
 
     @functools.cached_property
     def ln(self) -> LayerNorm | RMSNorm:
@@ -56,31 +58,49 @@ class TransformerBlock(Module):
     @functools.cached_property
     def attn(self) -> MultiHeadAttention:
         qkv_bias = self.bias if self.qkv_bias is None else self.qkv_bias
-        return MultiHeadAttention(self.hidden_dim, self.num_heads, self.dropout, self.out_init_std,
-                                  num_kv_heads=self.num_kv_heads, qkv_bias=qkv_bias, out_bias=self.bias,
-                                  rope=self.rope)
+        return MultiHeadAttention(
+            self.hidden_dim,
+            self.num_heads,
+            self.dropout,
+            self.out_init_std,
+            num_kv_heads=self.num_kv_heads,
+            qkv_bias=qkv_bias,
+            out_bias=self.bias,
+            rope=self.rope,
+            tp=self.tp,
+        )
 
     @functools.cached_property
     def ffn(self) -> FeedForward | GatedFeedForward:
         if self.activation == "swiglu":
-            return GatedFeedForward(self.hidden_dim, self.ffn_dim, self.out_init_std)
-        return FeedForward(self.hidden_dim, self.ffn_dim, self.activation, self.dropout, self.out_init_std,
-                           bias=self.bias)
+            return GatedFeedForward(self.hidden_dim, self.ffn_dim, self.out_init_std, tp=self.tp)
+        return FeedForward(
+            self.hidden_dim, self.ffn_dim, self.activation, self.dropout, self.out_init_std, bias=self.bias, tp=self.tp
+        )
 
     def spec(self):
-        return {"ln1": self.ln.spec(), "attn": self.attn.spec(),
-                "ln2": self.ln.spec(), "ffn": self.ffn.spec()}
+        return {"ln1": self.ln.spec(), "attn": self.attn.spec(), "ln2": self.ln.spec(), "ffn": self.ffn.spec()}
 
-    def apply(self, params, x, mask=None, *, positions=None, rng=None, kv=None, kernel: str = "auto",
-              rotary=None):
+    @threads.adaptive  # BLAS threads: the free cores, decided per call
+    def apply(self, params, x, mask=None, *, positions=None, rng=None, kv=None, kernel: str = "auto", rotary=None):
         """(B, T, D) -> (B, T, D); ``mask`` broadcastable to (B, H, T, T).
 
-        ``positions`` (B, T): rotary attention's positions (``rotary``: their precomputed angles). ``kv``: the attention's key/value
-        hook (see ``MultiHeadAttention.apply``); with a KV cache, ``mask`` is then
+        ``positions`` (B, T): rotary attention's positions (``rotary``: their precomputed angles).
+        ``kv``: the attention's key/value hook (see ``MultiHeadAttention.apply``); with a KV cache, ``mask`` is then
         broadcastable to (B, H, T, S) over the cached keys. ``kernel``: the attention kernel.
         """
         h = self.ln.apply(params["ln1"], x)
-        x = x + self.attn.apply(params["attn"], h, h, h, mask, rng=random.fold_in(rng, "attn"), kv=kv,
-                                positions=positions, kernel=kernel, rotary=rotary)
+        x = x + self.attn.apply(
+            params["attn"],
+            h,
+            h,
+            h,
+            mask,
+            rng=random.fold_in(rng, "attn"),
+            kv=kv,
+            positions=positions,
+            kernel=kernel,
+            rotary=rotary,
+        )
         h = self.ln.apply(params["ln2"], x)
         return x + self.ffn.apply(params["ffn"], h, rng=random.fold_in(rng, "ffn"))

@@ -41,8 +41,8 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
     before dropout, (..., Tq, Tk). Keeps q/√d, k, v, the weights and the dropout mask.
     """
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    q = q * scale                                       # scale the small (.., Tq, d), not the scores
-    p = q @ np.swapaxes(k, -1, -2)                      # (..., Tq, Tk) scores, then weights in place
+    q = q * scale  # scale the small (.., Tq, d), not the scores
+    p = q @ np.swapaxes(k, -1, -2)  # (..., Tq, Tk) scores, then weights in place
     mask = None if mask is None else np.asarray(mask, bool)
     softmax_(p, mask)
     keep = None
@@ -54,7 +54,7 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
         p_used *= p.dtype.type(1.0 / (1.0 - dropout))
     else:
         p_used = p
-    out = p_used @ v                                    # (..., Tq, dv)
+    out = p_used @ v  # (..., Tq, dv)
     res = (q, k, v, p, p_used, keep, dropout, scale, dead_rows_mask(mask))
     return ((out, p) if return_weights else out), res
 
@@ -65,18 +65,18 @@ def _attention_vjp(res, g):
     g_weights = None
     if isinstance(g, tuple):
         g, g_weights = g
-    dv = np.swapaxes(p_used, -1, -2) @ g                # (..., Tk, dv)
-    dp = g @ np.swapaxes(v, -1, -2)                     # (..., Tq, Tk)
+    dv = np.swapaxes(p_used, -1, -2) @ g  # (..., Tk, dv)
+    dp = g @ np.swapaxes(v, -1, -2)  # (..., Tq, Tk)
     if keep is not None:
         dp *= keep
         dp *= p.dtype.type(1.0 / (1.0 - dropout))
     if g_weights is not None:
         dp += g_weights
-    dp -= np.einsum("...j,...j->...", dp, p)[..., None]    # softmax backward: ds = p (dp - Σ dp·p)
+    dp -= np.einsum("...j,...j->...", dp, p)[..., None]  # softmax backward: ds = p (dp - Σ dp·p)
     dp *= p
     if dead_rows_mask is not None:
         dp *= dead_rows_mask
-    dq = dp @ k                                         # (..., Tq, d)
+    dq = dp @ k  # (..., Tq, d)
     dq *= scale
-    dk = np.swapaxes(dp, -1, -2) @ q                    # (..., Tk, d); q is already q/√d
+    dk = np.swapaxes(dp, -1, -2) @ q  # (..., Tk, d); q is already q/√d
     return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)

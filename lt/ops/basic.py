@@ -6,15 +6,36 @@ what the backward needs. Broadcasting VJPs sum the cotangent over broadcast axes
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
+from .. import threads
 from ..quant import QuantizedArray
 from . import quantized
 from .primitive import primitive
 
-__all__ = ["add", "sub", "mul", "div", "neg", "exp", "log", "tanh", "astype", "matmul",
-           "linear", "reshape", "transpose", "split", "concat", "index", "sum", "mean",
-           "unbroadcast"]
+__all__ = [
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "neg",
+    "exp",
+    "log",
+    "tanh",
+    "astype",
+    "matmul",
+    "linear",
+    "reshape",
+    "transpose",
+    "split",
+    "concat",
+    "index",
+    "sum",
+    "mean",
+    "unbroadcast",
+]
 
 
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
@@ -27,6 +48,7 @@ def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- elementwise
+
 
 @primitive
 def add(a, b):
@@ -135,6 +157,7 @@ def _astype_vjp(dtype, g):
 
 # ----------------------------------------------------------------- products
 
+
 def _swap(x):
     return np.swapaxes(x, -1, -2)
 
@@ -146,16 +169,20 @@ def matmul(a, b):
     if np.ndim(a) < 2 or np.ndim(b) < 2:
         raise ValueError(f"lt.ops.matmul needs arrays of 2+ dimensions, got {np.shape(a)} and {np.shape(b)}")
     if type(b) is QuantizedArray:
-        a2 = np.reshape(a, (-1, np.shape(a)[-1]))                        # (N, in)
+        a2 = np.reshape(a, (-1, np.shape(a)[-1]))  # (N, in)
         return quantized.matmul(a2, b).reshape(np.shape(a)[:-1] + (b.shape[1],)), (a, b)
+    if np.ndim(a) == 2 and np.ndim(b) == 2:
+        return threads.matmul(a, b), (a, b)
     return np.matmul(a, b), (a, b)
 
 
 @matmul.defvjp
 def _matmul_vjp(res, g):
     a, b = res
-    if type(b) is QuantizedArray:                                       # a constant: only da
+    if type(b) is QuantizedArray:  # a constant: only da
         return quantized.matmul_t(g.reshape(-1, b.shape[1]), b).reshape(a.shape), None
+    if g.ndim == 2 and a.ndim == 2 and b.ndim == 2:
+        return threads.matmul(g, b.T), threads.matmul(a.T, g)
     return unbroadcast(g @ _swap(b), a.shape), unbroadcast(_swap(a) @ g, b.shape)
 
 
@@ -167,8 +194,8 @@ def linear(x, w, b=None):
     (``lt.ops.quantized``); it is a constant to the VJP (no ``dw``)."""
     if w.ndim != 2 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: input (..., {x.shape[-1]}) does not fit a weight of shape {w.shape}")
-    x2 = x.reshape(-1, w.shape[0])                      # (N, in)
-    y = x2 @ w if type(w) is not QuantizedArray else quantized.matmul(x2, w)   # (N, out)
+    x2 = x.reshape(-1, w.shape[0])  # (N, in)
+    y = threads.matmul(x2, w) if type(w) is not QuantizedArray else quantized.matmul(x2, w)  # (N, out)
     if b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, x.shape, b is not None)
@@ -177,17 +204,18 @@ def linear(x, w, b=None):
 @linear.defvjp
 def _linear_vjp(res, g):
     x2, w, x_shape, has_bias = res
-    g2 = g.reshape(-1, w.shape[1])                      # (N, out)
-    if type(w) is QuantizedArray:                       # a constant: dx only
+    g2 = g.reshape(-1, w.shape[1])  # (N, out)
+    if type(w) is QuantizedArray:  # a constant: dx only
         dx = quantized.matmul_t(g2, w).reshape(x_shape)
         return dx, None, g2.sum(axis=0) if has_bias else None
-    dx = (g2 @ w.T).reshape(x_shape)                    # (N, in) -> (..., in)
-    dw = x2.T @ g2                                      # (in, out)
+    dx = threads.matmul(g2, w.T).reshape(x_shape)  # (N, in) -> (..., in)
+    dw = threads.matmul(x2.T, g2)  # (in, out)
     db = g2.sum(axis=0) if has_bias else None
     return dx, dw, db
 
 
 # ----------------------------------------------------------------- shapes
+
 
 @primitive
 def reshape(a, shape):
@@ -216,12 +244,11 @@ def _transpose_vjp(axes, g):
 def split(a, sections, axis=-1):
     """``a`` cut into equal ``sections`` (an int) or at the given indices along ``axis``."""
     n = a.shape[axis]
-    cuts = [n * i // sections for i in range(sections + 1)] if isinstance(sections, int) \
-        else [0, *sections, n]
+    cuts = [n * i // sections for i in range(sections + 1)] if isinstance(sections, int) else [0, *sections, n]
     if isinstance(sections, int) and n % sections:
         raise ValueError(f"split: axis of length {n} does not divide into {sections} equal sections")
     lead = (slice(None),) * (axis % a.ndim)
-    return tuple(a[lead + (slice(lo, hi),)] for lo, hi in zip(cuts, cuts[1:])), axis
+    return tuple(a[lead + (slice(lo, hi),)] for lo, hi in itertools.pairwise(cuts)), axis
 
 
 @split.defvjp
@@ -265,6 +292,7 @@ def _index_vjp(res, g):
 
 
 # ----------------------------------------------------------------- reductions
+
 
 def _expand(g, shape, axis, keepdims):
     if axis is not None and not keepdims:

@@ -21,10 +21,12 @@ weights over all S keys (its q and k get no gradient), and dropout drops the sam
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from .. import threads
 from .attention import attention, dropout_keep
 from .basic import unbroadcast
 from .primitive import primitive
@@ -42,6 +44,9 @@ _TILE = 1 << 19
 # 1.5x at 2048 in the full run); at 4 x 4 heads of 16 (bench_llm's sdpa row) blockwise was
 # also ahead at T = 128. Shorter sequences keep the full matrix, where one tile is all there is.
 BLOCKWISE_FROM = 128 * 128
+# The backward deals its query blocks to this many groups, each with its own dk, dv sums (memory:
+# that many copies of dk and dv): enough for the cores of a laptop to share, fixed by the code.
+_BACKWARD_GROUPS = 4
 
 
 def attention_kernel(T: int, S: int, *, return_weights: bool = False, kernel: str = "auto") -> str:
@@ -62,8 +67,9 @@ def attention_kernel(T: int, S: int, *, return_weights: bool = False, kernel: st
     return "blockwise" if T > 1 and T * S >= BLOCKWISE_FROM else "full"
 
 
-def dot_product_attention(q, k, v, mask=None, dropout=0.0, rng=None, *, causal=False,
-                          kernel="auto", return_weights=False, block=None):
+def dot_product_attention(
+    q, k, v, mask=None, dropout=0.0, rng=None, *, causal=False, kernel="auto", return_weights=False, block=None
+):
     """Scaled dot-product attention by the kernel :func:`attention_kernel` picks.
 
     q (..., T, d), k (..., S, d), v (..., S, dv) -> (..., T, dv) [and weights (..., T, S)];
@@ -75,7 +81,7 @@ def dot_product_attention(q, k, v, mask=None, dropout=0.0, rng=None, *, causal=F
     if attention_kernel(T, S, return_weights=return_weights, kernel=kernel) == "blockwise":
         return blockwise_attention(q, k, v, mask, dropout, rng, causal=causal, block=block)
     if causal:
-        tri = np.tri(T, S, S - T, dtype=bool)                               # (T, S)
+        tri = np.tri(T, S, S - T, dtype=bool)  # (T, S)
         mask = tri if mask is None else np.asarray(mask, bool) & tri
     return attention(q, k, v, mask, dropout, rng, return_weights=return_weights)
 
@@ -100,8 +106,7 @@ class _Tiles:
 
     def __init__(self, lead, T, S, mask, causal, rate, rng, block, dtype):
         self.lead, self.T, self.S, self.causal, self.rate, self.rng = lead, T, S, causal, rate, rng
-        self.mask = None if mask is None else np.broadcast_to(np.asarray(mask, bool),
-                                                              np.shape(mask)[:-2] + (T, S))
+        self.mask = None if mask is None else np.broadcast_to(np.asarray(mask, bool), np.shape(mask)[:-2] + (T, S))
         self.bq, self.bk = _blocks(math.prod(lead), T, S, block)
         self.dtype, self.fill = dtype, masked_fill_value(dtype)
         self.alive = self._alive()
@@ -111,11 +116,11 @@ class _Tiles:
         T, S, off = self.T, self.S, self.S - self.T
         alive = None
         if self.causal and off < 0:
-            alive = np.arange(T) + off >= 0                                 # (T,)
+            alive = np.arange(T) + off >= 0  # (T,)
         if self.mask is not None:
             if self.causal:
-                alive = np.zeros(self.mask.shape[:-1], bool)                # (..., T)
-                for i0, i1 in self.rows():                                  # a (bq, S) temporary at a time
+                alive = np.zeros(self.mask.shape[:-1], bool)  # (..., T)
+                for i0, i1 in self.rows():  # a (bq, S) temporary at a time
                     tri = np.tri(i1 - i0, S, i0 + off, dtype=bool)
                     alive[..., i0:i1] = (self.mask[..., i0:i1, :] & tri).any(-1)
             else:
@@ -135,8 +140,8 @@ class _Tiles:
         for j0 in range(0, stop, self.bk):
             j1 = min(stop, j0 + self.bk)
             m = None
-            if self.causal and j1 - 1 > i0 + off:                           # the tile crosses the diagonal
-                m = np.tri(i1 - i0, j1 - j0, i0 + off - j0, dtype=bool)     # (bq, bk): j <= i + off
+            if self.causal and j1 - 1 > i0 + off:  # the tile crosses the diagonal
+                m = np.tri(i1 - i0, j1 - j0, i0 + off - j0, dtype=bool)  # (bq, bk): j <= i + off
             if self.mask is not None:
                 part = self.mask[..., i0:i1, j0:j1]
                 m = part if m is None else m & part
@@ -156,12 +161,12 @@ class _Tiles:
     def uniform_rows(self, v, g=None):
         """The fully masked rows' part: their output (..., T, dv) (uniform weights 1/S over all
         keys, dropout included), or with ``g`` their gradient of v (..., S, dv)."""
-        dead = ~self.alive[..., None]                                       # (..., T, 1)
+        dead = ~self.alive[..., None]  # (..., T, 1)
         inv_s = self.dtype.type(1.0 / self.S)
         if not self.rate:
             if g is None:
                 return np.broadcast_to(v.mean(-2, keepdims=True), self.lead + (self.T, v.shape[-1]))
-            return np.where(dead, g, 0).sum(-2, keepdims=True) * inv_s    # (..., 1, dv)
+            return np.where(dead, g, 0).sum(-2, keepdims=True) * inv_s  # (..., 1, dv)
         acc = np.zeros(self.lead + ((self.T,) if g is None else (self.S,)) + v.shape[-1:], self.dtype)
         for i0, i1 in self.rows():
             if not dead[..., i0:i1, :].any():
@@ -169,7 +174,7 @@ class _Tiles:
             gi = None if g is None else np.where(dead[..., i0:i1, :], g[..., i0:i1, :], 0)
             for j0 in range(0, self.S, self.bk):
                 j1 = min(self.S, j0 + self.bk)
-                keep = self.keep(i0, i1, j0, j1)                            # (..., bk, bq)
+                keep = self.keep(i0, i1, j0, j1)  # (..., bk, bq)
                 if g is None:
                     acc[..., i0:i1, :] += np.swapaxes(keep, -1, -2) @ v[..., j0:j1, :]
                 else:
@@ -188,8 +193,8 @@ _BOUND = 60.0
 
 def _norm_bound(x, size: int) -> list:
     """The largest row norm of x (..., n, d) in each block of ``size`` rows."""
-    norms = np.sqrt(np.einsum("...i,...i->...", x, x).reshape(-1, x.shape[-2]).max(0))   # (n,)
-    return [float(norms[i:i + size].max()) for i in range(0, len(norms), size)]
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x).reshape(-1, x.shape[-2]).max(0))  # (n,)
+    return [float(norms[i : i + size].max()) for i in range(0, len(norms), size)]
 
 
 @primitive
@@ -212,71 +217,122 @@ def blockwise_attention(q, k, v, mask=None, dropout=0.0, rng=None, causal=False,
     lse = np.empty(lead + (T, 1), dtype)
     qbound, kbound = [b * float(scale) for b in _norm_bound(q, tiles.bq)], _norm_bound(k, tiles.bk)
     ones = np.ones(tiles.bk, dtype)
-    for i0, i1 in tiles.rows():
-        qi = np.swapaxes(q[..., i0:i1, :] * scale, -1, -2)                  # (..., d, bq): q/√d, a block at a time
-        shift = l = acc = None                   # running shift (None: 0) and sum (..., 1, bq), output
-        for j0, j1, hidden in tiles.cols(i0, i1):
-            s = k[..., j0:j1, :] @ qi                                       # (..., bk, bq) scores
-            if hidden is not None:
-                np.copyto(s, tiles.fill, where=hidden)
-            alpha = None
-            if shift is not None or qbound[i0 // tiles.bq] * kbound[j0 // tiles.bk] > _BOUND:
-                top = s.max(-2, keepdims=True)                              # (..., 1, bq)
-                old = 0 if shift is None else shift                         # the shift the sums so far have
-                new = top if l is None else np.maximum(top, old)            # subtract the running max
-                if l is not None:
-                    alpha = np.exp(old - new)
-                s -= new
-                shift = new
-            np.exp(s, out=s)                                                # unnormalised weights
-            total = (ones[:j1 - j0] @ s)[..., None, :]                      # (..., 1, bq) on the BLAS
-            keep = tiles.keep(i0, i1, j0, j1)
-            if keep is not None:
-                s *= keep
-            pv = np.swapaxes(s, -1, -2) @ v[..., j0:j1, :]                  # (..., bq, dv)
-            if l is None:
-                l, acc = total, pv
-            else:
-                if alpha is not None:                                       # rescale what came before
-                    l *= alpha
-                    acc *= np.swapaxes(alpha, -1, -2)
-                l += total
-                acc += pv
-        if l is None:                                                       # every row here fully masked
-            out[..., i0:i1, :], lse[..., i0:i1, :] = 0, 0
-            continue
-        with np.errstate(divide="ignore", invalid="ignore"):               # fully masked rows: fixed below
-            np.divide(acc, np.swapaxes(l, -1, -2), out=out[..., i0:i1, :])
-            np.log(l, out=l)
-        if shift is not None:
-            l += shift
-        lse[..., i0:i1, :] = np.swapaxes(l, -1, -2)
-    if tiles.alive is not None:                                             # fully masked rows: uniform
-        dead = ~tiles.alive[..., None]                                      # (..., T, 1)
+    # query blocks are independent: the free cores take them, the costliest (last, when causal) first
+    threads.run(
+        [
+            functools.partial(_forward_rows, q, k, v, out, lse, tiles, scale, qbound, kbound, ones, i0, i1)
+            for i0, i1 in reversed(list(tiles.rows()))
+        ],
+        _cost_us(tiles, d, dv),
+    )
+    if tiles.alive is not None:  # fully masked rows: uniform
+        dead = ~tiles.alive[..., None]  # (..., T, 1)
         np.copyto(out, tiles.uniform_rows(v), where=dead)
-        np.copyto(lse, np.inf, where=dead)                                  # recomputed weights: exp(s - inf) = 0
+        np.copyto(lse, np.inf, where=dead)  # recomputed weights: exp(s - inf) = 0
     return out, (q, k, v, out, lse, tiles, scale)
+
+
+def _cost_us(tiles: _Tiles, d: int, dv: int) -> float:
+    """One thread's estimated time for the forward: its two products and ~6 passes over the scores."""
+    scores = math.prod(tiles.lead) * tiles.T * tiles.S * (0.5 if tiles.causal else 1.0)
+    return threads.flops_us(2 * scores * (d + dv)) + threads.bytes_us(6 * 4 * scores)
+
+
+def _forward_rows(q, k, v, out, lse, tiles, scale, qbound, kbound, ones, i0, i1) -> None:
+    """Query rows [i0, i1) of the forward: their output and log-sum-exp, written in place."""
+    qi = np.swapaxes(q[..., i0:i1, :] * scale, -1, -2)  # (..., d, bq): q/√d, a block at a time
+    shift = l = acc = None  # running shift (None: 0) and sum (..., 1, bq), output
+    for j0, j1, hidden in tiles.cols(i0, i1):
+        s = k[..., j0:j1, :] @ qi  # (..., bk, bq) scores
+        if hidden is not None:
+            np.copyto(s, tiles.fill, where=hidden)
+        alpha = None
+        if shift is not None or qbound[i0 // tiles.bq] * kbound[j0 // tiles.bk] > _BOUND:
+            top = s.max(-2, keepdims=True)  # (..., 1, bq)
+            old = 0 if shift is None else shift  # the shift the sums so far have
+            new = top if l is None else np.maximum(top, old)  # subtract the running max
+            if l is not None:
+                alpha = np.exp(old - new)
+            s -= new
+            shift = new
+        np.exp(s, out=s)  # unnormalised weights
+        total = (ones[: j1 - j0] @ s)[..., None, :]  # (..., 1, bq) on the BLAS
+        keep = tiles.keep(i0, i1, j0, j1)
+        if keep is not None:
+            s *= keep
+        pv = np.swapaxes(s, -1, -2) @ v[..., j0:j1, :]  # (..., bq, dv)
+        if l is None:
+            l, acc = total, pv
+        else:
+            if alpha is not None:  # rescale what came before
+                l *= alpha
+                acc *= np.swapaxes(alpha, -1, -2)
+            l += total
+            acc += pv
+    if l is None or acc is None:  # every row here fully masked
+        out[..., i0:i1, :], lse[..., i0:i1, :] = 0, 0
+        return
+    with np.errstate(divide="ignore", invalid="ignore"):  # fully masked rows: fixed by the caller
+        np.divide(acc, np.swapaxes(l, -1, -2), out=out[..., i0:i1, :])
+        np.log(l, out=l)
+    if shift is not None:
+        l += shift
+    lse[..., i0:i1, :] = np.swapaxes(l, -1, -2)
 
 
 @blockwise_attention.defvjp
 def _blockwise_attention_vjp(res, g):
     q, k, v, out, lse, tiles, scale = res
     dtype = q.dtype
-    D = np.einsum("...i,...i->...", g, out)[..., None, :]                   # (..., 1, T): Σ_j dp·p per row
-    lse = np.swapaxes(lse, -1, -2)                                          # (..., 1, T)
+    D = np.einsum("...i,...i->...", g, out)[..., None, :]  # (..., 1, T): Σ_j dp·p per row
+    lse = np.swapaxes(lse, -1, -2)  # (..., 1, T)
     dq = np.zeros(tiles.lead + q.shape[-2:], dtype)
+    # Query blocks add to dk and dv over the keys they see. They are dealt to a few groups (fixed by
+    # the shapes; dealt back and forth so that causal groups get even work), each with its own
+    # dk, dv sums, added up in group order afterwards: the free cores take the groups in any order.
+    rows = list(tiles.rows())
+    count = min(len(rows), _BACKWARD_GROUPS)
+    groups: list[list[tuple[int, int]]] = [[] for _ in range(count)]
+    for b, block in enumerate(rows):
+        turn = b % (2 * count)
+        groups[turn if turn < count else 2 * count - 1 - turn].append(block)
+    sums: list[list] = [[None, None] for _ in groups]
+    threads.run(
+        [
+            functools.partial(_backward_rows, q, k, v, g, lse, D, tiles, scale, dq, sums[i], groups[i])
+            for i in range(count)
+        ],
+        2 * _cost_us(tiles, q.shape[-1], v.shape[-1]),
+    )
     dk = np.zeros(tiles.lead + k.shape[-2:], dtype)
     dv = np.zeros(tiles.lead + v.shape[-2:], dtype)
-    for i0, i1 in tiles.rows():
-        qi, gi = q[..., i0:i1, :] * scale, g[..., i0:i1, :]                 # (..., bq, d), (..., bq, dv)
+    for pk, pv in sums:
+        if pk is not None:
+            dk += pk
+            dv += pv
+    if tiles.alive is not None:  # uniform rows: dv gets g/S
+        dv += tiles.uniform_rows(v, g)
+    dq *= scale
+    return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+
+
+def _backward_rows(q, k, v, g, lse, D, tiles, scale, dq, sums, blocks) -> None:
+    """Query blocks ``blocks`` [(i0, i1), ...] of the backward: their dq in place, and
+    ``sums = [dk, dv]``, their part of dk and dv (None when they see no key)."""
+    dk = dv = None
+    for i0, i1 in blocks:
+        qi, gi = q[..., i0:i1, :] * scale, g[..., i0:i1, :]  # (..., bq, d), (..., bq, dv)
         qt, gt = np.swapaxes(qi, -1, -2), np.swapaxes(gi, -1, -2)
         for j0, j1, hidden in tiles.cols(i0, i1):
-            p = k[..., j0:j1, :] @ qt                                       # (..., bk, bq) scores
+            if dk is None or dv is None:  # (both None until the first tile)
+                dk = np.zeros(tiles.lead + k.shape[-2:], q.dtype)
+                dv = np.zeros(tiles.lead + v.shape[-2:], q.dtype)
+            p = k[..., j0:j1, :] @ qt  # (..., bk, bq) scores
             p -= lse[..., i0:i1]
             if hidden is not None:
                 np.copyto(p, -np.inf, where=hidden)
-            np.exp(p, out=p)                                                # the forward's weights
-            dp = v[..., j0:j1, :] @ gt                                      # (..., bk, bq)
+            np.exp(p, out=p)  # the forward's weights
+            dp = v[..., j0:j1, :] @ gt  # (..., bk, bq)
             keep = tiles.keep(i0, i1, j0, j1)
             if keep is None:
                 dv[..., j0:j1, :] += p @ gi
@@ -284,10 +340,7 @@ def _blockwise_attention_vjp(res, g):
                 dv[..., j0:j1, :] += (p * keep) @ gi
                 dp *= keep
             dp -= D[..., i0:i1]
-            dp *= p                                                         # ds = p (dp - D)
-            dk[..., j0:j1, :] += dp @ qi                                    # qi is q/√d
+            dp *= p  # ds = p (dp - D)
+            dk[..., j0:j1, :] += dp @ qi  # qi is q/√d
             dq[..., i0:i1, :] += np.swapaxes(dp, -1, -2) @ k[..., j0:j1, :]
-    if tiles.alive is not None:                                             # uniform rows: dv gets g/S
-        dv += tiles.uniform_rows(v, g)
-    dq *= scale
-    return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+    sums[:] = [dk, dv]

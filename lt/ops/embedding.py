@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import threads
 from ..quant import QuantizedArray
 from . import quantized
 from .primitive import primitive
@@ -26,10 +27,10 @@ def embedding(w, ids):
 @embedding.defvjp
 def _embedding_vjp(res, g):
     shape, dtype, ids = res
-    if shape is None:                                       # a quantized table: a constant
+    if shape is None:  # a quantized table: a constant
         return None, None
     dw = np.zeros(shape, dtype)
-    np.add.at(dw, np.ravel(ids), g.reshape(-1, shape[1]))   # scatter-add: repeated ids sum
+    np.add.at(dw, np.ravel(ids), g.reshape(-1, shape[1]))  # scatter-add: repeated ids sum
     return dw, None
 
 
@@ -41,20 +42,20 @@ def unembed(h, w):
     embedding's gradient to it is a contiguous add, not a strided one. A quantized ``w``
     is dequantized a tile at a time (``lt.ops.quantized``) and is a constant to the VJP.
     """
-    h2 = h.reshape(-1, w.shape[1])                      # (N, D)
+    h2 = h.reshape(-1, w.shape[1])  # (N, D)
     if type(w) is QuantizedArray:
-        scores = quantized.matmul_t(h2, w)              # (N, V)
-    elif h2.shape[0] == 1:                              # one row (batch-1 decoding): a matrix-vector
-        scores = (w @ h2[0])[None]                      # product over w as stored, 1.2-1.4x the
-    else:                                               # (1, D) @ (D, V)-view matmul on gpt2
-        scores = h2 @ w.T                               # (N, V)
+        scores = quantized.matmul_t(h2, w)  # (N, V)
+    elif h2.shape[0] == 1:  # one row (batch-1 decoding): a matrix-vector
+        scores = threads.matmul(w, h2.T).T  # product over w as stored, 1.2-1.4x the
+    else:  # (1, D) @ (D, V)-view matmul on gpt2
+        scores = threads.matmul(h2, w.T)  # (N, V)
     return scores.reshape(h.shape[:-1] + (w.shape[0],)), (h2, w, h.shape)
 
 
 @unembed.defvjp
 def _unembed_vjp(res, g):
     h2, w, h_shape = res
-    g2 = g.reshape(-1, w.shape[0])                      # (N, V)
-    if type(w) is QuantizedArray:                       # a constant: dh only
+    g2 = g.reshape(-1, w.shape[0])  # (N, V)
+    if type(w) is QuantizedArray:  # a constant: dh only
         return quantized.matmul(g2, w).reshape(h_shape), None
-    return (g2 @ w).reshape(h_shape), g2.T @ h2         # (N, D) -> (..., D); (V, N) @ (N, D)
+    return threads.matmul(g2, w).reshape(h_shape), threads.matmul(g2.T, h2)  # (N, D) -> (..., D); (V, D)

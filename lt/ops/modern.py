@@ -17,6 +17,7 @@ __all__ = ["rms_norm", "rope", "rotate_half", "swiglu"]
 
 # ----------------------------------------------------------------- RMS norm
 
+
 @primitive
 def rms_norm(x, scale, eps=1e-6):
     """``x / sqrt(mean(x²) + eps) * scale`` over the last axis (Llama's and Qwen2's RMSNorm).
@@ -24,7 +25,7 @@ def rms_norm(x, scale, eps=1e-6):
     No mean is subtracted and there is no bias. Keeps ``xhat = x / rms`` and ``1/rms``.
     """
     inv_d = x.dtype.type(1.0 / x.shape[-1])
-    ms = np.einsum("...d,...d->...", x, x)[..., None] * inv_d          # (..., 1) mean square
+    ms = np.einsum("...d,...d->...", x, x)[..., None] * inv_d  # (..., 1) mean square
     rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))
     xhat = x * rstd
     return xhat * scale, (xhat, rstd, scale)
@@ -43,6 +44,7 @@ def _rms_norm_vjp(res, g):
 
 
 # ----------------------------------------------------------------- rotary positions
+
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
     """(..., d) -> (..., d): ``[-x2, x1]`` for the halves ``x1, x2`` (Hugging Face's layout)."""
@@ -81,6 +83,7 @@ def _rope_vjp(res, g):
 
 # ----------------------------------------------------------------- SwiGLU
 
+
 @primitive
 def swiglu(gate, up):
     """``silu(gate) * up`` with ``silu(a) = a * sigmoid(a)``: the gated feed-forward's middle.
@@ -90,7 +93,7 @@ def swiglu(gate, up):
     sig = np.negative(gate)
     np.exp(sig, out=sig)
     sig += 1
-    np.reciprocal(sig, out=sig)                         # sigmoid(gate)
+    np.reciprocal(sig, out=sig)  # sigmoid(gate)
     h = gate * sig
     h *= up
     return h, (gate, up, sig)

@@ -10,17 +10,18 @@ the tape backwards.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
 __all__ = ["Tracer", "Tape", "Primitive", "primitive", "value_of"]
 
 
-_registry: dict[str, "Primitive"] = {}   # every primitive by "module.name", filled as they are defined
+_registry: dict[str, Primitive] = {}  # every primitive by "module.name", filled as they are defined
 
 
-def _op(name: str) -> "Primitive":
+def _op(name: str) -> Primitive:
     """The primitive ``name`` of :mod:`lt.ops.basic`, looked up when called: those primitives are
     built on this module, so they exist only after this class does."""
     return _registry["lt.ops.basic." + name]
@@ -36,10 +37,19 @@ class Tracer:
 
     __slots__ = ("value", "tape", "id")
     __array_priority__ = 1000
-    _ufuncs = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "div",
-               np.negative: "neg", np.exp: "exp", np.log: "log", np.tanh: "tanh", np.matmul: "matmul"}
+    _ufuncs: ClassVar[dict] = {
+        np.add: "add",
+        np.subtract: "sub",
+        np.multiply: "mul",
+        np.true_divide: "div",
+        np.negative: "neg",
+        np.exp: "exp",
+        np.log: "log",
+        np.tanh: "tanh",
+        np.matmul: "matmul",
+    }
 
-    def __init__(self, value: np.ndarray, tape: "Tape", id_: int):
+    def __init__(self, value: np.ndarray, tape: Tape, id_: int):
         self.value, self.tape, self.id = value, tape, id_
 
     shape = property(lambda self: self.value.shape)
@@ -57,36 +67,74 @@ class Tracer:
         return f"Tracer(shape={self.shape}, dtype={self.dtype})"
 
     def __array__(self, *args, **kwargs):
-        raise TypeError("a traced value reached a NumPy function inside lt.value_and_grad; "
-                        "use the operations in lt.ops (or float(x) for a value without gradient)")
+        raise TypeError(
+            "a traced value reached a NumPy function inside lt.value_and_grad; "
+            "use the operations in lt.ops (or float(x) for a value without gradient)"
+        )
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         """``ndarray + tracer``, ``np.exp(tracer)``, ...: the lt primitive, where there is one."""
         name = self._ufuncs.get(ufunc)
         if name is None or method != "__call__" or kwargs:
-            raise TypeError(f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
-                            "gradient; use the operations in lt.ops")
+            raise TypeError(
+                f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
+                "gradient; use the operations in lt.ops"
+            )
         return _op(name)(*inputs)
 
     # The arithmetic and methods model code writes, each one primitive of lt.ops.
-    def __add__(self, other): return _op("add")(self, other)
-    def __radd__(self, other): return _op("add")(other, self)
-    def __sub__(self, other): return _op("sub")(self, other)
-    def __rsub__(self, other): return _op("sub")(other, self)
-    def __mul__(self, other): return _op("mul")(self, other)
-    def __rmul__(self, other): return _op("mul")(other, self)
-    def __truediv__(self, other): return _op("div")(self, other)
-    def __rtruediv__(self, other): return _op("div")(other, self)
-    def __neg__(self): return _op("neg")(self)
-    def __matmul__(self, other): return _op("matmul")(self, other)
-    def __rmatmul__(self, other): return _op("matmul")(other, self)
-    def __getitem__(self, idx): return _op("index")(self, idx)
-    def reshape(self, *shape): return _op("reshape")(self, shape[0] if len(shape) == 1 else shape)
-    def transpose(self, *axes): return _op("transpose")(self, (axes[0] if len(axes) == 1 else axes) or None)
+    def __add__(self, other):
+        return _op("add")(self, other)
+
+    def __radd__(self, other):
+        return _op("add")(other, self)
+
+    def __sub__(self, other):
+        return _op("sub")(self, other)
+
+    def __rsub__(self, other):
+        return _op("sub")(other, self)
+
+    def __mul__(self, other):
+        return _op("mul")(self, other)
+
+    def __rmul__(self, other):
+        return _op("mul")(other, self)
+
+    def __truediv__(self, other):
+        return _op("div")(self, other)
+
+    def __rtruediv__(self, other):
+        return _op("div")(other, self)
+
+    def __neg__(self):
+        return _op("neg")(self)
+
+    def __matmul__(self, other):
+        return _op("matmul")(self, other)
+
+    def __rmatmul__(self, other):
+        return _op("matmul")(other, self)
+
+    def __getitem__(self, idx):
+        return _op("index")(self, idx)
+
+    def reshape(self, *shape):
+        return _op("reshape")(self, shape[0] if len(shape) == 1 else shape)
+
+    def transpose(self, *axes):
+        return _op("transpose")(self, (axes[0] if len(axes) == 1 else axes) or None)
+
     T = property(lambda self: _op("transpose")(self))
-    def sum(self, axis=None, keepdims=False): return _op("sum")(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _op("mean")(self, axis, keepdims)
-    def astype(self, dtype): return _op("astype")(self, dtype)
+
+    def sum(self, axis=None, keepdims=False):
+        return _op("sum")(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _op("mean")(self, axis, keepdims)
+
+    def astype(self, dtype):
+        return _op("astype")(self, dtype)
 
 
 def value_of(x):
@@ -114,13 +162,13 @@ class Tape:
         self._count += 1
         return Tracer(value, self, self._count)
 
-    def record(self, prim: "Primitive", args: tuple, residual, out):
+    def record(self, prim: Primitive, args: tuple, residual, out):
         inputs = tuple(a.id if type(a) is Tracer else None for a in args)
         if isinstance(out, tuple):
-            traced = tuple(self.new(o) for o in out)
+            outs = tuple(self.new(o) for o in out)
             meta = tuple((o.shape, o.dtype) for o in out)
-            self.nodes.append(_Node(prim, inputs, residual, tuple(t.id for t in traced), meta))
-            return traced
+            self.nodes.append(_Node(prim, inputs, residual, tuple(t.id for t in outs), meta))
+            return outs
         traced = self.new(out)
         self.nodes.append(_Node(prim, inputs, residual, (traced.id,), None))
         return traced
@@ -145,6 +193,8 @@ class Primitive:
     argument (``None`` where there is none), with ``g`` a tuple when ``out`` is. The VJP
     must not modify ``g`` or the residual in place.
     """
+
+    __name__: str  # the forward's, set by functools.update_wrapper
 
     def __init__(self, forward: Callable):
         self.forward = forward

@@ -23,8 +23,8 @@ from ..quant import QuantizedArray, dequantize_array, dequantize_codes, signed_c
 
 __all__ = ["matmul", "matmul_t", "take", "TILE_ELEMENTS"]
 
-TILE_ELEMENTS = 1 << 18        # floats per tile: 1 MiB of float32, inside a core's L2
-_FEW_ROWS = 4                  # up to this many input rows, scales go on partial sums
+TILE_ELEMENTS = 1 << 18  # floats per tile: 1 MiB of float32, inside a core's L2
+_FEW_ROWS = 4  # up to this many input rows, scales go on partial sums
 
 
 def _tile_rows(q: QuantizedArray) -> int:
@@ -44,24 +44,25 @@ def _rows_product(x: np.ndarray, q: QuantizedArray) -> np.ndarray:
     dtype = np.result_type(x.dtype, q.dtype)
     out = np.empty((M, R), dtype)
     n = min(_tile_rows(q), R)
-    buf, scratch = _buffers(q, n)                                      # reused by every tile
+    buf, scratch = _buffers(q, n)  # reused by every tile
     if M <= _FEW_ROWS:
         xp = np.zeros((M, g * G), dtype)
         xp[:, :K] = x
-        xg = xp.reshape(M, g, G).transpose(1, 2, 0)                    # (g, G, M)
+        xg = xp.reshape(M, g, G).transpose(1, 2, 0)  # (g, G, M)
         for a in range(0, R, n):
             b = min(a + n, R)
-            c = signed_codes(q.codes[a:b], q.bits, G, buf[:b - a], None if scratch is None else scratch[:b - a])
-            if g == 1:                                                 # one scale per row
+            c = signed_codes(q.codes[a:b], q.bits, G, buf[: b - a], None if scratch is None else scratch[: b - a])
+            if g == 1:  # one scale per row
                 np.multiply((c @ xp.T).T, q.scales[a:b, 0], out=out[:, a:b])
             else:
-                part = np.matmul(c.reshape(b - a, g, G).transpose(1, 0, 2), xg)   # (g, n, M) per-group dots
-                out[:, a:b] = np.einsum("jnm,nj->mn", part, q.scales[a:b])     # scaled, summed over groups
+                part = np.matmul(c.reshape(b - a, g, G).transpose(1, 0, 2), xg)  # (g, n, M) per-group dots
+                out[:, a:b] = np.einsum("jnm,nj->mn", part, q.scales[a:b])  # scaled, summed over groups
         return out
     for a in range(0, R, n):
         b = min(a + n, R)
-        w = dequantize_codes(q.codes[a:b], q.scales[a:b], q.bits, G, K, buf[:b - a],
-                             None if scratch is None else scratch[:b - a])      # (n, K)
+        w = dequantize_codes(
+            q.codes[a:b], q.scales[a:b], q.bits, G, K, buf[: b - a], None if scratch is None else scratch[: b - a]
+        )  # (n, K)
         np.matmul(x, w.T, out=out[:, a:b])
     return out
 
@@ -76,8 +77,15 @@ def _cols_product(x: np.ndarray, q: QuantizedArray) -> np.ndarray:
     buf, scratch = _buffers(q, n)
     for a in range(0, R, n):
         b = min(a + n, R)
-        w = dequantize_codes(q.codes[a:b], q.scales[a:b], q.bits, q.group_size, K, buf[:b - a],
-                             None if scratch is None else scratch[:b - a])      # (n, K)
+        w = dequantize_codes(
+            q.codes[a:b],
+            q.scales[a:b],
+            q.bits,
+            q.group_size,
+            K,
+            buf[: b - a],
+            None if scratch is None else scratch[: b - a],
+        )  # (n, K)
         out += x[:, a:b] @ w
     return out
 
@@ -104,8 +112,8 @@ def matmul_t(x, q: QuantizedArray) -> np.ndarray:
 def take(q: QuantizedArray, ids) -> np.ndarray:
     """Rows ``w[ids]`` of a quantized ``w`` (V, D): (...,) -> (..., D), only those rows dequantized."""
     ids = np.asarray(ids)
-    if q.axis == 0:                                                    # rows cut across groups: whole matrix
+    if q.axis == 0:  # rows cut across groups: whole matrix
         return np.take(dequantize_array(q), ids, axis=0)
     flat = ids.reshape(-1)
-    rows = dequantize_codes(q.codes[flat], q.scales[flat], q.bits, q.group_size, q.shape[1])   # (N, D)
+    rows = dequantize_codes(q.codes[flat], q.scales[flat], q.bits, q.group_size, q.shape[1])  # (N, D)
     return np.ascontiguousarray(rows).reshape(ids.shape + (q.shape[1],))

@@ -36,7 +36,7 @@ def exp_normalize_(s: np.ndarray) -> np.ndarray:
     sum in place; returns the row sums of ``exp(s)`` (..., 1), so ``log p = s - log(total)``."""
     np.exp(s, out=s)
     total = row_sums(s)
-    s *= 1.0 / total                                    # one divide per row, not per element
+    s *= 1.0 / total  # one divide per row, not per element
     return total
 
 
@@ -52,7 +52,7 @@ def softmax_(s: np.ndarray, mask=None) -> np.ndarray:
 def log_softmax(x) -> np.ndarray:
     """(..., V) -> float64 log-probabilities (..., V): ``s - log(sum(exp(s)))`` with ``s = x - max``."""
     s = np.asarray(x, np.float64)
-    s = s - s.max(axis=-1, keepdims=True)               # a new array: x is never written
+    s = s - s.max(axis=-1, keepdims=True)  # a new array: x is never written
     s -= np.log(np.exp(s).sum(axis=-1, keepdims=True))  # NumPy's pairwise sum: float64 scores to the last bit
     return s
 

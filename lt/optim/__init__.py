@@ -2,13 +2,42 @@
 of pure functions over immutable trees."""
 
 from .schedules import Schedule, as_schedule, constant, cosine_decay, linear_warmup, warmup_cosine
-from .transforms import (AdamState, EmptyState, GradientTransformation, MomentumState,
-                         ScheduleState, adam, adamw, apply_updates, chain, clip_by_global_norm,
-                         current_learning_rate, decay_mask, global_norm, sgd)
+from .transforms import (
+    AdamState,
+    EmptyState,
+    GradientTransformation,
+    MomentumState,
+    ScheduleState,
+    adam,
+    adamw,
+    apply_updates,
+    chain,
+    clip_by_global_norm,
+    current_learning_rate,
+    decay_mask,
+    global_norm,
+    sgd,
+)
 
 __all__ = [
-    "GradientTransformation", "ScheduleState", "MomentumState", "AdamState", "EmptyState",
-    "sgd", "adam", "adamw", "chain", "clip_by_global_norm", "global_norm", "apply_updates",
-    "decay_mask", "current_learning_rate", "Schedule", "constant", "linear_warmup", "cosine_decay",
-    "warmup_cosine", "as_schedule",
+    "GradientTransformation",
+    "ScheduleState",
+    "MomentumState",
+    "AdamState",
+    "EmptyState",
+    "sgd",
+    "adam",
+    "adamw",
+    "chain",
+    "clip_by_global_norm",
+    "global_norm",
+    "apply_updates",
+    "decay_mask",
+    "current_learning_rate",
+    "Schedule",
+    "constant",
+    "linear_warmup",
+    "cosine_decay",
+    "warmup_cosine",
+    "as_schedule",
 ]

@@ -7,7 +7,7 @@ accept a float (a constant rate) or a schedule.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from .._checks import integer, real
 
@@ -44,6 +44,7 @@ def cosine_decay(init: float, total: int, end: float = 0.0) -> Schedule:
     def schedule(step: int) -> float:
         frac = min(step, total) / total
         return end + (init - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
     return schedule
 
 

@@ -10,17 +10,29 @@ The rules match ``torch.optim`` (SGD with momentum/nesterov, Adam, AdamW) step f
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import tree
+from .. import threads, tree
 from .._checks import real
 from .schedules import as_schedule
 
-__all__ = ["GradientTransformation", "ScheduleState", "sgd", "adam", "adamw", "chain",
-           "clip_by_global_norm", "global_norm", "apply_updates", "decay_mask",
-           "current_learning_rate"]
+__all__ = [
+    "GradientTransformation",
+    "ScheduleState",
+    "sgd",
+    "adam",
+    "adamw",
+    "chain",
+    "clip_by_global_norm",
+    "global_norm",
+    "apply_updates",
+    "decay_mask",
+    "current_learning_rate",
+]
 
 
 class GradientTransformation(NamedTuple):
@@ -30,19 +42,20 @@ class GradientTransformation(NamedTuple):
 
 class ScheduleState(NamedTuple):
     """Updates applied so far, and the learning rate of the latest one (of the first, before any)."""
-    count: np.ndarray            # () int64
-    learning_rate: np.ndarray    # () float64
+
+    count: np.ndarray  # type: ignore[assignment]  # () int64; optax's name, shadowing tuple.count on purpose
+    learning_rate: np.ndarray  # () float64
 
 
 class MomentumState(NamedTuple):
     schedule: ScheduleState
-    momentum: Any                # tree like params, or None without momentum
+    momentum: Any  # tree like params, or None without momentum
 
 
 class AdamState(NamedTuple):
     schedule: ScheduleState
-    mu: Any                      # first moment, tree like params
-    nu: Any                      # second moment, tree like params
+    mu: Any  # first moment, tree like params
+    nu: Any  # second moment, tree like params
 
 
 def _scalar(x, dtype) -> np.ndarray:
@@ -85,6 +98,7 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> Gradien
         buf = tree.map(lambda b, g: b * b.dtype.type(momentum) + g, state.momentum, grads)
         direction = tree.map(lambda g, b: g + b * b.dtype.type(momentum), grads, buf) if nesterov else buf
         return tree.map(lambda d: d * d.dtype.type(-lr), direction), MomentumState(sched, buf)
+
     return GradientTransformation(init, update)
 
 
@@ -109,8 +123,8 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
     def update(grads, state, params=None):
         lr, sched = _schedule_step(schedule, state.schedule)
         t = int(sched.count)
-        step_size = lr / (1.0 - b1 ** t)                    # bias corrections, as torch applies them
-        root_correction = np.sqrt(1.0 - b2 ** t)
+        step_size = lr / (1.0 - b1**t)  # bias corrections, as torch applies them
+        root_correction = np.sqrt(1.0 - b2**t)
         if weight_decay:
             if params is None:
                 raise ValueError("adamw's update needs params for the weight decay")
@@ -120,46 +134,60 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
         flat_g, treedef = tree.flatten(grads)
         flat_p = tree.leaves(params) if params is not None else [None] * len(flat_g)
         hyper = (b1, b2, eps, step_size, root_correction)
-        steps = [_adam_leaf(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
-                 for g, m, v, p, d in zip(flat_g, tree.leaves(state.mu), tree.leaves(state.nu), flat_p, decays)]
+        steps, tasks = [], []
+        for g, m, v, p, d in zip(flat_g, tree.leaves(state.mu), tree.leaves(state.nu), flat_p, decays):
+            leaf_step, leaf_tasks = _adam_leaf(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
+            steps.append(leaf_step)
+            tasks += leaf_tasks
+        moved = sum(np.size(g) * np.asarray(g).itemsize for g in flat_g) * 7  # g, m, v, p read; m, v, u written
+        threads.run(tasks, threads.bytes_us(moved))  # every block of every leaf, on the free cores
         mu, nu, updates = (tree.unflatten(treedef, [tree._seal(s[i]) for s in steps]) for i in range(3))
         return updates, AdamState(sched, mu, nu)
+
     return GradientTransformation(init, update)
 
 
-_CHUNK = 1 << 16          # elements per block: the block's seven arrays stay in cache
+_CHUNK = 1 << 16  # elements per block: the block's seven arrays stay in cache
 
 
-def _adam_leaf(g, m, v, p, hyper, decay_rate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One leaf's new moments and update, block by block so each element is read once:
+def _adam_leaf(g, m, v, p, hyper, decay_rate) -> tuple[tuple[np.ndarray, ...], list]:
+    """One leaf's new moments and update ``(m', v', u)`` (empty), and the tasks that fill them,
+    one per block of ``_CHUNK`` elements, so each element is read once (see :func:`_adam_block`)."""
+    g1, m1, v1 = (np.asarray(a, m.dtype).reshape(-1) for a in (g, m, v))
+    p1 = None if p is None else np.asarray(p).reshape(-1)
+    outs = tuple(np.empty(m.shape, m.dtype) for _ in range(3))
+    flat_outs = tuple(o.reshape(-1) for o in outs)
+    tasks = [
+        functools.partial(_adam_block, g1, m1, v1, p1, flat_outs, slice(lo, lo + _CHUNK), hyper, decay_rate)
+        for lo in range(0, m1.size, _CHUNK)
+    ]
+    return outs, tasks
+
+
+def _adam_block(g1, m1, v1, p1, outs, sl, hyper, decay_rate) -> None:
+    """Adam's rule on one block of a leaf, written into the block of ``outs = (m', v', u)``:
 
     ``m' = m + (1-b1)(g - m)``, ``v' = v + (1-b2)(g² - v)``,
     ``u = -step m' / (sqrt(v') / root_correction + eps) - decay_rate p``.
     """
     b1, b2, eps, step_size, root_correction = hyper
-    dt = m.dtype.type
-    g1, m1, v1 = (np.asarray(a, m.dtype).reshape(-1) for a in (g, m, v))
-    p1 = None if p is None else np.asarray(p).reshape(-1)
-    m_new, v_new, upd = (np.empty(m.shape, m.dtype) for _ in range(3))
-    mo, vo, uo = m_new.reshape(-1), v_new.reshape(-1), upd.reshape(-1)
-    for lo in range(0, m1.size, _CHUNK):
-        sl = slice(lo, lo + _CHUNK)
-        gs, ms, vs, mn, vn, un = g1[sl], m1[sl], v1[sl], mo[sl], vo[sl], uo[sl]
-        np.subtract(gs, ms, out=mn)
-        mn *= dt(1.0 - b1)
-        mn += ms
-        np.multiply(gs, gs, out=vn)
-        vn -= vs
-        vn *= dt(1.0 - b2)
-        vn += vs
-        np.sqrt(vn, out=un)
-        un *= dt(1.0 / root_correction)
-        un += dt(eps)
-        np.divide(mn, un, out=un)
-        un *= dt(-step_size)
-        if decay_rate:
-            un -= p1[sl] * dt(decay_rate)
-    return m_new, v_new, upd
+    dt = m1.dtype.type
+    gs, ms, vs = g1[sl], m1[sl], v1[sl]
+    mn, vn, un = (o[sl] for o in outs)
+    np.subtract(gs, ms, out=mn)
+    mn *= dt(1.0 - b1)
+    mn += ms
+    np.multiply(gs, gs, out=vn)
+    vn -= vs
+    vn *= dt(1.0 - b2)
+    vn += vs
+    np.sqrt(vn, out=un)
+    un *= dt(1.0 / root_correction)
+    un += dt(eps)
+    np.divide(mn, un, out=un)
+    un *= dt(-step_size)
+    if decay_rate:
+        un -= p1[sl] * dt(decay_rate)
 
 
 def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
@@ -167,8 +195,9 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -
     return _adam(learning_rate, b1, b2, eps, 0.0, None)
 
 
-def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 0.01, mask=None) -> GradientTransformation:
+def adamw(
+    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01, mask=None
+) -> GradientTransformation:
     """AdamW: Adam plus decoupled decay ``-lr * weight_decay * p`` (``torch.optim.AdamW``).
 
     By default only parameters with two or more dimensions decay (:func:`decay_mask`);
@@ -197,11 +226,13 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
             return grads, state
         scale = max_norm / norm
         return tree.map(lambda g: g * g.dtype.type(scale), grads), state
+
     return GradientTransformation(lambda params: EmptyState(), update)
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply transformations in order; the state is the tuple of their states."""
+
     def init(params):
         return tuple(t.init(params) for t in transforms)
 
@@ -211,12 +242,37 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             grads, s = t.update(grads, s, params)
             new_states.append(s)
         return grads, tuple(new_states)
+
     return GradientTransformation(init, update)
 
 
 def apply_updates(params, updates):
-    """``params + updates``, each leaf cast back to its parameter's dtype; a new frozen tree."""
-    return tree.map(lambda p, u: np.add(p, u, dtype=p.dtype), params, updates)
+    """``params + updates``, each leaf cast back to its parameter's dtype; a new frozen tree.
+    Big leaves are added block by block on the free cores (``lt.threads``)."""
+    if threads.bytes_us(3 * tree.nbytes(params)) < threads.MIN_PARALLEL_US:  # small: leaf by leaf, inline
+        return tree.map(lambda p, u: np.add(p, u, dtype=p.dtype), params, updates)
+    flat_p, treedef = tree.flatten(params)
+    flat_u, udef = tree.flatten(updates)
+    if udef != treedef:
+        raise ValueError(
+            "apply_updates: params and updates differ in structure " + (tree._mismatch([params, updates], ()) or "")
+        )
+    out, tasks = [], []
+    for p, u in zip(flat_p, flat_u):
+        p, u = np.asarray(p), np.asarray(u)
+        o = np.empty(p.shape if p.shape == u.shape else np.broadcast_shapes(p.shape, u.shape), p.dtype)
+        if p.shape != o.shape or u.shape != o.shape:
+            p, u = np.broadcast_to(p, o.shape), np.broadcast_to(u, o.shape)
+        p1, u1, o1 = p.reshape(-1), u.reshape(-1), o.reshape(-1)
+        tasks += [
+            functools.partial(
+                np.add, p1[lo : lo + _CHUNK], u1[lo : lo + _CHUNK], out=o1[lo : lo + _CHUNK], dtype=p.dtype
+            )
+            for lo in range(0, max(o.size, 1), _CHUNK)
+        ]
+        out.append(o)
+    threads.run(tasks, threads.bytes_us(sum(o.nbytes for o in out) * 3))
+    return tree.unflatten(treedef, [tree._seal(o) for o in out])
 
 
 def current_learning_rate(state) -> float | None:

@@ -16,18 +16,28 @@ from .bpe import BPETokenizer
 from .char import CharTokenizer, UnknownCharacterError
 from .gpt2 import GPT2_PATTERN, bytes_to_unicode
 
-__all__ = ["CharTokenizer", "BPETokenizer", "UnknownCharacterError", "TokenizerFileError",
-           "GPT2_PATTERN", "bytes_to_unicode", "load", "from_dict", "decodable_ids"]
+__all__ = [
+    "CharTokenizer",
+    "BPETokenizer",
+    "UnknownCharacterError",
+    "TokenizerFileError",
+    "GPT2_PATTERN",
+    "bytes_to_unicode",
+    "load",
+    "from_dict",
+    "decodable_ids",
+]
 
-_TYPES = {"char": CharTokenizer, "bpe": BPETokenizer}
+_TYPES: dict[str, type[CharTokenizer] | type[BPETokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 
 def from_dict(data: dict, where: str = "tokenizer"):
     """The tokenizer a ``to_dict()`` dict describes, of whichever type it names."""
     type_ = check_header(data, where)
     if type_ not in _TYPES:
-        raise TokenizerFileError(f"{where}: unknown tokenizer type {type_!r}; expected one of "
-                                 f"{', '.join(map(repr, _TYPES))}")
+        raise TokenizerFileError(
+            f"{where}: unknown tokenizer type {type_!r}; expected one of {', '.join(map(repr, _TYPES))}"
+        )
     return _TYPES[type_].from_dict(data, where)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from ..files import atomic_write_text  # noqa: F401  (re-exported for the tokenizer modules)
 
@@ -24,13 +25,15 @@ def read_json(path, what: str = "tokenizer file"):
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except UnicodeDecodeError as e:
-        raise TokenizerFileError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); "
-                                 f"expected a JSON {what}") from None
+        raise TokenizerFileError(
+            f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); expected a JSON {what}"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise TokenizerFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                                 f"expected a JSON {what}") from None
+        raise TokenizerFileError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected a JSON {what}"
+        ) from None
 
 
 def header(type_: str) -> dict:
@@ -43,21 +46,26 @@ def to_json(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
 
 
-def check_header(data, where: str, expected_type: str | None = None) -> str:
-    """The ``type`` of an lt tokenizer dict, after checking ``format`` and ``version``."""
+def check_header(data, where: str, expected_type: str | None = None) -> Any:
+    """The ``type`` of an lt tokenizer dict, after checking ``format`` and ``version`` (any JSON
+    value, maybe None, unless ``expected_type`` is given: the caller checks it)."""
     if not isinstance(data, dict):
         raise TokenizerFileError(f"{where}: expected a JSON object (an lt tokenizer), got {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise TokenizerFileError(f"{where}: not an lt tokenizer file (expected \"format\": \"{FORMAT}\", "
-                                 f"got {data.get('format')!r}); for GPT-2's encoder.json + vocab.bpe "
-                                 f"use BPETokenizer.from_gpt2_files")
+        raise TokenizerFileError(
+            f'{where}: not an lt tokenizer file (expected "format": "{FORMAT}", '
+            f"got {data.get('format')!r}); for GPT-2's encoder.json + vocab.bpe "
+            f"use BPETokenizer.from_gpt2_files"
+        )
     if data.get("version") != VERSION:
-        raise TokenizerFileError(f"{where}: unsupported lt tokenizer version {data.get('version')!r} "
-                                 f"(this lt reads version {VERSION})")
+        raise TokenizerFileError(
+            f"{where}: unsupported lt tokenizer version {data.get('version')!r} (this lt reads version {VERSION})"
+        )
     type_ = data.get("type")
     if expected_type is not None and type_ != expected_type:
-        raise TokenizerFileError(f"{where}: holds a {type_!r} tokenizer, not {expected_type!r}; "
-                                 f"lt.tokenizers.load(path) loads any type")
+        raise TokenizerFileError(
+            f"{where}: holds a {type_!r} tokenizer, not {expected_type!r}; lt.tokenizers.load(path) loads any type"
+        )
     return type_
 
 
@@ -66,7 +74,6 @@ def get_field(data: dict, name: str, kind: type, where: str):
     if name not in data:
         raise TokenizerFileError(f"{where}: missing field {name!r}")
     value = data[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise TokenizerFileError(f"{where}: field {name!r} should be a {kind.__name__}, "
-                                 f"got {type(value).__name__}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TokenizerFileError(f"{where}: field {name!r} should be a {kind.__name__}, got {type(value).__name__}")
     return value

@@ -11,6 +11,7 @@ so training is deterministic.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import defaultdict
 
 
@@ -27,27 +28,26 @@ def _merge_symbols(word: list[int], a: int, b: int, new: int) -> list[int]:
     return out
 
 
-def learn_merges(word_counts: dict[bytes, int], num_merges: int,
-                 min_frequency: int = 2) -> list[tuple[bytes, bytes]]:
+def learn_merges(word_counts: dict[bytes, int], num_merges: int, min_frequency: int = 2) -> list[tuple[bytes, bytes]]:
     """Up to ``num_merges`` merges (byte-string pairs, in order), stopping early when no pair
     occurs ``min_frequency`` times. Symbols start as the 256 single bytes."""
-    symbols = [bytes([i]) for i in range(256)]          # symbol id -> its bytes
-    words = [list(w) for w in word_counts]              # each word as symbol ids
+    symbols = [bytes([i]) for i in range(256)]  # symbol id -> its bytes
+    words = [list(w) for w in word_counts]  # each word as symbol ids
     freq = list(word_counts.values())
     count: dict[tuple[int, int], int] = defaultdict(int)
-    holders: dict[tuple[int, int], set[int]] = defaultdict(set)   # pair -> words that (may) hold it
+    holders: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> words that (may) hold it
     for wi, (w, f) in enumerate(zip(words, freq)):
-        for pair in zip(w, w[1:]):
+        for pair in itertools.pairwise(w):
             count[pair] += f
             holders[pair].add(wi)
     heap = [(-c, symbols[a], symbols[b], a, b) for (a, b), c in count.items()]
     heapq.heapify(heap)
 
-    merges = []
+    merges: list[tuple[bytes, bytes]] = []
     while heap and len(merges) < num_merges:
         neg, _, _, a, b = heapq.heappop(heap)
         if count.get((a, b), 0) != -neg:
-            continue                                     # stale: the count changed since
+            continue  # stale: the count changed since
         if -neg < min_frequency:
             break
         new = len(symbols)
@@ -58,10 +58,10 @@ def learn_merges(word_counts: dict[bytes, int], num_merges: int,
             w, f = words[wi], freq[wi]
             merged = _merge_symbols(w, a, b, new)
             if len(merged) == len(w):
-                continue                                 # the word lost the pair to an earlier merge
-            for pair in zip(w, w[1:]):
+                continue  # the word lost the pair to an earlier merge
+            for pair in itertools.pairwise(w):
                 delta[pair] -= f
-            for pair in zip(merged, merged[1:]):
+            for pair in itertools.pairwise(merged):
                 delta[pair] += f
                 holders[pair].add(wi)
             words[wi] = merged

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from .._checks import as_tuple
 from ._files import TokenizerFileError, atomic_write_text, check_header, get_field, header, read_json, to_json
 from ._ids import decodable_ids
 
@@ -19,10 +20,11 @@ def _check_chars(instance, attribute, chars) -> None:
     for i, c in enumerate(chars):
         if not isinstance(c, str) or len(c) != 1:
             raise ValueError(f"CharTokenizer.chars[{i}] must be a single character, got {c!r}")
-    if len(set(chars)) != len(chars):
-        seen = set()
-        dup = next(c for c in chars if c in seen or seen.add(c))
-        raise ValueError(f"CharTokenizer.chars holds {dup!r} more than once; each character needs one id")
+    seen: set[str] = set()
+    for c in chars:
+        if c in seen:
+            raise ValueError(f"CharTokenizer.chars holds {c!r} more than once; each character needs one id")
+        seen.add(c)
 
 
 def _codes(text: str) -> np.ndarray:
@@ -39,7 +41,7 @@ class CharTokenizer:
     """Maps each character to its index in ``chars``; :meth:`fit` makes ``chars`` the sorted
     distinct characters of a text, so the same text always gives the same ids."""
 
-    chars: tuple[str, ...] = attrs.field(converter=tuple, validator=_check_chars)
+    chars: tuple[str, ...] = attrs.field(converter=as_tuple, validator=_check_chars)
     _sorted_codes: np.ndarray = attrs.field(init=False, eq=False, repr=False)
     _order: np.ndarray = attrs.field(init=False, eq=False, repr=False)
 
@@ -50,7 +52,7 @@ class CharTokenizer:
         object.__setattr__(self, "_order", order)
 
     @classmethod
-    def fit(cls, text: str) -> "CharTokenizer":
+    def fit(cls, text: str) -> CharTokenizer:
         """The tokenizer whose vocabulary is the sorted distinct characters of ``text``."""
         if not isinstance(text, str):
             raise TypeError(f"CharTokenizer.fit expects a str, got {type(text).__name__}")
@@ -68,8 +70,10 @@ class CharTokenizer:
         codes = _codes(text)
         if not self.chars:
             if text:
-                raise UnknownCharacterError(f"character {_describe(text[0])} at position 0 is not in "
-                                            f"the vocabulary: this tokenizer has no characters")
+                raise UnknownCharacterError(
+                    f"character {_describe(text[0])} at position 0 is not in "
+                    f"the vocabulary: this tokenizer has no characters"
+                )
             return np.zeros(0, dtype=np.int32)
         pos = np.searchsorted(self._sorted_codes, codes)
         pos = np.minimum(pos, len(self._sorted_codes) - 1)
@@ -77,11 +81,11 @@ class CharTokenizer:
         if unknown.size:
             i = int(unknown[0])
             missing = sorted({text[j] for j in unknown[:1000].tolist()})
-            more = f"; unknown characters include {', '.join(map(_describe, missing[:10]))}" \
-                if len(missing) > 1 else ""
+            more = f"; unknown characters include {', '.join(map(_describe, missing[:10]))}" if len(missing) > 1 else ""
             raise UnknownCharacterError(
                 f"character {_describe(text[i])} at position {i} is not in the vocabulary of "
-                f"{self.vocab_size} characters{more}; fit the tokenizer on text that contains it")
+                f"{self.vocab_size} characters{more}; fit the tokenizer on text that contains it"
+            )
         return self._order[pos]
 
     def decode(self, ids) -> str:
@@ -94,7 +98,7 @@ class CharTokenizer:
         return {**header("char"), "chars": list(self.chars)}
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "tokenizer") -> "CharTokenizer":
+    def from_dict(cls, data: dict, where: str = "tokenizer") -> CharTokenizer:
         """The tokenizer a :meth:`to_dict` dict describes; ``where`` names it in errors."""
         check_header(data, where, "char")
         chars = get_field(data, "chars", list, where)
@@ -108,6 +112,6 @@ class CharTokenizer:
         atomic_write_text(path, to_json(self.to_dict()))
 
     @classmethod
-    def load(cls, path) -> "CharTokenizer":
+    def load(cls, path) -> CharTokenizer:
         """The tokenizer :meth:`save` wrote to ``path``."""
         return cls.from_dict(read_json(path), str(path))

@@ -19,8 +19,16 @@ import os
 from .. import _checks
 from ._files import TokenizerFileError, atomic_write_text, read_json
 
-__all__ = ["GPT2_PATTERN", "KNOWN_PATTERNS", "compile_pattern", "bytes_to_unicode", "token_to_text", "text_to_token",
-           "read_gpt2_files", "write_gpt2_files"]
+__all__ = [
+    "GPT2_PATTERN",
+    "KNOWN_PATTERNS",
+    "compile_pattern",
+    "bytes_to_unicode",
+    "token_to_text",
+    "text_to_token",
+    "read_gpt2_files",
+    "write_gpt2_files",
+]
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # The pre-tokenisation patterns lt runs. A pattern is code: one read from a file could
@@ -35,29 +43,32 @@ def compile_pattern(pattern: str):
     tokenizer file's pattern is never trusted to be a safe regular expression."""
     if pattern not in KNOWN_PATTERNS.values():
         shown = pattern if not isinstance(pattern, str) or len(pattern) <= 80 else pattern[:80] + "..."
-        raise ValueError(f"BPE pre-tokenisation pattern {shown!r} is not one lt knows; accepted: "
-                         f"{', '.join(KNOWN_PATTERNS)}'s (lt.tokenizers.GPT2_PATTERN)")
+        raise ValueError(
+            f"BPE pre-tokenisation pattern {shown!r} is not one lt knows; accepted: "
+            f"{', '.join(KNOWN_PATTERNS)}'s (lt.tokenizers.GPT2_PATTERN)"
+        )
     try:
         import regex
     except ImportError:
-        raise ImportError('byte-level BPE needs the "regex" package for its pre-tokenisation pattern: '
-                          'pip install "lt[text]"  (or: pip install regex)') from None
+        raise ImportError(
+            'byte-level BPE needs the "regex" package for its pre-tokenisation pattern: '
+            'pip install "lt[text]"  (or: pip install regex)'
+        ) from None
     try:
         return regex.compile(pattern)
     except regex.error as e:
         raise ValueError(f"BPE pre-tokenisation pattern is not a valid regular expression: {e}") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bytes_to_unicode() -> tuple[str, ...]:
     """The printable character that stands for each byte value 0..255 in GPT-2's files."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     shifted = iter(range(256, 512))
     return tuple(chr(b) if b in printable else chr(next(shifted)) for b in range(256))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unicode_to_byte() -> dict[str, int]:
     return {c: b for b, c in enumerate(bytes_to_unicode())}
 
@@ -74,8 +85,10 @@ def text_to_token(text: str, where: str = "token") -> bytes:
     try:
         return bytes(table[c] for c in text)
     except KeyError as e:
-        raise TokenizerFileError(f"{where}: {text!r} holds {e.args[0]!r} (U+{ord(e.args[0]):04X}), which is "
-                                 f"not one of the 256 byte characters of GPT-2's byte-level files") from None
+        raise TokenizerFileError(
+            f"{where}: {text!r} holds {e.args[0]!r} (U+{ord(e.args[0]):04X}), which is "
+            f"not one of the 256 byte characters of GPT-2's byte-level files"
+        ) from None
 
 
 def read_gpt2_files(vocab_path, merges_path) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
@@ -84,16 +97,19 @@ def read_gpt2_files(vocab_path, merges_path) -> tuple[list[bytes], list[tuple[by
     vocab = read_json(vocab_path, "GPT-2 vocabulary (encoder.json / vocab.json)")
     where = os.fspath(vocab_path)
     if not isinstance(vocab, dict):
-        raise TokenizerFileError(f"{where}: expected a JSON object mapping token text to id, "
-                                 f"got {type(vocab).__name__}")
+        raise TokenizerFileError(
+            f"{where}: expected a JSON object mapping token text to id, got {type(vocab).__name__}"
+        )
     tokens: list = [None] * len(vocab)
     for text, i in vocab.items():
         if not _checks.is_int(i) or not 0 <= i < len(vocab):
-            raise TokenizerFileError(f"{where}: token {text!r} has id {i!r}; ids must be the integers "
-                                     f"0..{len(vocab) - 1}, one per token")
+            raise TokenizerFileError(
+                f"{where}: token {text!r} has id {i!r}; ids must be the integers 0..{len(vocab) - 1}, one per token"
+            )
         if tokens[i] is not None:
-            raise TokenizerFileError(f"{where}: id {i} is given to two tokens; ids must be the integers "
-                                     f"0..{len(vocab) - 1}, one per token")
+            raise TokenizerFileError(
+                f"{where}: id {i} is given to two tokens; ids must be the integers 0..{len(vocab) - 1}, one per token"
+            )
         tokens[i] = text_to_token(text, where)
     return tokens, _read_merges(merges_path)
 
@@ -106,8 +122,10 @@ def _read_merges(path) -> list[tuple[bytes, bytes]]:
     except FileNotFoundError:
         raise FileNotFoundError(f"GPT-2 merges file (vocab.bpe / merges.txt) not found: {where}") from None
     except UnicodeDecodeError as e:
-        raise TokenizerFileError(f"{where}: not a UTF-8 text file ({e.reason} at byte {e.start}); "
-                                 f"expected GPT-2 merges (vocab.bpe / merges.txt)") from None
+        raise TokenizerFileError(
+            f"{where}: not a UTF-8 text file ({e.reason} at byte {e.start}); "
+            f"expected GPT-2 merges (vocab.bpe / merges.txt)"
+        ) from None
     merges = []
     for number, line in enumerate(lines, start=1):
         line = line.rstrip("\r")
@@ -115,10 +133,13 @@ def _read_merges(path) -> list[tuple[bytes, bytes]]:
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not all(parts):
-            raise TokenizerFileError(f"{where}, line {number}: expected a merge 'left right' (two token "
-                                     f"texts separated by one space), got {line!r}")
-        merges.append((text_to_token(parts[0], f"{where}, line {number}"),
-                       text_to_token(parts[1], f"{where}, line {number}")))
+            raise TokenizerFileError(
+                f"{where}, line {number}: expected a merge 'left right' (two token "
+                f"texts separated by one space), got {line!r}"
+            )
+        merges.append(
+            (text_to_token(parts[0], f"{where}, line {number}"), text_to_token(parts[1], f"{where}, line {number}"))
+        )
     return merges
 
 

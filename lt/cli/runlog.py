@@ -1,0 +1,182 @@
+"""A run's log read back: its records, its curves, and the summary ``lt info --run`` prints.
+
+``log.jsonl`` holds one record a line (:func:`lt.training.train`'s): ``{step, loss, lr,
+tokens_per_s}`` every log period, with ``eval_loss`` when the held-out loss was measured
+(a record made for evaluation alone has no ``tokens_per_s``). A resumed run appends to it
+from its checkpoint's step, so steps logged after that checkpoint appear twice: the later
+records (the ones the run's params come from) replace the earlier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import checkpoint, runs
+from ..nn import GPT, PRESETS
+
+__all__ = ["read_log", "Curves", "curves", "summary", "format_summary"]
+
+
+def read_log(path) -> list[dict]:
+    """The records of a ``log.jsonl``, in the order the run made them (a resume's repeats
+    replace what they repeat). A line that is not a record raises a ValueError naming it."""
+    records: list[dict] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: the run has logged nothing yet") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = record["step"]
+            if not isinstance(step, int) or isinstance(step, bool) or not isinstance(record.get("loss"), (int, float)):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ValueError(
+                f"{path}, line {number}: not a log record (a JSON object with an integer 'step' "
+                f"and a number 'loss'): {line[:80]!r}"
+            ) from None
+        while records and records[-1]["step"] >= step:  # a resume from an earlier checkpoint
+            records.pop()
+        records.append(record)
+    return records
+
+
+class Curves(NamedTuple):
+    """The series ``lt plot`` draws, each ``(steps, values)`` as two (N,) float64 arrays."""
+
+    train_loss: tuple
+    eval_loss: tuple
+    lr: tuple
+    tokens_per_s: tuple
+
+
+def _series(records: list[dict], key: str) -> tuple:
+    kept = [r for r in records if isinstance(r.get(key), (int, float))]
+    return (np.array([r["step"] for r in kept], dtype=np.float64), np.array([r[key] for r in kept], dtype=np.float64))
+
+
+def curves(records: list[dict]) -> Curves:
+    """Training loss (the mean over each log period), held-out loss, learning rate and
+    tokens/s, against the step, from :func:`read_log`'s records."""
+    return Curves(*(_series(records, key) for key in ("loss", "eval_loss", "lr", "tokens_per_s")))
+
+
+def _preset_of(model: GPT) -> str:
+    """The preset whose layers, heads and widths ``model`` has, or ``custom``."""
+    fixed = dict(vocab_size=model.vocab_size, max_seq_len=model.max_seq_len, dropout=model.dropout)
+    return next((name for name in PRESETS if GPT.preset(name, **fixed) == model), "custom")
+
+
+def _training_seconds(records: list[dict], tokens_per_step: int) -> float | None:
+    """Seconds spent in training steps, from the log's token rates: each record covers the steps
+    since the one before; a period logged without a rate (evaluation alone) is counted at the
+    run's mean rate. Evaluation, checkpoints and the final sample are not included."""
+    periods, previous = [], 0
+    for r in records:
+        periods.append((r["step"] - previous, r.get("tokens_per_s")))
+        previous = r["step"]
+    timed = [(n, rate) for n, rate in periods if isinstance(rate, (int, float)) and rate > 0]
+    if not timed:
+        return None
+    seconds = sum(n * tokens_per_step / rate for n, rate in timed)
+    timed_steps = sum(n for n, _ in timed)
+    untimed_steps = sum(n for n, _ in periods) - timed_steps
+    return seconds * (1 + untimed_steps / timed_steps) if timed_steps else seconds
+
+
+def summary(root) -> dict:
+    """What a run directory holds, as ``lt info --run`` prints it: model and preset, steps done
+    (its checkpoint's step) of the planned, best held-out loss and its step, tokens seen,
+    training time, tokenizer, checkpoint path. Works on a run still in progress."""
+    files = runs.RunFiles(root)
+    settings = runs.load_settings(files)
+    model = GPT(**settings.model)
+    records = read_log(files.log) if files.log.is_file() else []
+    step = int(checkpoint.read_metadata(files.checkpoint)["step"]) if files.checkpoint.is_file() else None
+    tokens_per_step = settings.batch_size * settings.seq_len
+    evals = [(r["eval_loss"], r["step"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
+    best = min(evals) if evals else None
+    seconds = _training_seconds(records, tokens_per_step)
+    return {
+        "run": str(files.root),
+        "model": f"from {settings.init_hf}" if settings.init_hf else _preset_of(model),
+        "parameters": model.num_params(),
+        "layers": model.num_layers,
+        "heads": model.num_heads,
+        "hidden": model.hidden_dim,
+        "context": model.max_seq_len,
+        "data": settings.data,
+        "tokenizer": settings.tokenizer,
+        "vocab_size": model.vocab_size,
+        "steps_done": step,
+        "steps_planned": settings.steps,
+        "last_logged_step": records[-1]["step"] if records else None,
+        "batch": (settings.batch_size, settings.seq_len),
+        "tokens_seen": None if step is None else step * tokens_per_step,
+        "last_train_loss": records[-1]["loss"] if records else None,
+        "best_eval_loss": None if best is None else best[0],
+        "best_eval_step": None if best is None else best[1],
+        "training_seconds": seconds,
+        "time_budget": settings.time_budget,
+        "checkpoint": str(files.checkpoint) if step is not None else None,
+    }
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def format_summary(s: dict) -> str:
+    """:func:`summary` as the lines ``lt info --run`` prints."""
+    na = "none yet"
+    done = na if s["steps_done"] is None else f"{s['steps_done']:,}"
+    lines = [
+        ("run", s["run"]),
+        (
+            "model",
+            f"{s['model']}: {s['parameters']:,} parameters, {s['layers']} layers, {s['heads']} heads, "
+            f"hidden {s['hidden']}, context {s['context']}",
+        ),
+        ("data", s["data"]),
+        ("tokenizer", f"{s['tokenizer']}, {s['vocab_size']:,} tokens"),
+        (
+            "steps",
+            f"{done} of {s['steps_planned']:,}"
+            + (
+                ""
+                if s["last_logged_step"] in (None, s["steps_done"])
+                else f" (logged to step {s['last_logged_step']:,}: past the checkpoint)"
+            ),
+        ),
+        (
+            "tokens seen",
+            na if s["tokens_seen"] is None else f"{s['tokens_seen']:,} ({s['batch'][0]} x {s['batch'][1]} a step)",
+        ),
+        ("train loss", na if s["last_train_loss"] is None else f"{s['last_train_loss']:.4f} (last logged)"),
+        (
+            "best eval",
+            na
+            if s["best_eval_loss"] is None
+            else f"{s['best_eval_loss']:.4f} at step {s['best_eval_step']:,} "
+            f"(perplexity {math.exp(min(s['best_eval_loss'], 700.0)):.3f})",
+        ),
+        (
+            "time",
+            na
+            if s["training_seconds"] is None
+            else f"{_duration(s['training_seconds'])} training (from the log's tokens/s; evaluation excluded)"
+            + ("" if s["time_budget"] is None else f", budget {_duration(s['time_budget'])}"),
+        ),
+        ("checkpoint", s["checkpoint"] or na),
+    ]
+    return "\n".join(f"{name:12} {value}" for name, value in lines)
