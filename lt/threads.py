@@ -9,14 +9,15 @@ the BLAS on :func:`workers` threads: the cores this process may use less the cor
 processes keep busy (read from ``/proc/stat`` at most every half second), so two on a quiet
 2-core machine and one beside a busy process. Work that is big enough to pay for handing it
 to another thread (~150-300 us on these VMs) is cut into pieces fixed by the shapes alone —
-column or row blocks of a big product (:func:`matmul`), blocks of an elementwise pass, of
-the optimizer, of attention (:func:`run`) — that the workers take from a shared counter, the
-calling thread among them, each piece a one-thread BLAS call. A descheduled worker then holds
-up only the piece it took, and the pieces' results do not depend on how many workers there
-are. (Mid-sized products stay with the BLAS's own threads, whose spin-waiting hand-off is
-faster; the BLAS adds up more than ~448 terms in an order that depends on its thread count,
-so their last bits can differ between a quiet and a busy moment: :func:`pin` fixes the count
-for runs that must agree to the bit.)
+blocks of an elementwise pass, of the optimizer, of attention (:func:`run`) — that the
+workers take from a shared counter, the calling thread among them, any BLAS call in a piece
+on one thread. A descheduled worker then holds up only the piece it took, and the pieces'
+results do not depend on how many workers there are. Products stay with the BLAS's own
+threads: its spin-waiting hand-off beats any other here (cutting gpt2's products into pieces
+of one-thread products made its backward 1.5x slower). The BLAS adds up more than ~448 terms
+(float32) in an order that depends on its thread count, so the last bits of such products can
+differ between a quiet and a busy moment: :func:`pin` fixes the count for runs that must agree
+to the bit.
 
     with lt.threads.limit(1):          # e.g. one MPI rank per core
         state, log = lt.train(...)
@@ -46,16 +47,13 @@ __all__ = [
     "single_blas",
     "adaptive",
     "run",
-    "matmul",
     "pieces",
-    "product_us",
     "bytes_us",
     "flops_us",
     "blocks",
     "elementwise",
     "MIN_PARALLEL_US",
     "PIECE_US",
-    "GEMM_PARALLEL_US",
 ]
 
 # Work is split when one thread would take MIN_PARALLEL_US or more. Waking a worker costs
@@ -63,20 +61,14 @@ __all__ = [
 # competes with the BLAS's threads while they still spin after a product, and memory-bound
 # passes gain little from a second core there (two threads: 1.3x on a 48 MB pass, AdamW on
 # 12 M parameters 41 -> 30-37 ms): so only long work is shared, e.g. gpt2's cross-entropy over
-# (256, 50257) logits, its optimizer step and its biggest products. Pieces of at least
+# (256, 50257) logits and its optimizer step. Pieces of at least
 # PIECE_US keep the hand-offs few. Costs are estimated from the shapes alone (so are the
 # pieces): flops at 100 GFLOP/s, or the bytes read and written at 15 GB/s for memory-bound
-# passes and matrix-vector products, whichever is longer (one core of the 2-core machines
+# passes, whichever is longer (one core of the 2-core machines
 # in shared/PERFORMANCE.md).
 MIN_PARALLEL_US = 5000.0
 PIECE_US = 2500.0
-# Products are cut into pieces only from GEMM_PARALLEL_US: below it the BLAS's spinning threads
-# beat the hand-off (measured: 512x192x576 took 0.64 ms on two BLAS threads, 1.2 ms on one,
-# 1.5 ms as two pieces; 256x768x2304 5.8 ms, 10.9 ms and 5.8 ms).
-GEMM_PARALLEL_US = 5000.0
 MAX_PIECES = 16
-# A product's pieces each pack the whole of its other operand, so products take few, big pieces.
-MAX_PRODUCT_PIECES = 4
 _FLOPS_PER_US = 100e3
 _BYTES_PER_US = 15e3
 _ALIGN = 8  # piece boundaries on multiples of 8 columns/rows (the kernels' unroll)
@@ -172,7 +164,7 @@ def pin(n: int | None) -> Iterator[None]:
     For runs that must agree to the last bit across machines' moods: the BLAS adds up long
     products (more than ~448 terms in float32) in an order that depends on its thread count,
     so lt's adaptive choice can change the last bits of mid-sized products between a quiet
-    and a busy moment. Big products and lt's own pieces never depend on it."""
+    and a busy moment. lt's own pieces never depend on it."""
     global _pinned
     _check_count(n, "pin")
     previous, _pinned = _pinned, n
@@ -347,34 +339,6 @@ def pieces(size: int, count: int) -> list[slice]:
     return [slice(lo, min(lo + step, size)) for lo in range(0, size, step)]
 
 
-def product_us(m: int, k: int, n: int, itemsize: int = 4) -> float:
-    """One thread's estimated time for an (m, k) @ (k, n) product, in microseconds (see PIECE_US)."""
-    return max(2.0 * m * k * n / _FLOPS_PER_US, itemsize * (m * k + k * n + m * n) / _BYTES_PER_US)
-
-
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for 2-D ``a`` (m, k) and ``b`` (k, n) -> (m, n), in pieces when it is big.
-
-    Below ``GEMM_PARALLEL_US`` it is one BLAS call on the threads the entry point chose. Above,
-    the pieces are column blocks of ``b`` (row blocks of ``a`` when ``m > n``), their number
-    fixed by the shapes, each a one-thread BLAS call writing its block of the output in place:
-    the result does not depend on the worker count."""
-    m, k = a.shape
-    n = b.shape[1]
-    us = product_us(m, k, n, max(a.itemsize, b.itemsize))
-    if us < GEMM_PARALLEL_US:
-        return a @ b  # the BLAS's own threads (see the module's note)
-    dtype = np.result_type(a.dtype, b.dtype)
-    count = min(MAX_PRODUCT_PIECES, _count(us))
-    out = np.empty((m, n), dtype)
-    if m * k > k * n:  # every piece packs the whole other operand:
-        tasks = [_product(a[s], b, out[s]) for s in pieces(m, count)]  # rows of the big a
-    else:
-        tasks = [_product(a, b[:, s], out[:, s]) for s in pieces(n, count)]  # columns of the big b
-    run(tasks)
-    return out
-
-
 def _count(us: float) -> int:
     """How many pieces a job of ``us`` microseconds (one thread) is cut into: 1, 2, 4, 8 or 16
     (powers of two share evenly among 1, 2 or 4 workers), each of at least PIECE_US when split."""
@@ -415,7 +379,3 @@ def elementwise(kernel: Callable[..., object], *arrays: np.ndarray, passes: int)
             raise ValueError("threads.elementwise needs C-contiguous arrays (a reshape copied one)")
     parts = blocks(flat[0].size, passes * arrays[0].itemsize)
     run([functools.partial(kernel, *(f[s] for f in flat)) for s in parts])
-
-
-def _product(a, b, out) -> Callable[[], object]:
-    return lambda: np.matmul(a, b, out=out)

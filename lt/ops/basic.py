@@ -10,7 +10,6 @@ import itertools
 
 import numpy as np
 
-from .. import threads
 from ..quant import QuantizedArray
 from . import quantized
 from .primitive import primitive
@@ -171,8 +170,6 @@ def matmul(a, b):
     if type(b) is QuantizedArray:
         a2 = np.reshape(a, (-1, np.shape(a)[-1]))  # (N, in)
         return quantized.matmul(a2, b).reshape(np.shape(a)[:-1] + (b.shape[1],)), (a, b)
-    if np.ndim(a) == 2 and np.ndim(b) == 2:
-        return threads.matmul(a, b), (a, b)
     return np.matmul(a, b), (a, b)
 
 
@@ -181,8 +178,6 @@ def _matmul_vjp(res, g):
     a, b = res
     if type(b) is QuantizedArray:  # a constant: only da
         return quantized.matmul_t(g.reshape(-1, b.shape[1]), b).reshape(a.shape), None
-    if g.ndim == 2 and a.ndim == 2 and b.ndim == 2:
-        return threads.matmul(g, b.T), threads.matmul(a.T, g)
     return unbroadcast(g @ _swap(b), a.shape), unbroadcast(_swap(a) @ g, b.shape)
 
 
@@ -195,7 +190,7 @@ def linear(x, w, b=None):
     if w.ndim != 2 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: input (..., {x.shape[-1]}) does not fit a weight of shape {w.shape}")
     x2 = x.reshape(-1, w.shape[0])  # (N, in)
-    y = threads.matmul(x2, w) if type(w) is not QuantizedArray else quantized.matmul(x2, w)  # (N, out)
+    y = x2 @ w if type(w) is not QuantizedArray else quantized.matmul(x2, w)  # (N, out)
     if b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, x.shape, b is not None)
@@ -208,8 +203,8 @@ def _linear_vjp(res, g):
     if type(w) is QuantizedArray:  # a constant: dx only
         dx = quantized.matmul_t(g2, w).reshape(x_shape)
         return dx, None, g2.sum(axis=0) if has_bias else None
-    dx = threads.matmul(g2, w.T).reshape(x_shape)  # (N, in) -> (..., in)
-    dw = threads.matmul(x2.T, g2)  # (in, out)
+    dx = (g2 @ w.T).reshape(x_shape)  # (N, in) -> (..., in)
+    dw = x2.T @ g2  # (in, out)
     db = g2.sum(axis=0) if has_bias else None
     return dx, dw, db
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import threads
 from ..quant import QuantizedArray
 from . import quantized
 from .primitive import primitive
@@ -46,9 +45,9 @@ def unembed(h, w):
     if type(w) is QuantizedArray:
         scores = quantized.matmul_t(h2, w)  # (N, V)
     elif h2.shape[0] == 1:  # one row (batch-1 decoding): a matrix-vector
-        scores = threads.matmul(w, h2.T).T  # product over w as stored, 1.2-1.4x the
+        scores = (w @ h2[0])[None]  # product over w as stored, 1.2-1.4x the
     else:  # (1, D) @ (D, V)-view matmul on gpt2
-        scores = threads.matmul(h2, w.T)  # (N, V)
+        scores = h2 @ w.T  # (N, V)
     return scores.reshape(h.shape[:-1] + (w.shape[0],)), (h2, w, h.shape)
 
 
@@ -58,4 +57,4 @@ def _unembed_vjp(res, g):
     g2 = g.reshape(-1, w.shape[0])  # (N, V)
     if type(w) is QuantizedArray:  # a constant: dh only
         return quantized.matmul(g2, w).reshape(h_shape), None
-    return threads.matmul(g2, w).reshape(h_shape), threads.matmul(g2.T, h2)  # (N, D) -> (..., D); (V, D)
+    return (g2 @ w).reshape(h_shape), g2.T @ h2  # (N, D) -> (..., D); (V, D)
