@@ -5,8 +5,8 @@
     python benchmarks/bench_attention.py --gpt2-memory     # also the gpt2 training step at T = 1024, 4096
 
 Shapes: batch 1, GPT-2 small's heads (H = 12, d = 64), float32, T = S. For each T, the
-forward (``lt.nn.scaled_dot_product_attention(q, k, v, mask=causal_mask(T))`` with the
-kernel forced, and ``torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)``
+forward (``lt.nn.scaled_dot_product_attention(q, k, v, causal=True)`` with the kernel
+forced, and ``torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)``
 under ``no_grad``) and the forward + backward of the sum of the output (``lt.value_and_grad``;
 torch's ``.backward()``). Columns: tokens/s (T / best wall time; lt and torch alternate
 call by call, best of the rounds), and peak memory in MiB: the growth of the resident set's
@@ -55,12 +55,12 @@ def calls(T: int, torch):
     """{name: (forward, forward+backward)} for lt's kernels and torch at length T."""
     rng = lt.random.key(0)
     q, k, v = (lt.random.normal(lt.random.fold_in(rng, i), (1, H, T, D_HEAD)) for i in range(3))
-    mask = lt.nn.causal_mask(T)
     out = {}
     for kernel in ("full", "blockwise"):
         if kernel == "full" and T > FULL_UP_TO:
             continue
-        sdpa = (lambda kernel: lambda q, k, v: lt.nn.scaled_dot_product_attention(q, k, v, mask, kernel=kernel))(kernel)
+        sdpa = (lambda kernel: lambda q, k, v: lt.nn.scaled_dot_product_attention(q, k, v, causal=True,
+                                                                                  kernel=kernel))(kernel)
         grad = lt.value_and_grad(lambda q, k, v, sdpa=sdpa: lt.ops.sum(sdpa(q, k, v)), argnums=(0, 1, 2))
         out[f"lt {kernel}"] = ((lambda sdpa: lambda: sdpa(q, k, v))(sdpa), (lambda grad: lambda: grad(q, k, v))(grad))
     if torch is not None:

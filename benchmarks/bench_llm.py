@@ -209,10 +209,10 @@ def agreeing(ours: np.ndarray, theirs: np.ndarray, start: int) -> int:
 def _component(bench: Bench, kind: str, m: lt.GPT, B: int, T: int):
     """(lt's call, torch's call or None) for one of the seed's components at m's dims."""
     torch, D, H = bench.torch, m.hidden_dim, m.num_heads
-    rng, mask = lt.random.key(7), lt.nn.causal_mask(T)
+    rng = lt.random.key(7)
     if kind == "sdpa":
         q, k, v = (lt.random.normal(lt.random.fold_in(rng, i), (B, H, T, D // H)) for i in range(3))
-        ours = lambda: lt.nn.scaled_dot_product_attention(q, k, v, mask)                   # noqa: E731
+        ours = lambda: lt.nn.scaled_dot_product_attention(q, k, v, causal=True)            # noqa: E731
         if not torch:
             return ours, None
         tq, tk, tv = (torch.as_tensor(a) for a in (q, k, v))
@@ -222,11 +222,11 @@ def _component(bench: Bench, kind: str, m: lt.GPT, B: int, T: int):
     if kind == "mha":
         comp = lt.nn.MultiHeadAttention(D, H)
         p = comp.init(lt.random.key(0))
-        ours = lambda: comp.apply(p, x, x, x, mask)                                        # noqa: E731
+        ours = lambda: comp.apply(p, x, x, x, causal=True)                                 # noqa: E731
     else:
         comp = lt.nn.TransformerBlock(D, H, m.ffn_dim)
         p = comp.init(lt.random.key(0))
-        ours = lambda: comp.apply(p, x, mask)                                              # noqa: E731
+        ours = lambda: comp.apply(p, x, causal=True)                                       # noqa: E731
     if not torch:
         return ours, None
     import peers

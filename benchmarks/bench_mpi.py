@@ -11,7 +11,7 @@ fresh process so that the BLAS thread count can be set before NumPy loads:
 The configurations alternate for ``--rounds`` rounds and each keeps its best round (the
 median step of that round), so a busy moment of a shared machine hurts all of them alike.
 In the MPI run the gradient allreduce is timed inside the step: first the wait for the
-slower rank (a barrier), then the allreduce itself (``lt.distributed.mean_gradients``).
+slower rank (a barrier), then the allreduce itself (``lt.parallel.mean_gradients``).
 
     python benchmarks/bench_mpi.py                      # needs mpi4py and an mpiexec
     python benchmarks/bench_mpi.py --preset small --steps 10 --rounds 2
@@ -46,18 +46,19 @@ def worker(args) -> None:
     import numpy as np
 
     import lt
-    from lt import distributed, optim, random
+    from lt import optim, parallel, random
+    from lt.parallel import mpi
 
     lt.tune_malloc()                                      # as lt.train does
-    w = distributed.world()
+    w = parallel.world()
     model = lt.GPT.preset(args.preset)
     tokens = random.randint(random.key(1), (200_000,), 0, model.vocab_size)
     opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(3e-4, weight_decay=0.1))
     state = lt.TrainState.create(model.init(random.key(0), np.float32), opt)
-    step = lt.make_train_step(model, opt, comm=w.comm)
+    step = lt.make_train_step(model, opt, strategy=parallel.DataParallel(w.comm))
     data_rng = random.fold_in(random.key(7), "data")
 
-    waits, reduces, real = [], [], distributed.mean_gradients
+    waits, reduces, real = [], [], mpi.mean_gradients
     def timed_mean_gradients(comm, loss, grads, n):       # the allreduce, split from the wait before it
         t0 = time.perf_counter()
         comm.Barrier()
@@ -66,7 +67,7 @@ def worker(args) -> None:
         waits.append(t1 - t0)
         reduces.append(time.perf_counter() - t1)
         return out
-    distributed.mean_gradients = timed_mean_gradients
+    mpi.mean_gradients = timed_mean_gradients              # what DataParallel.reduce calls
 
     times = []
     for s in range(args.steps + 1):
@@ -74,7 +75,7 @@ def worker(args) -> None:
         start = time.perf_counter()
         state, _ = step(state, batch)
         times.append(time.perf_counter() - start)
-    distributed.check_in_sync(w.comm, state.params)           # the ranks really did the same steps
+    parallel.check_in_sync(w.comm, state.params)              # the ranks really did the same steps
     if w.is_root:
         print(json.dumps({"step_s": statistics.median(times[1:]),
                           "wait_s": statistics.median(waits[1:]) if waits else 0.0,
@@ -89,12 +90,11 @@ def worker_tp(args) -> None:
     import numpy as np
 
     import lt
-    from lt import distributed, optim, random, tree, zero
-    from lt import tensor_parallel as tpm
-    from lt.ops import collective
+    from lt import optim, parallel, random, tree
+    from lt.parallel import collective, mpi, tensor, zero
 
     lt.tune_malloc()
-    w = distributed.world()
+    w = parallel.world()
     model = lt.GPT.preset(args.preset)
     tokens = random.randint(random.key(1), (200_000,), 0, model.vocab_size)
     opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(3e-4, weight_decay=0.1))
@@ -108,20 +108,19 @@ def worker_tp(args) -> None:
             finally:
                 comm_s[0] += time.perf_counter() - t0
         return call
-    distributed.mean_gradients = timed(distributed.mean_gradients)
+    mpi.mean_gradients = timed(mpi.mean_gradients)
     if args.tp:                                           # each rank makes only its shard and slices
-        m = tpm.mesh(w.comm, args.tp)
-        sharded = tpm.shard_model(model, m)
-        params = sharded.init(random.key(0), np.float32)
+        strategy = parallel.TensorParallel(w.comm, args.tp)
+        m = strategy.mesh
+        params = strategy.model(model).init(random.key(0), np.float32)
         state = lt.TrainState(params, zero.init(opt, params, m.dp_rank, m.dp_size), 0)
-        step = tpm.make_train_step(sharded, opt, m)
-        collective.allreduce = timed(collective.allreduce)
-        tpm.allreduce = timed(tpm.allreduce)
+        step = lt.make_train_step(model, opt, strategy=strategy)
+        collective.allreduce = timed(collective.allreduce)   # the layers' f and g
+        tensor.allreduce = timed(tensor.allreduce)           # the global gradient norm
         zero._allgather = timed(zero._allgather)
-        tpm.sync_replicated = timed(tpm.sync_replicated)
     else:
         state = lt.TrainState.create(model.init(random.key(0), np.float32), opt)
-        step = lt.make_train_step(model, opt, comm=w.comm)
+        step = lt.make_train_step(model, opt, strategy=parallel.DataParallel(w.comm))
     held = sum(np.asarray(x).nbytes for x in tree.leaves((state.params, state.opt_state)))
     data_rng = random.fold_in(random.key(7), "data")
     times, comms = [], []

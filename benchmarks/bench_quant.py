@@ -63,7 +63,7 @@ def quality(train_steps: int, workdir: str) -> None:
     print(f"trained mini + BPE-{tokenizer.vocab_size} for {train_steps} steps in {time.perf_counter() - start:.0f} s")
     val_text = train_val_split_text(runs.read_training_text(settings.data), settings.val_fraction)[1]
     val = runs.encode(tokenizer, val_text)
-    trees = {name: params if bits is None else lt.quantize(params, bits) for name, bits in FORMATS.items()}
+    trees = {name: params if bits is None else lt.quantize(params, bits, model=model) for name, bits in FORMATS.items()}
     greedy = {}
     print(f"\n{'format':8} {'perplexity':>10} {'vs f32':>8} {'greedy agree':>13} {'same prefix':>12} {'weights':>10}")
     base = None
@@ -95,7 +95,8 @@ def _decode_child(path: str) -> None:
     the load and the peak during the decode, both above the baseline after the imports. (glibc's
     allocator is left as it is, so the loader's freed temporaries go back to the system.)"""
     tiny = lt.GPT.preset("tiny")                          # library warm-up, not the model's memory
-    tiny.generate(lt.quantize(tiny.init(lt.random.key(0)), 8), np.arange(4), max_new_tokens=2, temperature=0)
+    warm = lt.quantize(tiny.init(lt.random.key(0)), 8, model=tiny)
+    tiny.generate(warm, np.arange(4), max_new_tokens=2, temperature=0)
     baseline = _kib("VmRSS")
     model, params = lt.checkpoint.load_model(path)
     loaded = _kib("VmRSS")
@@ -186,7 +187,8 @@ def main(argv=None) -> None:
             quality(args.train_steps, workdir)
         model = lt.GPT.preset("gpt2")
         params = model.init(lt.random.key(0))
-        trees = {name: params if bits is None else lt.quantize(params, bits) for name, bits in FORMATS.items()}
+        trees = {name: params if bits is None else lt.quantize(params, bits, model=model)
+                 for name, bits in FORMATS.items()}
         memory(trees, model, workdir)
         speed(trees, model, args.repeats)
     print(f"\nwhole run {time.perf_counter() - start:.0f} s")

@@ -28,11 +28,10 @@ import json
 import pathlib
 from typing import Any, NamedTuple
 
-import attrs
 import numpy as np
 
 from . import _checks, quant, safetensors_io, tree
-from .nn import GPT
+from .nn import GPT, config
 from .safetensors_io import SafetensorsError
 
 __all__ = [
@@ -69,7 +68,8 @@ class Checkpoint(NamedTuple):
 
 
 def model_config(model: GPT) -> dict:
-    return attrs.asdict(model)
+    """The model's hyperparameters as the checkpoint's header stores them (``lt.nn.config``)."""
+    return config(model)
 
 
 def _first_non_finite(items) -> tuple[str, np.ndarray, int] | None:
@@ -255,7 +255,7 @@ def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, s
             except ValueError as e:
                 raise CheckpointError(f"{path}: quantized {what} leaf {p}: {e}") from None
         else:
-            x = tree._seal(read(p))  # a fresh array nobody else holds: sealed, not copied
+            x = tree.seal(read(p))  # a fresh array nobody else holds: sealed, not copied
         out.append(x)
     return tree.freeze(tree.unflatten(treedef, out))
 

@@ -110,7 +110,7 @@ class QuantizedArray:
             )
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
             raise ValueError("scales must be finite and non-negative")
-        seal = tree._freeze_leaf if copy else tree._seal
+        seal = tree.freeze_leaf if copy else tree.seal
         for name, value in (
             ("codes", seal(np.ascontiguousarray(codes))),
             ("scales", seal(np.ascontiguousarray(scales))),
@@ -272,45 +272,51 @@ def dequantize_codes(
 def dequantize_array(q: QuantizedArray) -> np.ndarray:
     """The float matrix ``q`` stands for (``shape``, ``dtype``), read-only."""
     rows = dequantize_codes(q.codes, q.scales, q.bits, q.group_size, q.shape[q.axis])  # (R, K)
-    return tree._seal(np.ascontiguousarray(rows.T if q.axis == 0 else rows))
+    return tree.seal(np.ascontiguousarray(rows.T if q.axis == 0 else rows))
 
 
 # ----------------------------------------------------------------- trees
 
 
-def _under(path: str, names) -> bool:
-    return any(path == n or path.startswith(n + ".") for n in names)
-
-
-def plan(path: str, leaf, tables=("wte",), keep=("wpe",)) -> int | None:
-    """The reduction axis :func:`quantize` groups ``leaf`` at ``path`` along (1 for a table,
-    0 for a Linear weight), or None where it stays float (not a matrix, or under ``keep``)."""
-    if len(getattr(leaf, "shape", ())) != 2 or _under(path, keep):
+def plan(param) -> int | None:
+    """The reduction axis :func:`quantize` groups the leaf declared by ``param`` (an
+    ``lt.nn.Param``) along: 0 for a Linear weight (in, out), 1 for a table (rows looked up by id,
+    and the tied head ``h @ table.T``); None where it stays float (position tables, norm
+    scales, biases, anything not a matrix)."""
+    if len(param.shape) != 2:
         return None
-    return 1 if _under(path, tables) else 0
+    return {"weight": 0, "table": 1}.get(param.role)
 
 
-def quantize(params, bits: int = 8, group_size: int | str | None = None, *, tables=("wte",), keep=("wpe",)):
-    """``params`` with every float matrix quantized (:func:`quantize_array`); a new frozen tree.
+def quantize(params, bits: int = 8, group_size: int | str | None = None, *, model):
+    """``params`` with every float matrix of ``model`` quantized (:func:`quantize_array`); a new frozen tree.
 
     ``bits`` 8 or 4; ``group_size`` weights per scale along the reduction axis, ``"channel"``
     for one scale per output channel, None for the default (int8 per channel, int4 32).
-    Matrices under a path in ``tables`` (default the token table ``wte``, also the tied LM
-    head) are grouped along their rows (axis 1); other matrices are Linear weights (in, out),
-    grouped along ``in`` (axis 0). Leaves under ``keep`` (default the position table
-    ``wpe``) and every leaf that is not a matrix (norms, biases) stay float. A leaf that is
-    already quantized is refused: dequantize the tree first to quantize it again.
+    Which leaves, and along which axis, comes from ``model``'s parameter declarations (its
+    ``spec()``; :func:`plan`): Linear weights (in, out) are grouped along ``in`` (axis 0),
+    tables (the token table, also the tied LM head) along their rows (axis 1); position
+    tables, norms and biases stay float. A leaf that is already quantized is refused:
+    dequantize the tree first to quantize it again.
     """
     if bits not in SCHEMES:
         raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    spec = model.spec()
+    flat, treedef = tree.flatten(params)
+    decls, spec_def = tree.flatten(spec)
+    if spec_def != treedef:
+        raise ValueError(
+            "lt.quantize: params do not fit the model's spec() "
+            + (tree.mismatch(params, spec) or "(a different structure)")
+        )
 
-    def one(path: str, x):
+    def one(path: str, x, param):
         if is_quantized(x):
             raise ValueError(
                 f"lt.quantize: {path} is already quantized (int{x.bits}); "
                 "quantize the float tree (lt.dequantize(params) gives one)"
             )
-        axis = plan(path, x, tables, keep)
+        axis = plan(param)
         if axis is None or not (isinstance(x, np.ndarray) and x.dtype in _FLOATS):
             return x
         try:
@@ -318,17 +324,16 @@ def quantize(params, bits: int = 8, group_size: int | str | None = None, *, tabl
         except ValueError as e:
             raise ValueError(f"lt.quantize: {path}: {e}") from None
 
-    flat, treedef = tree.flatten(params)
-    return tree.freeze(tree.unflatten(treedef, [one(p, x) for p, x in zip(tree.paths(params), flat)]))
+    return tree.freeze(tree.unflatten(treedef, [one(p, x, d) for p, x, d in zip(tree.paths(params), flat, decls)]))
 
 
-def planned_nbytes(params, bits: int | None, group_size: int | str | None = None, itemsize: int = 4) -> int:
-    """The bytes :func:`quantize` would make of ``params`` (arrays, or anything with a ``shape``
-    such as a model's ``spec()``: nothing is allocated); ``bits=None`` is the float size."""
+def planned_nbytes(spec, bits: int | None, group_size: int | str | None = None, itemsize: int = 4) -> int:
+    """The bytes :func:`quantize` would make of params declared by ``spec`` (a model's ``spec()``:
+    nothing is allocated); ``bits=None`` is the float size."""
     total = 0
-    for path, leaf in tree.items(params):
+    for leaf in tree.leaves(spec):
         shape = tuple(leaf.shape)
-        axis = None if bits is None else plan(path, leaf)
+        axis = None if bits is None else plan(leaf)
         if bits is None or axis is None:
             total += int(np.prod(shape)) * itemsize
             continue

@@ -11,12 +11,14 @@ each, usable (and tested) on its own: :func:`batch_sampler` (the batch of a step
 (the held-out loss), :func:`make_checkpointer` (the sync check and the atomic write),
 :func:`due` (when a periodic job runs), and the progress bar of :mod:`lt.progress`.
 
-With ``comm`` (an mpi4py communicator, see :mod:`lt.distributed`) the same loop runs data-
-parallel: every rank draws the same global batch, computes gradients on its own rows, and
-the gradients are averaged over ranks before the update, so the params stay identical on
-every rank. Only rank 0 prints, evaluates and writes checkpoints; a checkpoint is the same
-file whatever the number of ranks, and resumes with any number. With ``tensor_parallel=k`` the
-ranks also split the model and the optimizer state (:mod:`lt.tensor_parallel`, :mod:`lt.zero`).
+One step and one loop serve every mode: a *strategy* (:mod:`lt.parallel.strategy`) says how
+this rank takes its rows of the batch, reduces the gradient, computes the global norm (once; the
+optimizer is handed it) and updates, who evaluates, and how the whole state is gathered for a
+checkpoint. ``DataParallel()`` (the default) is one process; ``DataParallel(comm)`` averages
+the gradients of every rank's rows of the same global batch, so the params stay identical on
+every rank; ``TensorParallel(comm, k)`` also splits the model over ``k`` ranks and the optimizer
+state over the replicas (ZeRO-1). Only rank 0 prints, evaluates and writes checkpoints; a
+checkpoint always holds the whole model and resumes with any strategy.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import checkpoint, data, distributed, optim, random, tree
+from . import checkpoint, data, optim, random, tree
 from ._allocator import tune_malloc
 from ._checks import integer
 from .autodiff import value_and_grad
 from .nn import GPT
+from .parallel import DataParallel
 from .progress import Progress
 
 __all__ = [
@@ -69,7 +72,7 @@ def _count(targets, ignore_index: int) -> int:
 
 
 def make_train_step(
-    model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100, comm=None
+    model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100, strategy=None
 ) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``model`` and ``optimizer``.
 
@@ -77,24 +80,23 @@ def make_train_step(
     gradients are accumulated, each weighted by its number of counted target tokens (so the
     result is the gradient of the mean loss over all of them). ``rng`` drives dropout.
 
-    With ``comm`` of several ranks, ``batch`` is the global batch: each rank takes its rows
-    (:func:`lt.distributed.shard`) and the ranks' gradients become that of the global mean loss
-    (:func:`lt.distributed.mean_gradients`); loss and tokens in the metrics are global too.
+    ``strategy`` (default ``lt.parallel.DataParallel()``, one process) places the step: with
+    several ranks, ``batch`` is the global batch, each rank takes its rows, and loss, gradient
+    and tokens in the metrics are global; under ``TensorParallel`` ``state`` is this rank's
+    share (``strategy.start``). The gradient's global norm is computed once, reported, and
+    handed to the optimizer (``grad_norm``), whose clipping uses it.
     """
-    parallel = distributed.of(comm).size > 1
-    grads_of = gradient_fn(model, ignore_index)
+    strategy = DataParallel() if strategy is None else strategy
+    local = strategy.model(model)
+    grads_of = gradient_fn(local, ignore_index)
 
     def train_step(state: TrainState, batch, rng=None):
-        inputs, targets = batch
-        if parallel:
-            (inputs, targets), rng = distributed.shard(batch, comm), distributed.rank_rng(rng, comm)
+        (inputs, targets), rng = strategy.local_batch(batch, rng)
         loss, grads, tokens = grads_of(state.params, inputs, targets, rng)
-        if parallel:  # global values: every rank decides alike below
-            loss, grads, tokens = distributed.mean_gradients(comm, loss, grads, tokens)
-        grad_norm = optim.global_norm(grads)
+        loss, grads, tokens = strategy.reduce(loss, grads, tokens)  # global values: every rank decides alike
+        grad_norm = strategy.global_norm(local, grads)
         check_finite(state.step, loss, grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optim.apply_updates(state.params, updates)
+        params, opt_state = strategy.update(optimizer, grads, state.opt_state, state.params, grad_norm=grad_norm)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optim.current_learning_rate(opt_state), "tokens": tokens}
         return TrainState(params, opt_state, state.step + 1), metrics
 
@@ -204,35 +206,38 @@ class LogWindow(NamedTuple):
 
 
 def make_evaluator(
-    model: GPT, tokens, batch_size: int, seq_len: int, max_batches: int | None, comm=None
+    model: GPT, tokens, batch_size: int, seq_len: int, max_batches: int | None, strategy=None
 ) -> Callable[[Any], float]:
     """``eval_loss(params)``: the mean loss over the first ``max_batches`` sequential windows of
-    ``tokens`` (the same text every time). Collective with ``comm``: rank 0 computes it and
-    every rank returns it."""
-    root = distributed.of(comm).is_root
+    ``tokens`` (the same text every time). Collective under a strategy of several ranks: the
+    ranks the strategy names compute it and every rank returns it."""
+    strategy = DataParallel() if strategy is None else strategy
+    local = strategy.model(model)
 
     def eval_loss(params) -> float:
-        ev = (
-            evaluate(model, params, data.sequential_windows(tokens, batch_size, seq_len, max_batches)) if root else None
-        )
-        return distributed.broadcast(comm, ev and ev["loss"])
+        windows = data.sequential_windows(tokens, batch_size, seq_len, max_batches)
+        return strategy.evaluate(lambda: evaluate(local, params, windows)["loss"])
 
     return eval_loss
 
 
-def make_checkpointer(path, model: GPT, metadata: dict | None = None, comm=None) -> Callable[[TrainState], None]:
+def make_checkpointer(
+    path, model: GPT, metadata: dict | None = None, strategy=None, optimizer: optim.GradientTransformation | None = None
+) -> Callable[[TrainState], None]:
     """``save(state)``: write ``state`` to ``path`` (atomically, :func:`lt.checkpoint.save`).
 
-    Collective with ``comm``: every rank calls it at the same steps; it first checks that all
-    ranks hold identical params and optimizer state (:func:`lt.distributed.check_in_sync`),
-    rank 0 writes, and no rank returns before the file is on disk."""
-    root = distributed.of(comm).is_root
+    Collective under a strategy of several ranks: every rank calls it at the same steps; it
+    first checks that the ranks hold what they should (``strategy.check_in_sync``), gathers the
+    whole state (``optimizer`` is needed for that under ``TensorParallel``), rank 0 writes, and
+    no rank returns before the file is on disk."""
+    strategy = DataParallel() if strategy is None else strategy
 
     def save(state: TrainState) -> None:
-        distributed.check_in_sync(comm, (state.params, state.opt_state), "params and optimizer state")
-        if root:
-            checkpoint.save(path, model, state.params, state.opt_state, state.step, metadata)
-        distributed.barrier(comm)
+        strategy.check_in_sync(model, state)
+        whole = strategy.gather(model, state, optimizer)
+        if strategy.is_root and whole is not None:
+            checkpoint.save(path, model, whole.params, whole.opt_state, whole.step, metadata)
+        strategy.barrier()
 
     return save
 
@@ -266,8 +271,7 @@ def train(
     progress: bool | None = None,
     on_log: Callable[[dict], None] | None = None,
     verbose: bool = True,
-    comm=None,
-    tensor_parallel: int | None = None,
+    strategy=None,
 ) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
@@ -281,17 +285,13 @@ def train(
     the end. A non-finite loss or gradient raises :class:`NonFiniteError` naming the step;
     the last checkpoint written stays intact.
 
-    With ``comm`` (e.g. ``lt.distributed.world().comm``) every rank of the communicator calls
-    this with the same arguments; rank 0 alone logs, evaluates (the eval loss is broadcast, so
-    every rank returns the same log) and writes checkpoints, after checking that all ranks hold
-    identical params and optimizer state. When a checkpoint write returns on any rank, the
-    file is on disk.
-
-    With ``tensor_parallel=k`` the ranks of ``comm`` form a ``k x dp`` grid (:mod:`lt.tensor_parallel`):
-    each group of ``k`` neighbouring ranks holds one copy of the model split Megatron-style, and
-    each data-parallel rank keeps the optimizer state of its slice of the params (ZeRO-1). ``state``
-    is the whole state on every rank (as without it); checkpoints hold the whole model; the
-    returned state is whole again, on every rank.
+    ``strategy`` (:mod:`lt.parallel.strategy`; default one process): with
+    ``lt.parallel.DataParallel(comm)`` or ``TensorParallel(comm, k)`` every rank of the
+    communicator calls this with the same arguments; rank 0 alone logs and writes checkpoints,
+    after checking that the ranks hold what they should; the eval loss is broadcast, so every
+    rank returns the same log. ``state`` is the whole state on every rank, and so is the
+    returned one; checkpoints hold the whole model. When a checkpoint write returns on any
+    rank, the file is on disk.
 
     Calls :func:`lt.tune_malloc` first (glibc keeps a step's freed pages for the next step).
     """
@@ -308,34 +308,19 @@ def train(
     if steps < state.step:
         raise ValueError(f"steps ({steps}) is before the state's step ({state.step})")
     tune_malloc()
-    root = distributed.of(comm).is_root
+    strategy = DataParallel() if strategy is None else strategy
+    root = strategy.is_root
     batch_for = batch_sampler(train_tokens, random.fold_in(rng, "data"), batch_size, seq_len, accumulate)
-    if tensor_parallel is None:
-        train_step = make_train_step(model, optimizer, comm=comm)
-        eval_loss = (
-            make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, comm)
-            if val_tokens is not None and eval_every
-            else None
-        )
-        save = make_checkpointer(checkpoint_path, model, checkpoint_metadata, comm) if checkpoint_path else None
-        finish = None
-    else:  # above this module: imported when asked for
-        from .tensor_parallel import plan
-
-        state, train_step, eval_loss, save, finish = plan(
-            model,
-            optimizer,
-            state,
-            comm,
-            tensor_parallel,
-            val_tokens=val_tokens,
-            eval_every=eval_every,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            eval_batches=eval_batches,
-            checkpoint_path=checkpoint_path,
-            checkpoint_metadata=checkpoint_metadata,
-        )
+    state = strategy.start(model, state, optimizer)  # this rank's share
+    train_step = make_train_step(model, optimizer, strategy=strategy)
+    eval_loss = (
+        make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, strategy)
+        if val_tokens is not None and eval_every
+        else None
+    )
+    save = (
+        make_checkpointer(checkpoint_path, model, checkpoint_metadata, strategy, optimizer) if checkpoint_path else None
+    )
     bar = Progress(steps, start=state.step, enabled=progress if root else False)
     log, window = [], LogWindow(time.perf_counter())
     try:
@@ -361,7 +346,7 @@ def train(
             save(state)  # the end, unless just written
     finally:
         bar.close()
-    return (state if finish is None else finish(state)), log
+    return strategy.finish(model, state, optimizer), log
 
 
 def format_record(record: dict) -> str:

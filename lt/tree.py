@@ -23,9 +23,14 @@ __all__ = [
     "freeze",
     "flatten",
     "unflatten",
+    "seal",
+    "freeze_leaf",
     "leaves",
     "structure",
     "map",
+    "map_params",
+    "param_leaves",
+    "mismatch",
     "paths",
     "items",
     "get",
@@ -178,8 +183,12 @@ def unflatten(treedef: TreeDef, leaves_: list):
     return _build(treedef, iter(leaves_))
 
 
-def _seal(leaf):
-    """An array leaf made read-only for good, without a copy where lt may decide alone.
+def seal(leaf):
+    """``leaf`` made read-only for good, copied only where someone else may still write to it.
+
+    For an array that lt just made and nobody else holds (a fresh result, an array read from
+    a file); use :func:`freeze_leaf` for an array that came from a caller. Non-array leaves
+    are returned as they are.
 
     A read-only array that owns its memory can be made writeable again
     (``a.setflags(write=True)``); a view of a read-only base cannot (NumPy refuses). So an
@@ -209,11 +218,15 @@ def _read_only_buffer(buffer) -> bool:
         return False
 
 
-def _freeze_leaf(leaf):
-    """A sealed leaf: writeable arrays (someone else may hold them) are copied first."""
+def freeze_leaf(leaf):
+    """``leaf`` sealed (:func:`seal`) after copying it if it is writeable.
+
+    For an array that came from a caller, who may still hold it and write to it; the copy
+    belongs to lt alone. Read-only arrays are shared, not copied.
+    """
     if isinstance(leaf, np.ndarray) and leaf.flags.writeable:
         leaf = leaf.copy()
-    return _seal(leaf)
+    return seal(leaf)
 
 
 def freeze(tree):
@@ -222,7 +235,7 @@ def freeze(tree):
     Arrays that are already read-only are shared, so freezing a frozen tree is cheap.
     """
     flat, treedef = flatten(tree)
-    return unflatten(treedef, [_freeze_leaf(x) for x in flat])
+    return unflatten(treedef, [freeze_leaf(x) for x in flat])
 
 
 def _path_str(parts) -> str:
@@ -258,8 +271,20 @@ def paths(tree) -> list[str]:
     return [_path_str(p) for p, _ in _walk(tree, ())]
 
 
-def _mismatch(trees, prefix) -> str | None:
-    """Where the first tree's structure departs from another's, described for a user."""
+def mismatch(*trees) -> str | None:
+    """Where the first tree's structure departs from the others', for an error message; None
+    when all trees have one structure.
+
+    The first difference in flatten order, named by its path: ``"at blocks.1.attn: dict
+    ('out', 'qkv') vs dict ('qkv',)"`` (mapping keys sorted), or ``"at <root>: ..."`` for the top.
+    """
+    if len(trees) < 2:
+        return None
+    return _mismatch(list(trees), ())
+
+
+def _mismatch(trees: list, prefix: tuple) -> str | None:
+    """:func:`mismatch` below ``prefix``, the path walked so far."""
     parts = [_children(t) for t in trees]
     first = parts[0]
     where = _path_str(prefix) or "<root>"
@@ -289,9 +314,49 @@ def map(fn: Callable, tree, *rest):
     for other in rest:
         oflat, odef = flatten(other)
         if odef != treedef:
-            raise ValueError("lt.tree.map: trees differ in structure " + (_mismatch([tree, other], ()) or ""))
+            raise ValueError("lt.tree.map: trees differ in structure " + (mismatch(tree, other) or ""))
         others.append(oflat)
-    return unflatten(treedef, [_seal(fn(*xs)) for xs in zip(flat, *others)])
+    return unflatten(treedef, [seal(fn(*xs)) for xs in zip(flat, *others)])
+
+
+def map_params(fn: Callable, tree, like, *, other: Callable | None = None):
+    """Apply ``fn(leaf, like_leaf)`` to every leaf of ``tree`` that sits in a subtree shaped like
+    ``like`` (e.g. an optimizer state's moments, shaped like the params; ``like`` the params or a
+    model's ``spec()``); other leaves (a step count) go through ``other`` (default: unchanged).
+
+    Found by structure, never by names: optax's ``tree_map_params`` is the idea. A frozen tree."""
+    want = structure(like)
+    like_leaves = leaves(like)
+    keep = other if other is not None else (lambda x: x)
+
+    def walk(node):
+        flat, treedef = flatten(node)
+        if treedef == want:
+            return unflatten(treedef, [fn(x, y) for x, y in zip(flat, like_leaves)])
+        parts = _children(node)
+        if parts is None:
+            return keep(node)
+        kind, meta, kids = parts
+        if kind == "none":
+            return None
+        new = [walk(k) for k in kids]
+        if kind == "dict":
+            return FrozenDict(zip(meta, new))
+        return meta(*new) if kind == "namedtuple" else tuple(new)
+
+    return freeze(walk(tree))
+
+
+def param_leaves(tree, like) -> list:
+    """The leaves :func:`map_params` would hand ``fn``, in its order (params-shaped subtrees only)."""
+    out: list = []
+
+    def keep(x, _):
+        out.append(x)
+        return x
+
+    map_params(keep, tree, like)
+    return out
 
 
 def _split_path(path) -> tuple:

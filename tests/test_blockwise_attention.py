@@ -147,18 +147,19 @@ def test_policy_picks_full_for_short_and_blockwise_for_long_and_obeys_the_keywor
 
 def test_sdpa_and_multi_head_attention_give_the_same_numbers_with_either_kernel():
     q, k, v = normal((2, 3, 40, 8), 0), normal((2, 3, 40, 8), 1), normal((2, 3, 40, 8), 2)
-    mask = nn.causal_mask(40)
-    full = nn.scaled_dot_product_attention(q, k, v, mask, kernel="full")
-    np.testing.assert_allclose(nn.scaled_dot_product_attention(q, k, v, mask, kernel="blockwise"), full,
-                               rtol=1e-12, atol=1e-12)
     x = normal((2, 40, 24), 3)
-    for mha in (nn.MultiHeadAttention(24, 3), nn.MultiHeadAttention(24, 6, num_kv_heads=2)):   # GQA too
-        p = lt.tree.map(lambda a: a.astype(np.float64), mha.init(random.key(0)))
-        results = [lt.value_and_grad(lambda p: ops.sum(mha.apply(p, x, x, x, mask, kernel=kernel) * x))(p)
-                   for kernel in ("full", "blockwise")]
-        np.testing.assert_allclose(float(results[1][0]), float(results[0][0]), rtol=1e-12)
-        for a, b in zip(lt.tree.leaves(results[0][1]), lt.tree.leaves(results[1][1])):
-            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    for causal in (dict(mask=nn.causal_mask(40)), dict(causal=True)):   # the explicit mask, and the flag
+        full = nn.scaled_dot_product_attention(q, k, v, kernel="full", **causal)
+        np.testing.assert_allclose(nn.scaled_dot_product_attention(q, k, v, kernel="blockwise", **causal), full,
+                                   rtol=1e-12, atol=1e-12)
+        for mha in (nn.MultiHeadAttention(24, 3), nn.MultiHeadAttention(24, 6, num_kv_heads=2)):   # GQA too
+            p = lt.tree.map(lambda a: a.astype(np.float64), mha.init(random.key(0)))
+            def loss(p, kernel, mha=mha, causal=causal):
+                return ops.sum(mha.apply(p, x, x, x, kernel=kernel, **causal) * x)
+            results = [lt.value_and_grad(loss)(p, kernel) for kernel in ("full", "blockwise")]
+            np.testing.assert_allclose(float(results[1][0]), float(results[0][0]), rtol=1e-12)
+            for a, b in zip(lt.tree.leaves(results[0][1]), lt.tree.leaves(results[1][1])):
+                np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
 
 
 def test_model_loss_and_gradients_agree_whichever_kernel_the_policy_picks(monkeypatch):
@@ -184,10 +185,9 @@ def test_long_causal_attention_memory_does_not_grow_with_t_squared():
     # B = 1, H = 12, T = 4096, d = 64, float32: the score matrix alone would be 805 MB
     T = 4096
     q, k, v = (random.normal(random.key(i), (1, 12, T, 64)) for i in range(3))
-    mask = nn.causal_mask(T)
     tracemalloc.start()
     try:
-        loss, grads = lt.value_and_grad(lambda q, k, v: ops.sum(nn.scaled_dot_product_attention(q, k, v, mask=mask)),
+        loss, grads = lt.value_and_grad(lambda q, k, v: ops.sum(nn.scaled_dot_product_attention(q, k, v, causal=True)),
                                         argnums=(0, 1, 2))(q, k, v)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

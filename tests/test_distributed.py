@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import lt
-from lt import distributed, optim, random, tree
+from lt import optim, parallel, random, tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
@@ -36,33 +36,33 @@ MPIEXEC_TIMEOUT = 60                       # seconds; the launcher kills a hung 
 def test_shards_are_contiguous_balanced_and_cover_the_batch_in_rank_order(batch, size):
     if batch < size:
         with pytest.raises(ValueError, match=f"{batch} rows cannot be split over {size} ranks"):
-            distributed.shard_rows(batch, 0, size)
+            parallel.shard_rows(batch, 0, size)
         return
-    rows = [distributed.shard_rows(batch, r, size) for r in range(size)]
+    rows = [parallel.shard_rows(batch, r, size) for r in range(size)]
     assert np.array_equal(np.concatenate([np.arange(batch)[s] for s in rows]), np.arange(batch))
     lengths = [s.stop - s.start for s in rows]
     assert min(lengths) >= 1 and max(lengths) - min(lengths) <= 1
 
 
 def test_a_plain_process_is_a_single_rank_and_never_initialises_mpi(monkeypatch):
-    for var in distributed._LAUNCHER_VARS:
+    for var in parallel.mpi._LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     if "mpi4py.run" in sys.modules or "mpi4py.MPI" in sys.modules:
         pytest.skip("this pytest itself runs under MPI")
-    assert distributed.world() == distributed.SINGLE and distributed.world(mpi=False) == distributed.SINGLE
+    assert parallel.world() == parallel.SINGLE and parallel.world(mpi=False) == parallel.SINGLE
     assert "mpi4py.MPI" not in sys.modules
-    w = distributed.of(None)
+    w = parallel.mpi.of(None)
     assert (w.rank, w.size, w.is_root) == (0, 1, True)
 
 
 def test_single_process_stand_ins_change_nothing():
     grads = MODEL.init(random.key(1))
-    assert distributed.mean_gradients(None, 1.5, grads, 7) == (1.5, grads, 7)
-    assert distributed.broadcast(None, grads) is grads
-    distributed.check_in_sync(None, grads)                           # nothing to compare with
+    assert parallel.mean_gradients(None, 1.5, grads, 7) == (1.5, grads, 7)
+    assert parallel.broadcast(None, grads) is grads
+    parallel.check_in_sync(None, grads)                           # nothing to compare with
     batch = lt.data.random_windows(random.key(2), TOKENS, 3, 16)
-    assert all(np.array_equal(a, b) for a, b in zip(distributed.shard(batch, None), batch))
-    assert distributed.rank_rng(random.key(3), None) == random.key(3)
+    assert all(np.array_equal(a, b) for a, b in zip(parallel.shard(batch, None), batch))
+    assert parallel.rank_rng(random.key(3), None) == random.key(3)
 
 
 class StubComm:
@@ -79,12 +79,12 @@ class StubComm:
 
 def test_ranks_take_disjoint_rows_of_every_micro_batch_and_distinct_dropout_keys():
     inputs = np.arange(3 * 7 * 5).reshape(3, 7, 5)                 # (k, B, T): 3 micro-batches of 7 rows
-    shards = [distributed.shard((inputs, inputs + 1), StubComm(r, 4)) for r in range(4)]
+    shards = [parallel.shard((inputs, inputs + 1), StubComm(r, 4)) for r in range(4)]
     assert [x.shape[1] for x, _ in shards] == [2, 2, 2, 1]
     assert np.array_equal(np.concatenate([x for x, _ in shards], axis=1), inputs)
     assert np.array_equal(np.concatenate([y for _, y in shards], axis=1), inputs + 1)
-    keys = [distributed.rank_rng(random.key(5), StubComm(r, 4)) for r in range(4)]
-    assert len(set(keys)) == 4 and distributed.rank_rng(random.key(5), StubComm(0, 1)) == random.key(5)
+    keys = [parallel.rank_rng(random.key(5), StubComm(r, 4)) for r in range(4)]
+    assert len(set(keys)) == 4 and parallel.rank_rng(random.key(5), StubComm(0, 1)) == random.key(5)
 
 
 def test_fingerprint_sees_one_changed_bit_and_a_changed_dtype():
@@ -93,9 +93,9 @@ def test_fingerprint_sees_one_changed_bit_and_a_changed_dtype():
     bits = leaf.view(np.uint64).copy()
     bits[3, 5] ^= 1
     flipped = tree.set(params, "wte.w", bits.view(np.float64))
-    assert distributed.fingerprint(params) == distributed.fingerprint(MODEL.init(random.key(0), np.float64))
-    assert distributed.fingerprint(flipped) != distributed.fingerprint(params)
-    assert distributed.fingerprint(params) != distributed.fingerprint(MODEL.init(random.key(0), np.float32))
+    assert parallel.fingerprint(params) == parallel.fingerprint(MODEL.init(random.key(0), np.float64))
+    assert parallel.fingerprint(flipped) != parallel.fingerprint(params)
+    assert parallel.fingerprint(params) != parallel.fingerprint(MODEL.init(random.key(0), np.float32))
 
 
 # ------------------------------------------------------------------ real MPI jobs
@@ -104,11 +104,11 @@ WORKER = textwrap.dedent("""
     import json, pathlib, sys, time
     import numpy as np
     import lt
-    from lt import distributed, optim, random
+    from lt import optim, parallel, random
 
     cfg = json.loads(sys.argv[1])
     out = pathlib.Path(cfg["out"])
-    w = distributed.world()
+    w = parallel.world()
     text = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
     chars = sorted(set(text)); tokens = np.array([chars.index(c) for c in text])
     model = lt.GPT.preset("tiny", vocab_size=len(chars), max_seq_len=16)
@@ -119,7 +119,7 @@ WORKER = textwrap.dedent("""
         if w.is_root:
             ck = lt.checkpoint.load(cfg["resume"], model, state.opt_state)
             state = lt.TrainState(ck.params, ck.opt_state, ck.step)
-        state = distributed.broadcast(w.comm, state if w.is_root else None)
+        state = parallel.broadcast(w.comm, state if w.is_root else None)
 
     def fail(msg):
         (out / f"failed-rank{w.rank}").write_text(repr(time.time()))
@@ -147,10 +147,11 @@ WORKER = textwrap.dedent("""
     state, log = lt.train(model, opt, state, tokens, steps=cfg["steps"], batch_size=cfg["batch"], seq_len=16,
                           rng=random.key(7), accumulate=cfg.get("accumulate", 1), log_every=1,
                           checkpoint_path=cfg["ckpt"], checkpoint_every=cfg.get("every", 0), progress=False,
-                          on_log=lambda r: print(f"rank {w.rank} step {r['step']}", flush=True), comm=w.comm)
+                          on_log=lambda r: print(f"rank {w.rank} step {r['step']}", flush=True),
+                          strategy=parallel.DataParallel(w.comm))
     np.save(out / f"params-rank{w.rank}.npy", np.concatenate([x.ravel() for x in lt.tree.leaves(state.params)]))
     (out / f"done-rank{w.rank}.json").write_text(json.dumps(
-        {"rank": w.rank, "size": w.size, "hash": distributed.fingerprint(state), "losses": [r["loss"] for r in log]}))
+        {"rank": w.rank, "size": w.size, "hash": parallel.fingerprint(state), "losses": [r["loss"] for r in log]}))
 """)
 
 
@@ -221,7 +222,7 @@ def test_two_ranks_train_bit_identically_and_match_one_process(mpiexec, tmp_path
 
 def test_four_ranks_resume_a_one_process_checkpoint_with_uneven_shards_and_micro_batches(mpiexec, tmp_path):
     """Batch 6 over 4 ranks is 2+2+1+1 rows: only token-weighted averaging gives the right gradient.
-    Only rank 0 reads the checkpoint; the others get the state from :func:`distributed.broadcast`."""
+    Only rank 0 reads the checkpoint; the others get the state from :func:`lt.parallel.broadcast`."""
     half, _, _ = single_process(3, 6, accumulate=2)
     lt.checkpoint.save(tmp_path / "half.safetensors", MODEL, half.params, half.opt_state, half.step)
     proc, out, _ = launch(mpiexec, tmp_path, 4, steps=6, batch=6, accumulate=2,

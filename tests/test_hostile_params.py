@@ -50,7 +50,7 @@ def test_freezing_never_changes_the_callers_arrays_or_their_flags():
 
 def test_a_sealed_leaf_shares_memory_with_the_array_lt_made():
     made = np.arange(4.0)
-    sealed = tree._seal(made)
+    sealed = tree.seal(made)
     assert np.shares_memory(sealed, made) and not made.flags.writeable
 
 

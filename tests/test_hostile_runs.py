@@ -16,7 +16,7 @@ import pytest
 
 import lt
 import lt.cli
-from lt import distributed, runs
+from lt import parallel, runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer.\n" * 30
@@ -378,29 +378,29 @@ def test_beam_search_with_a_prompt_longer_than_the_context_says_so(run, capsys):
 @pytest.mark.parametrize("env", [{"PMI_SIZE": "1", "PMI_RANK": "0"}, {"PMI_RANK": "0"}, {"PMIX_RANK": "0"},
                                  {"OMPI_COMM_WORLD_SIZE": "1"}])
 def test_a_launcher_of_one_rank_without_mpi4py_is_a_single_process(monkeypatch, env):
-    for var in distributed._LAUNCHER_VARS:
+    for var in parallel.mpi._LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     if "mpi4py.run" in sys.modules or "mpi4py.MPI" in sys.modules:
         pytest.skip("this pytest itself runs under MPI")
     monkeypatch.setitem(sys.modules, "mpi4py", None)                 # as if it were not installed
-    assert distributed.world() == distributed.SINGLE
+    assert parallel.world() == parallel.SINGLE
     with pytest.raises(ImportError, match="needs mpi4py"):
-        distributed.world(mpi=True)                                 # --mpi still asks for it
+        parallel.world(mpi=True)                                    # --mpi still asks for it
 
 
 def test_a_launcher_of_several_ranks_without_mpi4py_is_refused(monkeypatch):
-    for var in distributed._LAUNCHER_VARS:
+    for var in parallel.mpi._LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PMI_SIZE", "4")
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ImportError, match="launched as one of 4 MPI ranks"):
-        distributed.world()
+        parallel.world()
 
 
 def test_train_with_pmi_size_one_runs_single_process(tmp_path, data, monkeypatch):
-    for var in distributed._LAUNCHER_VARS:
+    for var in parallel.mpi._LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     if "mpi4py.run" in sys.modules or "mpi4py.MPI" in sys.modules:
         pytest.skip("this pytest itself runs under MPI")

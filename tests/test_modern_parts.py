@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import lt
 from lt import ops, random
-from lt.nn.gated import GatedFeedForward, RMSNorm
+from lt.nn import GatedFeedForward, RMSNorm
 from lt.nn.rotary import RopeScaling, RotaryEmbedding, rope_inv_freq
 from lt.testing import check_grads
 

@@ -99,10 +99,10 @@ def test_bad_inputs_are_refused_with_the_reason():
     with pytest.raises(TypeError, match="float32 or float64 matrix"):
         quantize_array(np.ones(6, np.float32))
     with pytest.raises(ValueError, match="bits must be 8 or 4"):
-        lt.quantize(P32, bits=3)
+        lt.quantize(P32, bits=3, model=TINY)
     with pytest.raises(ValueError, match="blocks.0.attn.proj.w is already quantized"):
-        lt.quantize(lt.quantize(P32, 8), 4)
-    q = lt.quantize(P32, 8)["wte"]["w"]
+        lt.quantize(lt.quantize(P32, 8, model=TINY), 4, model=TINY)
+    q = lt.quantize(P32, 8, model=TINY)["wte"]["w"]
     with pytest.raises(ValueError, match="codes"):
         QuantizedArray(q.codes[:, :-1], q.scales, bits=8, group_size=q.group_size, axis=1, shape=q.shape)
     with pytest.raises(ValueError, match="finite and non-negative"):
@@ -113,7 +113,7 @@ def test_bad_inputs_are_refused_with_the_reason():
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantize_makes_a_tree_of_the_same_paths_with_matrices_quantized(bits):
-    q = lt.quantize(P32, bits)
+    q = lt.quantize(P32, bits, model=TINY)
     assert tree.paths(q) == tree.paths(P32) and tree.structure(q) == tree.structure(P32)
     kinds = {p: quant.is_quantized(x) for p, x in tree.items(q)}
     assert kinds["wte.w"] and kinds["blocks.0.attn.qkv.w"] and kinds["blocks.1.ffn.proj.w"]
@@ -138,7 +138,7 @@ def test_gpt2_shaped_weights_meet_the_memory_targets():
 
 
 def test_a_quantized_tree_is_as_immutable_as_a_float_one():
-    q = lt.quantize(P32, 4)
+    q = lt.quantize(P32, 4, model=TINY)
     leaf = q["blocks"][0]["attn"]["qkv"]["w"]
     for a in (leaf.codes, leaf.scales):
         assert not a.flags.writeable
@@ -175,7 +175,7 @@ def test_a_quantized_tree_is_as_immutable_as_a_float_one():
 
 
 def test_differentiating_a_quantized_leaf_is_refused_and_a_constant_one_passes_gradients():
-    q = lt.quantize(P64, 8)
+    q = lt.quantize(P64, 8, model=TINY)
     ids = np.array([[1, 2, 3, 4]])
     with pytest.raises(TypeError, match="quantized leaf blocks.0.attn.proj.w"):
         lt.value_and_grad(TINY.loss)(q, ids)
@@ -192,7 +192,7 @@ def test_differentiating_a_quantized_leaf_is_refused_and_a_constant_one_passes_g
 
 
 def test_slicing_whole_groups_gives_the_slice_of_the_dequantized_matrix():
-    w = q8 = lt.quantize(P64, 8)["blocks"][0]["attn"]["qkv"]["w"]        # (32, 96): stored rows are columns
+    w = q8 = lt.quantize(P64, 8, model=TINY)["blocks"][0]["attn"]["qkv"]["w"]   # (32, 96): stored rows are columns
     assert np.array_equal(dequantize_array(q8[:, 32:64]), dequantize_array(w)[:, 32:64])
     with pytest.raises(TypeError, match="stored rows only"):
         q8[3:5]
@@ -206,7 +206,7 @@ def test_slicing_whole_groups_gives_the_slice_of_the_dequantized_matrix():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_applying_a_quantized_tree_equals_applying_its_dequantized_tree(model, bits, group, dtype):
     params = model.init(random.key(3), dtype=dtype)
-    q = lt.quantize(params, bits, group)
+    q = lt.quantize(params, bits, group, model=model)
     dense = lt.dequantize(q)
     assert all(not quant.is_quantized(x) for x in tree.leaves(dense))
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
@@ -222,7 +222,7 @@ def test_applying_a_quantized_tree_equals_applying_its_dequantized_tree(model, b
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_kv_cache_decoding_equals_full_recomputation_on_a_quantized_tree(bits):
-    q = lt.quantize(P64, bits)
+    q = lt.quantize(P64, bits, model=TINY)
     prompt = np.array([[5, 6, 7, 8], [0, 9, 1, 2]])
     logits, cache = generate.prefill(TINY, q, prompt, capacity=10)
     assert np.allclose(logits, TINY.apply(q, prompt)[:, -1], rtol=1e-12, atol=1e-12)
@@ -247,7 +247,7 @@ def test_kv_cache_decoding_equals_full_recomputation_on_a_quantized_tree(bits):
 
 @pytest.mark.parametrize("bits,group", [(8, None), (4, 32), (4, 6)])
 def test_a_quantized_checkpoint_loads_back_bit_exactly(tmp_path, bits, group):
-    q = lt.quantize(P32, bits, group)
+    q = lt.quantize(P32, bits, group, model=TINY)
     path = tmp_path / "q.safetensors"
     checkpoint.save(path, TINY, q, step=7)
     ck = checkpoint.load(path)
@@ -294,7 +294,7 @@ def _rewrite(src, dst, change):
 ])
 def test_a_corrupt_quantized_checkpoint_is_refused_naming_what_is_wrong(tmp_path, change, message):
     src, dst = tmp_path / "q.safetensors", tmp_path / "bad.safetensors"
-    checkpoint.save(src, TINY, lt.quantize(P32, 4), step=1)
+    checkpoint.save(src, TINY, lt.quantize(P32, 4, model=TINY), step=1)
     _rewrite(src, dst, change)
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load(dst)
@@ -321,7 +321,7 @@ def test_lt_quantize_writes_a_checkpoint_that_generate_reads(run_dir):
     ck = checkpoint.load(path)
     float_ck = checkpoint.load(out / "checkpoint.safetensors")
     assert ck.step == float_ck.step == 10 and quant.describe(ck.params) == "int4"
-    expected = lt.quantize(float_ck.params, 4)
+    expected = lt.quantize(float_ck.params, 4, model=float_ck.model)
     assert all(np.array_equal(a.codes, b.codes) for a, b in zip(tree.leaves(ck.params), tree.leaves(expected))
                if quant.is_quantized(a))
     assert "bits per parameter" in result.stdout

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lt
-from lt import optim, random, tree, zero
-from lt.nn import ShardedGPT
-from lt.ops.collective import Group, split_range
+from lt import optim, random, tree
+from lt.parallel import Group, ShardedGPT, split_range, zero
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom? " * 40
@@ -34,7 +33,7 @@ def make_opt():
 def test_each_rank_holds_its_part_of_every_split_leaf_and_the_parts_join_to_the_whole(name, P):
     model = MODELS[name]
     full = model.init(random.key(0), np.float64)
-    shards = [ShardedGPT.of(model, Group(None, r, P)) for r in range(P)]
+    shards = [ShardedGPT(model, Group(None, r, P)) for r in range(P)]
     params = [s.init(random.key(0), np.float64) for s in shards]
     D, F, V, H = model.hidden_dim, model.ffn_dim, model.vocab_size, model.num_heads
     d, Hkv = D // H, model.kv_heads
@@ -72,22 +71,22 @@ def test_the_vocabulary_parallel_loss_of_one_rank_is_the_cross_entropy_with_its_
     x = random.normal(random.key(seed), (B, T, V), np.float64) * 4
     t = random.randint(random.fold_in(random.key(seed), 1), (B, T), -1, V)          # -1: ignored
     one = Group(None, 0, 1)
-    got, g_got = lt.value_and_grad(lambda z: lt.ops.parallel_cross_entropy(z, t, group=one, vocab_size=V,
-                                                                             ignore_index=-1))(x)
+    got, g_got = lt.value_and_grad(lambda z: lt.parallel.parallel_cross_entropy(z, t, group=one, vocab_size=V,
+                                                                                  ignore_index=-1))(x)
     want, g_want = lt.value_and_grad(lt.ops.cross_entropy)(x, t, -1)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(g_got, g_want, rtol=1e-12, atol=1e-14)
     assert not np.any(g_got[t == -1])
     with pytest.raises(ValueError, match="rank 0 of 1 holds vocabulary rows \\[0, 12\\) of 12"):
-        lt.ops.parallel_cross_entropy(x, t, group=one, vocab_size=12)
+        lt.parallel.parallel_cross_entropy(x, t, group=one, vocab_size=12)
 
 
 def test_heads_that_do_not_divide_are_refused_naming_the_sizes():
     with pytest.raises(ValueError, match=r"num_heads \(2\) must be divisible by 4"):
-        ShardedGPT.of(lt.GPT.preset("tiny"), Group(None, 1, 4))
+        ShardedGPT(lt.GPT.preset("tiny"), Group(None, 1, 4))
     gqa = lt.GPT.preset("llama-tiny", num_heads=6, hidden_dim=48, num_kv_heads=3)
     with pytest.raises(ValueError, match=r"num_kv_heads \(3\) must divide 2 .* or be divisible by it"):
-        ShardedGPT.of(gqa, Group(None, 1, 2))
+        ShardedGPT(gqa, Group(None, 1, 2))
 
 
 @settings(max_examples=30, deadline=None)
@@ -108,7 +107,7 @@ def test_zero_state_round_trips_through_the_whole_optimizer_state():
     want = np.ravel(whole[1].mu["blocks"][0]["attn"]["qkv"]["w"])
     for P in (1, 3):
         parts = [zero.scatter_state(opt, whole, params, r, P) for r in range(P)]
-        got = [part.inner[1].mu["slice"]["blocks"][0]["attn"]["qkv"]["w"] for part in parts]
+        got = [part.inner[1].mu["blocks"][0]["attn"]["qkv"]["w"] for part in parts]
         assert all(g.ndim == 2 for g in got) and np.array_equal(np.concatenate([g.ravel() for g in got]), want)
         assert all(int(part.inner[1].schedule.count) == 1 for part in parts)
     back = zero.gather_state(opt, parts[0] if P == 1 else zero.scatter_state(opt, whole, params, 0, 1), params, None)
@@ -117,13 +116,13 @@ def test_zero_state_round_trips_through_the_whole_optimizer_state():
 
 
 def test_one_rank_with_zero_trains_like_the_plain_loop():
-    """tensor_parallel=1 in one process runs the sharded path end to end (ZeRO over one rank, the
-    clipping norm through the ``rest`` leaf) and must give the plain loop's numbers."""
+    """TensorParallel over one rank in one process runs the sharded path end to end (ZeRO over one
+    rank, the clipping norm handed to the optimizer) and must give the plain loop's numbers."""
     model, opt = MODELS["llama"], make_opt()
     start = lt.TrainState.create(model.init(random.key(0), np.float64), opt)
     kw = dict(steps=5, batch_size=4, seq_len=16, rng=random.key(7), log_every=1, progress=False, verbose=False)
     a, la = lt.train(model, opt, start, TOKENS, **kw)
-    b, lb = lt.train(model, opt, start, TOKENS, tensor_parallel=1, **kw)
+    b, lb = lt.train(model, opt, start, TOKENS, strategy=lt.parallel.TensorParallel(None, 1), **kw)
     assert tree.flatten(a.opt_state)[1] == tree.flatten(b.opt_state)[1] and a.step == b.step == 5
     for x, y in zip(tree.leaves((a.params, a.opt_state)), tree.leaves((b.params, b.opt_state))):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)

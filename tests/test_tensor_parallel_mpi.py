@@ -30,43 +30,45 @@ WORKER = textwrap.dedent("""
     import json, pathlib, sys
     import numpy as np
     import lt
-    from lt import distributed, optim, random, tree, tensor_parallel as tpm
-    from lt.ops.collective import allgather_last
+    from lt import optim, parallel, random, tree
+    from lt.parallel import allgather_last, shards
     sys.path.insert(0, sys.argv[2])
     from test_tensor_parallel import MODELS, TOKENS, make_opt
 
     cfg = json.loads(sys.argv[1])
     out = pathlib.Path(cfg["out"])
-    w = distributed.world()
+    w = parallel.world()
     res = {}
-    m = tpm.mesh(w.comm, cfg["tp"])
+    m = parallel.mesh(w.comm, cfg["tp"])
     batch = lt.data.random_windows(random.key(3), TOKENS, 4, 16)
     targets = np.where(np.arange(16) % 5 == 4, -100, batch.targets)        # some ignored positions
-    inputs, targets = distributed.shard((batch.inputs, targets), m.dp)
+    inputs, targets = parallel.shard((batch.inputs, targets), m.dp)
     for name in cfg["models"]:
         model = MODELS[name]
-        sharded = tpm.shard_model(model, m)
+        sharded = parallel.ShardedGPT(model, m.tp)
         for dt in ("float64", "float32"):
             params = sharded.init(random.key(0), np.dtype(dt))
             logits = allgather_last(sharded.apply(params, inputs), m.tp)           # (b, T, V)
             loss, grads = lt.value_and_grad(sharded.loss)(params, inputs, targets)
             n = int((targets != -100).sum())
-            loss, grads, _ = distributed.mean_gradients(m.dp, float(loss), grads, n)
+            loss, grads, _ = parallel.mean_gradients(m.dp, float(loss), grads, n)
             whole = sharded.gather(m.tp.comm.allgather(grads) if m.tp.size > 1 else [grads])
             res[f"{name}/{dt}/logits"] = logits
             res[f"{name}/{dt}/loss"] = np.array(loss)
-            res[f"{name}/{dt}/norm"] = np.array(tpm.global_grad_norm(sharded, grads))
+            res[f"{name}/{dt}/norm"] = np.array(parallel.global_grad_norm(sharded, grads))
             for p, g in tree.items(whole):
                 res[f"{name}/{dt}/grad/{p}"] = g
             res[f"{name}/{dt}/shape/qkv"] = np.array(params["blocks"][0]["attn"]["qkv"]["w"].shape)
-            whole_leaves = {p: g for p, g in tree.items(grads) if sharded.split(p) is None}    # norms, biases
-            res[f"{name}/{dt}/replicated"] = np.array(distributed.fingerprint(whole_leaves))
+            decls = tree.leaves(model.spec())
+            whole_leaves = {p: g for (p, g), d in zip(tree.items(grads), decls)
+                            if shards.ranges(d, m.tp.rank, m.tp.size) is None}             # norms, biases
+            res[f"{name}/{dt}/replicated"] = np.array(parallel.fingerprint(whole_leaves))
     # the vocabulary-parallel cross-entropy against the whole one, ignored positions included
     V = 11
     x = random.normal(random.key(5), (3, 7, V), np.float64) * 3
     t = np.where(np.arange(21).reshape(3, 7) % 4 == 1, -1, np.arange(21).reshape(3, 7) % V)
     lo, hi = m.tp.part(V)
-    ce = lambda z: lt.ops.parallel_cross_entropy(z, t, group=m.tp, vocab_size=V, ignore_index=-1)
+    ce = lambda z: parallel.parallel_cross_entropy(z, t, group=m.tp, vocab_size=V, ignore_index=-1)
     loss, g = lt.value_and_grad(ce)(x[..., lo:hi])
     res["ce/loss"], res["ce/grad"] = np.asarray(loss), allgather_last(g, m.tp)
     res["ce/x"], res["ce/t"] = x, t
@@ -76,18 +78,18 @@ WORKER = textwrap.dedent("""
         model, opt = MODELS["gpt"], make_opt()
         if cfg.get("fail_rank") == w.rank:                   # this rank raises in its update number fail_at
             inner, calls = opt, []
-            def update(grads, s, params=None):
+            def update(grads, s, params=None, **extra):
                 calls.append(1)
                 if len(calls) == cfg["fail_at"]:
                     raise RuntimeError(f"injected failure on rank {w.rank} in update {len(calls)}")
-                return inner.update(grads, s, params)
+                return inner.update(grads, s, params, **extra)
             opt = optim.GradientTransformation(inner.init, update)
         state = lt.TrainState.create(model.init(random.key(0), np.float64), opt)
         if cfg.get("resume"):
             ck = lt.checkpoint.load(cfg["resume"], model, state.opt_state) if w.is_root else None
-            state = distributed.broadcast(w.comm, ck and lt.TrainState(ck.params, ck.opt_state, ck.step))
+            state = parallel.broadcast(w.comm, ck and lt.TrainState(ck.params, ck.opt_state, ck.step))
         kw = dict(batch_size=4, seq_len=16, rng=random.key(7), log_every=1, progress=False, verbose=False,
-                  comm=w.comm, tensor_parallel=cfg["tp"], checkpoint_every=cfg.get("every", 0))
+                  strategy=parallel.TensorParallel(w.comm, cfg["tp"]), checkpoint_every=cfg.get("every", 0))
         if cfg.get("save_at"):
             state, log1 = lt.train(model, opt, state, TOKENS, steps=cfg["save_at"], checkpoint_path=cfg["ckpt"], **kw)
         else:
@@ -103,7 +105,7 @@ WORKER = textwrap.dedent("""
         model, opt = MODELS["llama"], make_opt()
         state = lt.TrainState.create(model.init(random.key(0), np.float64), opt)
         state, _ = lt.train(model, opt, state, TOKENS, steps=5, batch_size=4, seq_len=16, rng=random.key(7),
-                            progress=False, verbose=False, comm=w.comm, tensor_parallel=cfg["tp"])
+                            progress=False, verbose=False, strategy=parallel.TensorParallel(w.comm, cfg["tp"]))
         for p, x in tree.items(state.params):
             res[f"llama/params/{p}"] = x
     np.savez(out / f"rank{w.rank}.npz", **res)
@@ -163,7 +165,7 @@ def assert_close(got, want, dt):
 
 def check_forward_backward(results, models, dp, tp):
     for r, res in enumerate(results):
-        rows = lt.distributed.shard_rows(4, r // tp, dp)
+        rows = lt.parallel.shard_rows(4, r // tp, dp)
         assert np.array_equal(res["rows"], lt.data.random_windows(random.key(3), TOKENS, 4, 16).inputs[rows])
         for name in models:
             model = MODELS[name]

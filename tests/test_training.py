@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 
 import lt
 from lt import data, optim, random, training, tree
+from lt.parallel import DataParallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 40
@@ -236,16 +237,17 @@ def test_checkpointer_writes_on_rank_0_only_after_the_ranks_agree(tmp_path):
     state = fresh_state(opt)._replace(step=3)
     path = tmp_path / "ckpt.safetensors"
     rank1 = TwoRanks(1)
-    training.make_checkpointer(path, MODEL, {"note": "x"}, comm=rank1)(state)
+    training.make_checkpointer(path, MODEL, {"note": "x"}, strategy=DataParallel(rank1))(state)
     assert not path.exists() and rank1.barriers == 1               # rank 1 never writes, but waits
     rank0 = TwoRanks(0)
-    training.make_checkpointer(path, MODEL, {"note": "x"}, comm=rank0)(state)
+    training.make_checkpointer(path, MODEL, {"note": "x"}, strategy=DataParallel(rank0))(state)
     ck = lt.checkpoint.load(path, MODEL, state.opt_state)
     assert ck.step == 3 and same_tree(ck.params, state.params) and ck.metadata["note"] == "x"
     assert rank0.barriers == 1
     before = path.read_bytes()
-    with pytest.raises(lt.distributed.OutOfSyncError, match=r"rank\(s\) \[1\]"):
-        training.make_checkpointer(path, MODEL, comm=TwoRanks(0, other="diverged"))(state._replace(step=4))
+    with pytest.raises(lt.parallel.OutOfSyncError, match=r"rank\(s\) \[1\]"):
+        diverged = DataParallel(TwoRanks(0, other="diverged"))
+        training.make_checkpointer(path, MODEL, strategy=diverged)(state._replace(step=4))
     assert path.read_bytes() == before                              # nothing written
 
 

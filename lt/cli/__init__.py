@@ -1,7 +1,9 @@
 """The ``lt`` command: train, generate, eval, info, plot, quantize.
 
-    lt train                      a character-level model on the bundled Shakespeare corpus
-    lt generate --run DIR --prompt TEXT
+    lt train                      llama-mini on byte-level BPE tokens of the bundled Shakespeare
+                                  corpus, for five minutes (--recipe nanogpt: nanoGPT's CPU recipe)
+    lt train --init-hf DIR [--data FILE]               fine-tune a Hugging Face checkpoint
+    lt generate --run DIR --prompt TEXT                (or --hf DIR|NAME: a Hugging Face model)
     lt eval --run DIR [--data FILE]
     lt info                       presets with parameter counts and memory
     lt info --run DIR             a run's summary: model, steps, best validation loss, tokens, time

@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lt", description="Train GPT-style models in NumPy and sample from them.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model (default: characters of Shakespeare)")
+    t = sub.add_parser(
+        "train", help="train a model (default: five minutes of llama-mini on byte-level BPE of Shakespeare)"
+    )
     t.add_argument("--preset", choices=sorted(PRESETS), help=f"model (default {TRAIN_DEFAULTS['preset']})")
     t.add_argument("--data", metavar="FILE", help="a UTF-8 text file instead of the bundled corpus")
     t.add_argument("--tokenizer", choices=["char", "bpe"], help="byte-level BPE (default) or char")

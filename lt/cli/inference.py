@@ -56,7 +56,7 @@ def _load_for_inference(args):
                 f"--quantize {args.quantize}: the checkpoint is already quantized "
                 f"({quant.describe(params)}); drop --quantize"
             )
-        params = quant.quantize(params, bits=int(args.quantize[3:]))
+        params = quant.quantize(params, bits=int(args.quantize[3:]), model=model)
     return model, params, tokenizer
 
 
@@ -79,7 +79,7 @@ def cmd_quantize(args) -> int:
         raise UsageError(f"{args.run}: its checkpoint is already quantized ({quant.describe(params)})")
     step = checkpoint.read_metadata(runs.RunFiles(args.run).checkpoint)["step"]
     out = pathlib.Path(args.out or runs.RunFiles(args.run).root / f"checkpoint-int{args.bits}.safetensors")
-    qparams = quant.quantize(params, bits=args.bits, group_size=args.group_size)
+    qparams = quant.quantize(params, bits=args.bits, group_size=args.group_size, model=model)
     checkpoint.save(out, model, qparams, step=int(step))
     before, after = tree.nbytes(params), tree.nbytes(qparams)
     print(
@@ -152,7 +152,7 @@ def cmd_info(args) -> int:
     for name in PRESETS:
         m = GPT.preset(name)
         n = m.num_params()
-        kv_bytes = 2 * m.num_layers * m.kv_heads * (m.hidden_dim // m.num_heads) * 4
+        kv_bytes = 2 * m.num_layers * m.kv_heads * m.head_dim * 4
         print(
             f"{name:12} {m.num_layers:>6} {m.num_heads:>5} {m.kv_heads:>3} {m.hidden_dim:>6} {m.ffn_dim:>5} "
             f"{m.vocab_size:>6} {m.max_seq_len:>7} {n:>12,} {n * 4 / 2**20:>7.1f}MB {n * 16 / 2**20:>7.1f}MB "

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .. import checkpoint, distributed, optim, random, runs, tokenizers
+from .. import checkpoint, nn, optim, parallel, random, runs, tokenizers
 from .._allocator import tune_malloc
 from ..corpus import train_val_split_text
 from ..files import atomic_write_text, naming
@@ -87,7 +87,7 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
         else:  # a checkpoint's context is its own (its positions were trained)
             model = attrs.evolve(start, dropout=v["dropout"])
         return RunSettings(
-            model=attrs.asdict(model),
+            model=nn.config(model),
             data=v["data"] if args.data is None else str(args.data),
             tokenizer=tokenizer_kind or v["tokenizer"],
             seq_len=v["seq_len"],
@@ -197,7 +197,7 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
             )
         if settings.init_hf is None:  # a model from scratch has the tokenizer's vocabulary
             settings = attrs.evolve(
-                settings, model=attrs.asdict(GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size}))
+                settings, model=nn.config(GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size}))
             )
         model = GPT(**settings.model)
         optimizer = runs.make_optimizer(settings)
@@ -245,7 +245,7 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
 
 
 def _shared_run(
-    args, world: distributed.World, started: float
+    args, world: parallel.World, started: float
 ) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
     """The run and its optimizer on every rank, and rank 0's lock on the run directory: rank 0
     prepares the run (reading and writing the files), and only with more than one rank is it
@@ -254,7 +254,7 @@ def _shared_run(
     other ranks.)"""
     run, optimizer, lock = _prepare(args, started) if world.is_root else (None, None, None)
     if world.size > 1:
-        run = distributed.broadcast(world.comm, run)
+        run = parallel.broadcast(world.comm, run)
         optimizer = optimizer or runs.make_optimizer(run.settings)
     assert run is not None and optimizer is not None  # rank 0 made them; the others were sent them
     return run, optimizer, lock
@@ -311,8 +311,7 @@ def _train(args, world, run, optimizer) -> int:
             checkpoint_path=files.checkpoint,
             checkpoint_every=settings.checkpoint_every,
             on_log=on_log,
-            comm=world.comm,
-            tensor_parallel=tp,
+            strategy=parallel.DataParallel(world.comm) if tp is None else parallel.TensorParallel(world.comm, tp),
         )
     finally:
         if log_file:
@@ -328,9 +327,9 @@ def _train(args, world, run, optimizer) -> int:
     return 0
 
 
-def _world(mpi_flag: bool) -> distributed.World:
+def _world(mpi_flag: bool) -> parallel.World:
     """The MPI world with ``--mpi`` or when launched under mpiexec with several ranks."""
     try:
-        return distributed.world(mpi=True if mpi_flag else None)
+        return parallel.world(mpi=True if mpi_flag else None)
     except ImportError as e:
         raise UsageError(str(e)) from None

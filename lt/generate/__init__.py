@@ -9,12 +9,14 @@ Inference only (plain NumPy, no autodiff)::
     seqs, scores = lt.generate.beam_search(model, params, prompt, num_beams=4, max_new_tokens=20)
 
 Every forward pass here is ``GPT.forward``, the model's own; this package adds what
-decoding needs around it. It depends on ``lt.nn``; ``lt.nn`` never imports it.
+decoding needs around it. It never imports ``lt.nn``: the model is an argument. The one
+import the other way is ``GPT.generate``, a forwarder to :func:`generate` imported when
+called, so the two never import each other.
 
 - ``prompts``: ``prepare_prompts`` (left padding), ``prepare_decoding`` (the checks every
   decoder shares).
 - ``sampling``: ``distribution`` (what a token is drawn from), ``filter_logits``,
-  ``sample``, ``top_k_indices``: temperature, then top-k, then top-p.
+  ``sample``, ``greedy``, ``top_k_indices``: temperature, then top-k, then top-p.
 - ``kv_cache``: ``prefill``, ``extend``, ``KVCache`` (an immutable value), and the
   unchecked steps decoders use after their own checks (``prefill_prompts``, ``extend_prepared``).
 - ``decode``: ``generate``, ``stream``, ``stream_window`` (past ``max_seq_len``).
@@ -24,6 +26,7 @@ decoding needs around it. It depends on ``lt.nn``; ``lt.nn`` never imports it.
 from .beam import BeamResult, beam_search
 from .decode import generate, stream, stream_window
 from .kv_cache import KVCache, extend, extend_prepared, prefill, prefill_prompts
+from .model import Decoder
 from .prompts import Prompts, prepare_decoding, prepare_prompts
 from .sampling import distribution, filter_logits, greedy, sample, top_k_indices
 
@@ -34,6 +37,7 @@ __all__ = [
     "beam_search",
     "BeamResult",
     "KVCache",
+    "Decoder",
     "prefill",
     "extend",
     "prefill_prompts",

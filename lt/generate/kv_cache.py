@@ -26,6 +26,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from .model import Decoder
 from .prompts import Prompts, prepare_prompts
 
 __all__ = ["KVCache", "prefill", "extend", "prefill_prompts", "extend_prepared"]
@@ -126,33 +127,33 @@ def _appender(keys: np.ndarray, values: np.ndarray, start: int, stop: int):
     return kv
 
 
-def _run(model, params, buf: _Buffer, start: int, ids, positions, mask) -> np.ndarray:
+def _run(model: Decoder, params, buf: _Buffer, start: int, ids, positions, mask, causal: bool) -> np.ndarray:
     """New tokens ``ids`` (B, t) at ``positions`` (B, t) through the model, their keys and
     values written to ``buf`` at [start, start + t); the last position's logits (B, V)."""
     stop = start + ids.shape[1]
     hooks = [_appender(k, v, start, stop) for k, v in zip(buf.keys, buf.values)]
-    logits = model.forward(params, ids, positions=positions, mask=mask, cache=hooks, last_only=True)
+    logits = model.forward(params, ids, positions=positions, mask=mask, causal=causal, cache=hooks, last_only=True)
     buf.filled = stop
     return logits
 
 
-def prefill_prompts(model, params, prompts: Prompts, capacity: int):
+def prefill_prompts(model: Decoder, params, prompts: Prompts, capacity: int):
     """:func:`prefill` for prompts from :func:`lt.generate.prompts.prepare_prompts` and params
     the caller has checked: ``(logits (B, V), KVCache)`` with room for ``capacity`` positions."""
     B, T = prompts.ids.shape
-    d = model.hidden_dim // model.num_heads
-    buf = _Buffer.empty(model.num_layers, B, model.kv_heads, max(capacity, T), d, model.compute_dtype(params))
+    layers, heads, d = model.cache_shape  # the model's own layout (a tensor-parallel shard's too)
+    buf = _Buffer.empty(layers, B, heads, max(capacity, T), d, model.compute_dtype(params))
     buf.mask[:, :T] = prompts.mask
     padded = not prompts.mask.all()
-    mask = model.visible(0, T)  # (T, T)
+    mask, causal = model.visible(0, T)  # None or (T, T)
     if padded:
-        mask = mask & prompts.mask[:, None, None, :]  # (B, 1, T, T)
-    logits = _run(model, params, buf, 0, prompts.ids, prompts.positions, mask)
+        mask = _with_padding(mask, prompts.mask[:, None, None, :])  # (B, 1, T, T)
+    logits = _run(model, params, buf, 0, prompts.ids, prompts.positions, mask, causal)
     nxt = _read_only(prompts.positions[:, -1] + 1)  # (B,)
     return logits, KVCache(model, T, nxt, padded, buf)
 
 
-def extend_prepared(model, params, cache: KVCache, ids: np.ndarray):
+def extend_prepared(model: Decoder, params, cache: KVCache, ids: np.ndarray):
     """:func:`extend` for ids (B, t) that are known to be valid (a decoder's own samples):
     ``(logits (B, V), KVCache)``. Checks only that the positions fit ``max_seq_len``."""
     _, t = ids.shape  # (B, t)
@@ -169,17 +170,23 @@ def extend_prepared(model, params, cache: KVCache, ids: np.ndarray):
             f"position {int(positions[:, -1].max())}"
         )
     buf.mask[:, S:stop] = True
-    mask = None  # one query sees every key
+    mask, causal = None, False  # one query sees every key
     if cache.padded or t > 1 or (model.sliding_window is not None and stop > model.sliding_window):
-        mask = model.visible(S, stop) & buf.mask[:, None, None, :stop]  # (B, 1, t, S + t)
-    logits = _run(model, params, buf, S, ids, positions, mask)
+        mask, causal = model.visible(S, stop)
+        mask = _with_padding(mask, buf.mask[:, None, None, :stop])  # (B, 1, t, S + t)
+    logits = _run(model, params, buf, S, ids, positions, mask, causal)
     return logits, KVCache(model, stop, _read_only(positions[:, -1] + 1), cache.padded, buf)
+
+
+def _with_padding(mask, padding):
+    """``mask`` (None or (t, S)) and the keys that are real (B, 1, 1, S)."""
+    return padding if mask is None else mask & padding
 
 
 # ----------------------------------------------------------------- public API
 
 
-def prefill(model, params, prompt_ids, *, attention_mask=None, capacity: int | None = None, pad_id: int = 0):
+def prefill(model: Decoder, params, prompt_ids, *, attention_mask=None, capacity: int | None = None, pad_id: int = 0):
     """Run the prompts through ``model`` in one pass: ``(logits, cache)``.
 
     ``logits`` (B, V) (or (V,) for one prompt (T,)) predict each row's next token;
@@ -195,7 +202,7 @@ def prefill(model, params, prompt_ids, *, attention_mask=None, capacity: int | N
     return (logits[0] if prompts.single else logits), cache
 
 
-def extend(model, params, cache: KVCache, ids):
+def extend(model: Decoder, params, cache: KVCache, ids):
     """Append tokens to ``cache``: ``(logits, new_cache)``; ``cache`` itself is unchanged.
 
     ``ids`` (B,) adds one position per row, (B, t) adds t; ``logits`` (B, V) predict the

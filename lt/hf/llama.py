@@ -300,7 +300,7 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
         "num_hidden_layers": model.num_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": model.hidden_dim // heads,
+        "head_dim": model.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": model.max_seq_len,
         "rms_norm_eps": model.layer_norm_eps,
@@ -335,31 +335,28 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
 # ------------------------------------------------------------------ tensors
 
 
-def _qkv_sizes(model: GPT) -> tuple[int, int]:
-    d = model.hidden_dim // model.num_heads
-    return model.num_heads * d, (_setting(model, "num_kv_heads") or model.num_heads) * d
-
-
 def sources(model: GPT):
-    """``lt_path -> Source``: q, k, v joined into ``attn.qkv``; every matrix but the embedding transposed."""
-    shapes = dict(zip(tree.paths(model.spec()), (p.shape for p in tree.leaves(model.spec()))))
-    q, kv = _qkv_sizes(model)
+    """``lt_path -> Source``: q, k, v joined into ``attn.qkv``; every Linear weight (its declared
+    role) transposed, as torch stores them (out, in); tables, norms and biases as they are."""
+    decls = dict(tree.items(model.spec()))
 
     def source(lt_path: str) -> Source:
-        shape = shapes[lt_path]
+        decl = decls[lt_path]
+        shape, transpose = decl.shape, decl.role == "weight"
+        stored = shape[::-1] if transpose else shape
         if lt_path in _TOP:
-            transpose = lt_path == "head.w"
-            return Source(((_TOP[lt_path], shape[::-1] if transpose else shape),), transpose)
+            return Source(((_TOP[lt_path], stored),), transpose)
         _, i, rest = lt_path.split(".", 2)
-        if rest in ("attn.qkv.w", "attn.qkv.b"):
+        if rest in ("attn.qkv.w", "attn.qkv.b"):  # the q | k | v column blocks the declaration names
             kind = "weight" if rest.endswith(".w") else "bias"
+            widths = [n * decl.split.unit for n in decl.split.units]
             return Source(
-                tuple((f"layers.{i}.self_attn.{p}.{kind}", (n, *shape[:-1])) for p, n in zip(_QKV, (q, kv, kv))),
-                transpose=True,
+                tuple((f"layers.{i}.self_attn.{p}.{kind}", (n, *shape[:-1])) for p, n in zip(_QKV, widths)),
+                transpose=transpose,
             )
         if rest not in _BLOCK:
             raise ValueError(f"{lt_path} has no Hugging Face Llama-family counterpart")
-        return Source(((f"layers.{i}.{_BLOCK[rest]}", shape[::-1]),), transpose=True)
+        return Source(((f"layers.{i}.{_BLOCK[rest]}", stored),), transpose)
 
     return source
 

@@ -8,19 +8,29 @@ from .attention import (
     scaled_dot_product_attention,
     split_heads,
 )
-from .gated import GatedFeedForward, RMSNorm
-from .gpt import GPT, PRESETS
-from .layers import Dropout, Embedding, FeedForward, LayerNorm, LearnedPositionalEncoding, Linear, PositionalEncoding
-from .module import Module, Param, check_params, init_params
+from .feedforward import FeedForward, GatedFeedForward
+from .gpt import GPT, PRESETS, CrossEntropy
+from .layers import (
+    Dropout,
+    Embedding,
+    LayerNorm,
+    LearnedPositionalEncoding,
+    Linear,
+    PositionalEncoding,
+    RMSNorm,
+)
+from .layout import decay_mask
+from .module import ROLES, Module, Param, Parts, Split, check_params, config, init_params
 from .rotary import RopeScaling, RotaryEmbedding
-from .sharded import ShardedGPT
 from .transformer import TransformerBlock
 
 __all__ = [
     "Linear",
     "Embedding",
     "LayerNorm",
+    "RMSNorm",
     "FeedForward",
+    "GatedFeedForward",
     "PositionalEncoding",
     "LearnedPositionalEncoding",
     "Dropout",
@@ -32,14 +42,17 @@ __all__ = [
     "merge_heads",
     "TransformerBlock",
     "GPT",
-    "RMSNorm",
-    "GatedFeedForward",
+    "CrossEntropy",
     "RotaryEmbedding",
     "RopeScaling",
     "PRESETS",
     "Module",
     "Param",
+    "Split",
+    "ROLES",
+    "Parts",
     "init_params",
     "check_params",
-    "ShardedGPT",
+    "config",
+    "decay_mask",
 ]

@@ -1,7 +1,9 @@
 """Attention: masks, scaled dot-product attention, multi-head attention.
 
-Shapes: B batch, H heads, T query length, S key length, D hidden, d = D / H per head.
-Masks are boolean with True = may attend, broadcastable to (B, H, T, S).
+Shapes: B batch, H heads, T query length, S key length, D hidden, d per head (D / H unless
+given). Masks are boolean with True = may attend, broadcastable to (B, H, T, S); causality is
+a flag (``causal=True``: query i sees keys j <= i + S - T), which lets the blockwise kernel
+skip the tiles above the diagonal.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import numpy as np
 
 from .. import _checks, ops, random, threads
 from .._checks import positive, probability
-from ..ops.collective import Group
-from .layers import Dropout, Linear
-from .module import Module
-from .parallel import enter, local_size, row_parallel
+from .layers import Linear, dropout
+from .module import Module, Parts, Split, part
 from .rotary import RotaryEmbedding
 
 __all__ = [
@@ -55,33 +55,36 @@ def padding_mask(seq_lengths, max_len: int) -> np.ndarray:
     return valid[:, None, None, :]
 
 
-def _causal(mask, T: int, S: int):
-    """(mask, causal) for the kernels: lt's own ``causal_mask(T)`` (the cached array) becomes
-    the ``causal`` flag, which lets the blockwise kernel skip the tiles above the diagonal."""
-    if T == S and isinstance(mask, np.ndarray) and mask.shape == (T, T) and mask is _tril(T):
-        return None, True
-    return mask, False
-
-
 @threads.adaptive  # BLAS threads: the free cores, decided per call
 def scaled_dot_product_attention(
-    q, k, v, mask=None, dropout: float = 0.0, *, rng=None, return_weights: bool = False, kernel: str = "auto"
+    q,
+    k,
+    v,
+    mask=None,
+    dropout: float = 0.0,
+    *,
+    causal: bool = False,
+    rng=None,
+    return_weights: bool = False,
+    kernel: str = "auto",
 ):
-    """``softmax(q kᵀ / √d, mask) v``, dropout on the weights when ``rng`` is given.
+    """``softmax(q kᵀ / √d, mask) v``, dropout on the weights when ``rng`` is given: the one
+    attention entry point (``MultiHeadAttention`` calls it too).
 
     q (..., T, d), k (..., S, d), v (..., S, dv) -> (..., T, dv); with ``return_weights``
-    also the attention weights (..., T, S) before dropout, for visualisation. Masked
+    also the attention weights (..., T, S) before dropout, for visualisation. ``causal``:
+    query i sees keys j <= i + S - T (the last T of S positions), on top of ``mask``. Masked
     positions get weight 0; a fully masked row gets uniform weights (never NaN).
 
     ``kernel``: ``"auto"`` (default) lets ``lt.ops.attention_kernel`` pick the full (T, S)
-    matrix for short sequences and the blockwise kernel (memory O(T), not O(T·S)) for long
-    ones; ``"full"`` or ``"blockwise"`` force one. Both give the same numbers.
+    matrix for short sequences and the blockwise kernel (memory O(T), not O(T·S); with
+    ``causal`` it skips the tiles above the diagonal) for long ones; ``"full"`` or
+    ``"blockwise"`` force one. Both give the same numbers.
     """
     _checks.real(dropout, "dropout", 0.0, 1.0, high_open=True)
     rate = dropout if rng is not None else 0.0
-    mask, causal = _causal(mask, q.shape[-2], k.shape[-2])
     return ops.dot_product_attention(
-        q, k, v, mask, rate, rng, causal=causal, kernel=kernel, return_weights=return_weights
+        q, k, v, mask, rate, rng, causal=bool(causal), kernel=kernel, return_weights=return_weights
     )
 
 
@@ -99,17 +102,14 @@ def merge_heads(x):
 
 @attrs.frozen
 class MultiHeadAttention(Module):
-    """Multi-head attention with one fused ``qkv`` projection (D, 3D) and an output ``proj``.
+    """Multi-head attention with one fused ``qkv`` projection (D, (H + 2 Hkv) d) and an output
+    ``proj`` (H d, D).
 
     Self-attention (query, key and value the same array) makes one matmul for q, k, v;
-    otherwise the three column blocks of ``qkv`` project query, key and value.
-
-    With ``tp`` (an ``lt.ops.Group`` of P ranks) this is one rank's share (Megatron's split):
-    H / P consecutive query heads and their key/value heads (Hkv / P of them when P divides
-    Hkv; else, when Hkv divides P, the one they share, a copy held by P / Hkv ranks whose
-    gradients are summed over them), so ``qkv`` holds those heads' columns of each of its q|k|v
-    blocks (column-parallel, entered through ``f``) and ``proj`` their rows (row-parallel: one
-    allreduce, bias once).
+    otherwise the three column blocks of ``qkv`` project query, key and value. With
+    Hkv = ``num_kv_heads`` < H, each key/value head serves H / Hkv consecutive query heads
+    (grouped-query attention). ``head_dim`` d defaults to D / H. ``qkv`` may be cut by its
+    heads' columns and ``proj`` by their rows (tensor parallelism deals heads among ranks).
     """
 
     hidden_dim: int = attrs.field(validator=positive)
@@ -120,10 +120,15 @@ class MultiHeadAttention(Module):
     qkv_bias: bool = True
     out_bias: bool = True
     rope: RotaryEmbedding | None = None
-    tp: Group | None = None
+    head_dim: int = attrs.field(
+        default=attrs.Factory(lambda self: self.hidden_dim // self.num_heads, takes_self=True),
+        validator=positive,
+        kw_only=True,
+    )
+    parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     def __attrs_post_init__(self):
-        if self.hidden_dim % self.num_heads:
+        if self.hidden_dim % self.num_heads and self.head_dim == self.hidden_dim // self.num_heads:  # (the default)
             raise ValueError(
                 f"{type(self).__name__}: hidden_dim ({self.hidden_dim}) must be "
                 f"divisible by num_heads ({self.num_heads})"
@@ -133,45 +138,6 @@ class MultiHeadAttention(Module):
                 f"{type(self).__name__}: num_heads ({self.num_heads}) must be divisible by "
                 f"num_kv_heads ({self.kv_heads})"
             )
-        P = 1 if self.tp is None else self.tp.size
-        if self.num_heads % P:
-            raise ValueError(
-                f"tensor parallelism over {P} ranks splits the attention heads among them: "
-                f"num_heads ({self.num_heads}) must be divisible by {P}"
-            )
-        if self.kv_heads % P and P % self.kv_heads:
-            raise ValueError(
-                f"tensor parallelism over {P} ranks: num_kv_heads ({self.kv_heads}) must divide {P} "
-                f"(each key/value head copied to {P} / {self.kv_heads} ranks) or be divisible by it "
-                "(split among them)"
-            )
-
-    @property
-    def local_heads(self) -> int:
-        """Query heads on this rank: H, or H / P with tensor parallelism over P ranks."""
-        return local_size(self.num_heads, self.tp)
-
-    @property
-    def kv_replicas(self) -> int:
-        """Ranks holding a copy of each key/value head: P / Hkv when P > Hkv, else 1."""
-        P = 1 if self.tp is None else self.tp.size
-        return max(P // self.kv_heads, 1)
-
-    @property
-    def local_kv_heads(self) -> int:
-        """Key/value heads on this rank: Hkv, or Hkv / P, or 1 (a copy) when P > Hkv."""
-        return 1 if self.kv_replicas > 1 else local_size(self.kv_heads, self.tp)
-
-    def _shared_kv(self, params):
-        """``qkv``'s params, with the key/value columns of a head copied to several ranks passed
-        through ``copy_to_replicas`` (identity; their gradient summed over the copies)."""
-        if self.kv_replicas == 1:
-            return params
-        out = {}
-        for name, x in params.items():
-            q, kv = ops.split(x, [self.widths[0]], axis=-1)
-            out[name] = ops.concat(q, ops.copy_to_replicas(kv, group=self.tp, blocks=self.kv_heads), axis=-1)
-        return out
 
     @property
     def kv_heads(self) -> int:
@@ -180,22 +146,20 @@ class MultiHeadAttention(Module):
 
     @functools.cached_property
     def widths(self) -> tuple[int, int, int]:
-        """Columns of ``qkv`` that make queries, keys and values: H·d, Hkv·d, Hkv·d (this rank's heads')."""
-        d = self.hidden_dim // self.num_heads
-        return self.local_heads * d, self.local_kv_heads * d, self.local_kv_heads * d
+        """Columns of ``qkv`` that make queries, keys and values: H·d, Hkv·d, Hkv·d."""
+        d = self.head_dim
+        return self.num_heads * d, self.kv_heads * d, self.kv_heads * d
 
-    @functools.cached_property
+    @part
     def qkv(self) -> Linear:
         """The fused projection (D, (H + 2 Hkv) d): the columns of queries, then keys, then values."""
-        return Linear(self.hidden_dim, sum(self.widths), bias=self.qkv_bias)
+        split = Split(1, (self.num_heads, self.kv_heads, self.kv_heads), self.head_dim, copies=True)
+        return Linear(self.hidden_dim, sum(self.widths), bias=self.qkv_bias, split=split)
 
-    @functools.cached_property
+    @part
     def proj(self) -> Linear:
-        return Linear(self.widths[0], self.hidden_dim, bias=self.out_bias, init_std=self.out_init_std)
-
-    @functools.cached_property
-    def drop(self) -> Dropout:
-        return Dropout(self.dropout)
+        split = Split(0, (self.num_heads,), self.head_dim)
+        return Linear(self.widths[0], self.hidden_dim, bias=self.out_bias, init_std=self.out_init_std, split=split)
 
     def spec(self):
         return {"qkv": self.qkv.spec(), "proj": self.proj.spec()}
@@ -204,28 +168,14 @@ class MultiHeadAttention(Module):
         """Queries (B, H, T, d), keys and values (B, Hkv, S, d)."""
         nq, nk, _ = self.widths
         if query is key and key is value:
-            qkv = self.qkv.apply(self._shared_kv(params["qkv"]), query)  # (B, T, (H + 2 Hkv) d)
+            qkv = self.qkv.apply(params["qkv"], query)  # (B, T, (H + 2 Hkv) d)
             q, k, v = ops.split(qkv, [nq, nq + nk], axis=-1)
         else:  # each from its column block
-            if self.kv_replicas > 1:
-                raise NotImplementedError("cross-attention with key/value heads copied over tensor-parallel ranks")
             q, k, v = (
-                self._column_block(params["qkv"], lo, hi, x)
+                self.qkv.apply(_columns(params["qkv"], lo, hi), x)
                 for x, (lo, hi) in zip((query, key, value), ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk)))
             )
-        return (
-            split_heads(q, self.local_heads),
-            split_heads(k, self.local_kv_heads),
-            split_heads(v, self.local_kv_heads),
-        )
-
-    def _column_block(self, params, lo: int, hi: int, x):
-        """``x`` projected by the columns [lo, hi) of ``qkv`` alone (cross-attention)."""
-        cols = slice(lo, hi)
-        block = {"w": ops.index(params["w"], (slice(None), cols))}
-        if self.qkv_bias:
-            block["b"] = ops.index(params["b"], cols)
-        return Linear(self.hidden_dim, hi - lo, bias=self.qkv_bias).apply(block, x)
+        return split_heads(q, self.num_heads), split_heads(k, self.kv_heads), split_heads(v, self.kv_heads)
 
     @threads.adaptive
     def apply(
@@ -236,6 +186,7 @@ class MultiHeadAttention(Module):
         value,
         mask=None,
         *,
+        causal: bool = False,
         rng=None,
         return_weights=False,
         kv=None,
@@ -245,22 +196,15 @@ class MultiHeadAttention(Module):
     ):
         """query (B, T, D), key/value (B, S, D) -> (B, T, D) [and weights (B, H, T, S)].
 
-        ``kernel`` picks the attention kernel as in :func:`scaled_dot_product_attention`.
+        ``mask`` and ``causal`` as in :func:`scaled_dot_product_attention`, which also picks
+        the ``kernel``.
 
         ``kv``, if given, is called as ``kv(k, v)`` with this call's keys and values
         (B, Hkv, S, d) and returns the keys and values to attend over (B, Hkv, S', d): a KV
         cache's hook to append the new positions and hand back the whole context.
         With ``rope``, queries and keys are rotated by ``positions`` (B, T) before the hook,
-        so a cache holds rotated keys (``rotary``: their precomputed ``rope.angles``). With
-        Hkv < H, each key/value head serves H / Hkv consecutive query heads (grouped-query
-        attention; no copies).
+        so a cache holds rotated keys (``rotary``: their precomputed ``rope.angles``).
         """
-        if self.tp is not None:  # "f": column-parallel q, k, v
-            query, key, value = (
-                (enter(query, self.tp),) * 3
-                if query is key and key is value
-                else (enter(x, self.tp) for x in (query, key, value))
-            )
         q, k, v = self.project_qkv(params, query, key, value)
         if self.rope is not None:
             angles = rotary if rotary is not None else self.rope.angles(positions, q.dtype)
@@ -269,26 +213,25 @@ class MultiHeadAttention(Module):
             k, v = kv(k, v)
         rate = self.dropout if rng is not None else 0.0
         attn_rng = random.fold_in(rng, "weights") if rate else None
-        mask, causal = _causal(mask, q.shape[-2], k.shape[-2])
         q, k, v, mask = self._grouped(q, k, v, mask)
-        out = ops.dot_product_attention(
-            q, k, v, mask, rate, attn_rng, causal=causal, kernel=kernel, return_weights=return_weights
+        out = scaled_dot_product_attention(
+            q, k, v, mask, rate, causal=causal, rng=attn_rng, kernel=kernel, return_weights=return_weights
         )
         out, weights = out if return_weights else (out, None)
         out, weights = self._ungrouped(out), None if weights is None else self._ungrouped(weights)
-        y = row_parallel(params["proj"], merge_heads(out), self.tp)  # (B, T, D), "g" with tp
-        y = self.drop.apply({}, y, rng=random.fold_in(rng, "resid"))
+        y = self.proj.apply(params["proj"], merge_heads(out))  # (B, T, D)
+        y = dropout(y, self.dropout, random.fold_in(rng, "resid"))
         return (y, weights) if return_weights else y
 
     def _grouped(self, q, k, v, mask):
         """With shared keys and values (Hkv < H): queries (B, Hkv, G, T, d) in groups of
         G = H / Hkv consecutive heads, keys and values (B, Hkv, 1, S, d) and the mask one
         axis deeper, so attention broadcasts each kv head over its group."""
-        G = self.local_heads // self.local_kv_heads
+        G = self.num_heads // self.kv_heads
         if G == 1:
             return q, k, v, mask
         B, _, T, d = q.shape  # (B, H, T, d)
-        q = ops.reshape(q, (B, self.local_kv_heads, G, T, d))
+        q = ops.reshape(q, (B, self.kv_heads, G, T, d))
         k, v = (ops.reshape(t, t.shape[:2] + (1,) + t.shape[2:]) for t in (k, v))
         if mask is not None and np.ndim(mask) == 4:
             mask = np.asarray(mask)[:, :, None]  # (B, 1, 1, T, S)
@@ -299,3 +242,12 @@ class MultiHeadAttention(Module):
         if x.ndim == 4:
             return x
         return ops.reshape(x, (x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
+
+
+def _columns(params, lo: int, hi: int):
+    """The columns [lo, hi) of a Linear's params (its weight's, and its bias's when present)."""
+    cols = slice(lo, hi)
+    out = {"w": ops.index(params["w"], (slice(None), cols))}
+    if "b" in params:
+        out["b"] = ops.index(params["b"], cols)
+    return out

@@ -27,8 +27,6 @@ import numpy as np
 
 from .. import _checks, ops, random, threads
 from .._checks import number, one_of, positive, probability
-from .attention import causal_mask
-from .gated import RMSNorm
 from .layers import (
     Dropout,
     Embedding,
@@ -36,14 +34,14 @@ from .layers import (
     LearnedPositionalEncoding,
     Linear,
     PositionalEncoding,
+    RMSNorm,
     check_positions,
 )
-from .module import Module, check_params
-from .parallel import enter, local_size, vocab_lookup
+from .module import Module, Parts, Split, check_params, part
 from .rotary import RopeScaling, RotaryEmbedding
 from .transformer import TransformerBlock, make_norm
 
-__all__ = ["GPT", "PRESETS"]
+__all__ = ["GPT", "PRESETS", "CrossEntropy"]
 
 # name: (vocab_size, max_seq_len, num_layers, num_heads, hidden_dim, ffn_dim)
 PRESETS = {
@@ -110,10 +108,7 @@ class GPT(Module):
     rope_theta: float = attrs.field(default=10000.0, validator=number(0, low_open=True))
     rope_scaling: RopeScaling | None = attrs.field(default=None, converter=_rope_scaling)
     sliding_window: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
-
-    # Not a field: the whole model has no tensor-parallel group. ``lt.nn.ShardedGPT``, one rank's
-    # share of the same model, sets it; the forward below then communicates at fixed points.
-    tp = None
+    parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     def __attrs_post_init__(self):
         if self.hidden_dim % self.num_heads:
@@ -126,13 +121,25 @@ class GPT(Module):
             )
         if self.num_kv_heads == self.num_heads:  # one spelling of plain multi-head
             object.__setattr__(self, "num_kv_heads", None)
-        if self.positional == "rope" and (self.hidden_dim // self.num_heads) % 2:
-            raise ValueError(f"GPT.positional='rope' needs an even head size, got {self.hidden_dim // self.num_heads}")
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ValueError(f"GPT.positional='rope' needs an even head size, got {self.head_dim}")
 
     @property
     def kv_heads(self) -> int:
-        """Heads of keys and values (what a KV cache stores): ``num_kv_heads`` or ``num_heads``."""
+        """Heads of keys and values: ``num_kv_heads`` or ``num_heads``."""
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        """d, the size of one attention head: D / H."""
+        return self.hidden_dim // self.num_heads
+
+    @property
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head size) of what a KV cache stores for this model: the
+        attention's own (a tensor-parallel rank's share holds fewer heads)."""
+        attn = self.block.attn
+        return self.num_layers, attn.kv_heads, attn.head_dim
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GPT:
@@ -150,9 +157,9 @@ class GPT(Module):
 
     # ----------------------------------------------------------- components
 
-    @functools.cached_property
+    @part
     def wte(self) -> Embedding:
-        return Embedding(local_size(self.vocab_size, self.tp), self.hidden_dim)  # V_r rows with tp
+        return Embedding(self.vocab_size, self.hidden_dim)
 
     @functools.cached_property
     def wpe(self):
@@ -163,11 +170,11 @@ class GPT(Module):
             return PositionalEncoding(self.max_seq_len, self.hidden_dim)
         return None
 
-    @functools.cached_property
+    @part
     def block(self) -> TransformerBlock:
         rope = None
         if self.positional == "rope":
-            rope = RotaryEmbedding(self.hidden_dim // self.num_heads, self.rope_theta, self.rope_scaling)
+            rope = RotaryEmbedding(self.head_dim, self.rope_theta, self.rope_scaling)
         return TransformerBlock(
             self.hidden_dim,
             self.num_heads,
@@ -181,19 +188,23 @@ class GPT(Module):
             bias=self.bias,
             qkv_bias=self.qkv_bias,
             rope=rope,
-            tp=self.tp,
         )
 
     @functools.cached_property
     def ln_f(self) -> LayerNorm | RMSNorm:
         return make_norm(self.norm, self.hidden_dim, self.layer_norm_eps)
 
-    @functools.cached_property
+    @part
     def head(self) -> Linear | None:
         """The untied LM head (D, V); None when the head is the token table (tied)."""
-        return (
-            None if self.tie_embeddings else Linear(self.hidden_dim, local_size(self.vocab_size, self.tp), bias=False)
-        )
+        if self.tie_embeddings:
+            return None
+        return Linear(self.hidden_dim, self.vocab_size, bias=False, split=Split(1, (self.vocab_size,)))
+
+    @part
+    def criterion(self) -> CrossEntropy:
+        """The loss of the logits against the targets."""
+        return CrossEntropy()
 
     @functools.cached_property
     def embed_dropout(self) -> Dropout:
@@ -231,36 +242,30 @@ class GPT(Module):
         """The float dtype the model computes in: its params' (init and loaders give every leaf one)."""
         return params["wte"]["w"].dtype
 
-    def visible(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, stop) bool: which keys 0..stop-1 the queries at start..stop-1 may attend.
+    def visible(self, start: int, stop: int) -> tuple[np.ndarray | None, bool]:
+        """``(mask, causal)``: which keys 0..stop-1 the queries at start..stop-1 may attend.
 
-        Causal (j <= i), and with ``sliding_window`` w also j > i - w. Without a window and
-        from 0 this is ``causal_mask(stop)`` itself (which attention kernels recognise)."""
-        if self.sliding_window is None and start == 0:
-            return causal_mask(stop)
+        Causal (key j <= query i): without ``sliding_window`` that is the ``causal`` flag alone
+        (mask None), which lets the blockwise kernel skip tiles; with a window w, the explicit
+        (stop - start, stop) bool mask of j <= i and j > i - w."""
+        if self.sliding_window is None:
+            return None, True
         i = np.arange(start, stop)[:, None]  # query positions (t, 1)
         j = np.arange(stop)[None, :]  # key positions (1, S)
-        mask = j <= i
-        if self.sliding_window is not None:
-            mask &= j > i - self.sliding_window
-        return mask
+        return (j <= i) & (j > i - self.sliding_window), False
 
     # ----------------------------------------------------------- the forward pass
 
     def embed(self, params, ids, positions, *, rng=None):
         """Token plus position embeddings, then dropout: checked ids and positions (B, T) -> (B, T, D)."""
-        if self.tp is None:
-            x = self.wte.lookup(params["wte"], ids)  # (B, T, D)
-        else:  # vocabulary-parallel: "g" sums ranks
-            x = vocab_lookup(params["wte"]["w"], ids, self.vocab_size, self.tp)
+        x = self.wte.lookup(params["wte"], ids)  # (B, T, D)
         if self.wpe is not None:  # (rotary positions act in attention)
             x = x + self.wpe.lookup(params.get("wpe", {}), positions, dtype=x.dtype)
         return self.embed_dropout.apply({}, x, rng=rng)
 
     def logits(self, params, h):
-        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``.
-        With tensor parallelism, this rank's vocabulary columns (..., V_r), entered through "f"."""
-        h = enter(self.ln_f.apply(params["ln_f"], h), self.tp)
+        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``."""
+        h = self.ln_f.apply(params["ln_f"], h)
         if self.head is None:
             return self.wte.attend(params["wte"], h)
         return self.head.apply(params["head"], h)
@@ -273,6 +278,7 @@ class GPT(Module):
         *,
         positions,
         mask,
+        causal: bool = True,
         cache: Sequence[Callable] | None = None,
         rng=None,
         last_only: bool = False,
@@ -281,11 +287,13 @@ class GPT(Module):
     ):
         """The one forward pass that ``apply``, ``loss``, prefill, decoding and beam search run.
 
-        ``ids`` (B, T) at ``positions`` (B, T), both already checked; ``mask`` broadcastable to
-        (B, H, T, S), True = may attend. ``cache``: one key/value hook per layer (``cache[i](k, v)
-        -> (keys, values)``, see ``MultiHeadAttention.apply``), with which a KV cache stores
-        this call's keys and values and hands back the whole context (S positions); without
-        it S = T. Returns logits (B, T, V), or (B, V) for the last position only with
+        ``ids`` (B, T) at ``positions`` (B, T), both already checked; ``mask`` (None, or
+        broadcastable to (B, H, T, S), True = may attend) and ``causal`` as :meth:`visible` and
+        :meth:`_batch` give them (see ``lt.nn.scaled_dot_product_attention``). ``cache``: one
+        key/value hook per layer (``cache[i](k, v) -> (keys, values)``, see
+        ``MultiHeadAttention.apply``), with which a KV cache stores this call's keys and values
+        and hands back the whole context (S positions); without it S = T. Returns logits
+        (B, T, V), or (B, V) for the last position only with
         ``last_only``; with ``hidden_states`` also the L + 1 hidden states (B, T, D).
         ``kernel`` (``"auto"``, ``"full"``, ``"blockwise"``) picks the attention kernel of every
         layer (see ``lt.nn.scaled_dot_product_attention``; the numbers are the same).
@@ -300,6 +308,7 @@ class GPT(Module):
                 block_params,
                 x,
                 mask,
+                causal=causal,
                 positions=positions,
                 rng=random.fold_in(blocks_rng, i),
                 kv=None if cache is None else cache[i],
@@ -313,7 +322,8 @@ class GPT(Module):
 
     def _batch(self, ids, attention_mask, positions):
         """Checked ids (T,) or (B, T) as a batch (B, T), with positions (B, T), the attention mask
-        (causal, and padding where ``attention_mask`` is False) and whether one row was given."""
+        and causal flag (:meth:`visible`, and padding where ``attention_mask`` is False) and
+        whether one row was given."""
         single = ids.ndim == 1
         ids = ids[None] if single else ids
         B, T = ids.shape
@@ -321,14 +331,15 @@ class GPT(Module):
             positions = np.broadcast_to(np.arange(T), (B, T))
         else:
             positions = check_positions(np.broadcast_to(positions, (B, T)), self.max_seq_len)
-        mask = self.visible(0, T)  # (T, T)
+        mask, causal = self.visible(0, T)  # None or (T, T)
         if attention_mask is not None:
             attention_mask = np.asarray(attention_mask, bool)
             attention_mask = attention_mask[None] if single and attention_mask.ndim == 1 else attention_mask
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {attention_mask.shape}")
-            mask = mask & attention_mask[:, None, None, :]  # (B, 1, T, T)
-        return ids, positions, mask, single
+            padding = attention_mask[:, None, None, :]  # (B, 1, 1, T)
+            mask = padding if mask is None else mask & padding  # (B, 1, T, T)
+        return ids, positions, mask, causal, single
 
     def apply(
         self,
@@ -349,9 +360,16 @@ class GPT(Module):
         (B, T, D): the embeddings and each block's output (before the final norm).
         """
         self.check_params(params)
-        ids, positions, mask, single = self._batch(self.check_ids(ids), attention_mask, positions)
+        ids, positions, mask, causal, single = self._batch(self.check_ids(ids), attention_mask, positions)
         out = self.forward(
-            params, ids, positions=positions, mask=mask, rng=rng, hidden_states=return_hidden_states, kernel=kernel
+            params,
+            ids,
+            positions=positions,
+            mask=mask,
+            causal=causal,
+            rng=rng,
+            hidden_states=return_hidden_states,
+            kernel=kernel,
         )
         if not single:
             return out
@@ -391,14 +409,11 @@ class GPT(Module):
                 attention_mask = attention_mask[..., :-1]
         if np.shape(targets) != ids.shape:
             raise ValueError(f"targets must have the shape of ids {ids.shape}, got {np.shape(targets)}")
-        ids, positions, mask, _ = self._batch(ids, attention_mask, None)
-        logits = self.forward(params, ids, positions=positions, mask=mask, rng=rng, kernel=kernel)  # (B, T, V)
-        targets = np.reshape(targets, ids.shape)
-        if self.tp is None:
-            return ops.cross_entropy(logits, targets, ignore_index)
-        return ops.parallel_cross_entropy(
-            logits, targets, group=self.tp, vocab_size=self.vocab_size, ignore_index=ignore_index
-        )  # (B, T, V_r): never gathered
+        ids, positions, mask, causal, _ = self._batch(ids, attention_mask, None)
+        logits = self.forward(
+            params, ids, positions=positions, mask=mask, causal=causal, rng=rng, kernel=kernel
+        )  # (B, T, V)
+        return self.criterion.apply({}, logits, np.reshape(targets, ids.shape), ignore_index=ignore_index)
 
     def generate(self, params, prompt_ids, *, rng=None, max_new_tokens: int, **options):
         """Continue ``prompt_ids`` by ``max_new_tokens`` tokens: :func:`lt.generate.generate`
@@ -409,3 +424,16 @@ class GPT(Module):
         from ..generate import generate
 
         return generate(self, params, prompt_ids, rng=rng, max_new_tokens=max_new_tokens, **options)
+
+
+@attrs.frozen
+class CrossEntropy(Module):
+    """Mean cross-entropy of logits (..., V) against integer targets (...), skipping
+    ``ignore_index``: the model's loss, a part a plan may swap (``lt.parallel``'s splits V)."""
+
+    def spec(self):
+        return {}
+
+    def apply(self, params, logits, targets, *, ignore_index: int = -100):
+        """logits (B, T, V), targets (B, T) -> () float."""
+        return ops.cross_entropy(logits, targets, ignore_index)

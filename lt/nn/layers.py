@@ -1,8 +1,9 @@
-"""Basic components: Linear, Embedding, LayerNorm, FeedForward, positions, Dropout.
+"""Basic components: Linear, Embedding, LayerNorm, RMSNorm, positions, Dropout.
 
-Shapes: B batch, T sequence, D hidden (``dim``), F feed-forward, V vocabulary.
+Shapes: B batch, T sequence, D hidden (``dim``), V vocabulary.
 Each class is frozen hyperparameters; ``init(rng)`` makes its params and
-``apply(params, ..., rng=None)`` is pure (dropout only when ``rng`` is given).
+``apply(params, ..., rng=None)`` is pure (dropout only when ``rng`` is given). Each ``spec()``
+declares what its leaves are (:class:`lt.nn.Param`'s ``role`` and ``split``).
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import attrs
 import numpy as np
 
 from .. import _checks, ops
-from .._checks import one_of, positive, probability
-from ..ops.collective import Group
-from .module import Module, Param
-from .parallel import enter, local_size, row_parallel
+from .._checks import number, positive, probability
+from .module import Module, Param, Split
 
 __all__ = [
     "Linear",
     "Embedding",
     "LayerNorm",
-    "FeedForward",
+    "RMSNorm",
     "PositionalEncoding",
     "LearnedPositionalEncoding",
     "Dropout",
@@ -32,17 +31,24 @@ __all__ = [
 
 @attrs.frozen
 class Linear(Module):
-    """``y = x @ w + b`` with ``w`` stored (in_dim, out_dim), as GPT-2 stores it."""
+    """``y = x @ w + b`` with ``w`` stored (in_dim, out_dim), as GPT-2 stores it.
+
+    ``split`` declares where tensor parallelism may cut ``w``: its columns (axis 1, a
+    column-parallel layer, whose bias is cut alike) or its rows (axis 0, row-parallel, whose
+    bias every rank holds whole); None: never cut."""
 
     in_dim: int = attrs.field(validator=positive)
     out_dim: int = attrs.field(validator=positive)
     bias: bool = True
     init_std: float = 0.02
+    split: Split | None = attrs.field(default=None, kw_only=True)
 
     def spec(self):
-        spec = {"w": Param((self.in_dim, self.out_dim), "normal", self.init_std)}
+        spec = {"w": Param((self.in_dim, self.out_dim), "normal", self.init_std, role="weight", split=self.split)}
         if self.bias:
-            spec["b"] = Param((self.out_dim,), "zeros")
+            columns = self.split is not None and self.split.axis == 1
+            bias_split = attrs.evolve(self.split, axis=0) if columns else None
+            spec["b"] = Param((self.out_dim,), "zeros", role="bias", split=bias_split)
         return spec
 
     def apply(self, params, x, *, rng=None):
@@ -52,14 +58,16 @@ class Linear(Module):
 
 @attrs.frozen
 class Embedding(Module):
-    """A table of ``num_embeddings`` vectors of size ``dim``, looked up by integer id."""
+    """A table of ``num_embeddings`` vectors of size ``dim``, looked up by integer id; its rows
+    may be cut among tensor-parallel ranks (a vocabulary-parallel table)."""
 
     num_embeddings: int = attrs.field(validator=positive)
     dim: int = attrs.field(validator=positive)
     init_std: float = 0.02
 
     def spec(self):
-        return {"w": Param((self.num_embeddings, self.dim), "normal", self.init_std)}
+        split = Split(0, (self.num_embeddings,))
+        return {"w": Param((self.num_embeddings, self.dim), "normal", self.init_std, role="table", split=split)}
 
     def apply(self, params, ids, *, rng=None):
         """(...) integer ids -> (..., dim); ids outside the table raise, naming the value."""
@@ -82,11 +90,26 @@ class LayerNorm(Module):
     eps: float = 1e-5
 
     def spec(self):
-        return {"scale": Param((self.dim,), "ones"), "bias": Param((self.dim,), "zeros")}
+        return {"scale": Param((self.dim,), "ones", role="scale"), "bias": Param((self.dim,), "zeros", role="bias")}
 
     def apply(self, params, x, *, rng=None):
         """(..., dim) -> (..., dim)."""
         return ops.layer_norm(x, params["scale"], params["bias"], self.eps)
+
+
+@attrs.frozen
+class RMSNorm(Module):
+    """``x / rms(x) * scale`` over the last axis, no mean and no bias (Llama's ``LlamaRMSNorm``)."""
+
+    dim: int = attrs.field(validator=positive)
+    eps: float = attrs.field(default=1e-6, validator=number(0, low_open=True))
+
+    def spec(self):
+        return {"scale": Param((self.dim,), "ones", role="scale")}  # [weight]
+
+    def apply(self, params, x, *, rng=None):
+        """(..., dim) -> (..., dim)."""
+        return ops.rms_norm(x, params["scale"], self.eps)
 
 
 @attrs.frozen
@@ -108,44 +131,6 @@ def dropout(x, rate: float, rng=None):
     if rng is None or rate == 0.0:
         return x
     return ops.dropout(x, rate, rng)
-
-
-@attrs.frozen
-class FeedForward(Module):
-    """Position-wise MLP: ``proj(act(fc(x)))`` then dropout; act is GELU (tanh) or ReLU.
-
-    With ``tp`` (P ranks) this rank holds ~F / P hidden units: ``fc``'s columns (column-parallel,
-    entered through ``f``) and ``proj``'s rows (row-parallel: one allreduce, bias once)."""
-
-    dim: int = attrs.field(validator=positive)
-    hidden_dim: int = attrs.field(validator=positive)
-    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu"))
-    dropout: float = attrs.field(default=0.0, validator=probability)
-    out_init_std: float = 0.02
-    bias: bool = True
-    tp: Group | None = None
-
-    @functools.cached_property
-    def fc(self) -> Linear:
-        return Linear(self.dim, local_size(self.hidden_dim, self.tp), bias=self.bias)
-
-    @functools.cached_property
-    def proj(self) -> Linear:
-        return Linear(local_size(self.hidden_dim, self.tp), self.dim, bias=self.bias, init_std=self.out_init_std)
-
-    @functools.cached_property
-    def drop(self) -> Dropout:
-        return Dropout(self.dropout)
-
-    def spec(self):
-        return {"fc": self.fc.spec(), "proj": self.proj.spec()}
-
-    def apply(self, params, x, *, rng=None):
-        """(..., D) -> (..., F) -> (..., D)."""
-        h = self.fc.apply(params["fc"], enter(x, self.tp))  # (..., F) [this rank's F / P]
-        h = ops.gelu(h) if self.activation == "gelu" else ops.relu(h)
-        y = row_parallel(params["proj"], h, self.tp)  # (..., D), "g" with tp
-        return self.drop.apply({}, y, rng=rng)
 
 
 @functools.lru_cache(maxsize=16)
@@ -195,7 +180,7 @@ class LearnedPositionalEncoding(Module):
     init_std: float = 0.02
 
     def spec(self):
-        return {"w": Param((self.max_len, self.dim), "normal", self.init_std)}
+        return {"w": Param((self.max_len, self.dim), "normal", self.init_std, role="positions")}
 
     def apply(self, params, positions, *, rng=None, dtype=None):
         """(...) integer positions -> (..., dim)."""

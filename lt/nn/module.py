@@ -1,9 +1,14 @@
 """What every component shares: a parameter spec, init from place-derived keys, validation.
 
 A component is a frozen attrs class of hyperparameters. Its ``spec()`` is a tree of
-:class:`Param` (shape and initialiser) with the exact structure of its params; ``init``
-draws each leaf from the key ``fold_in(... fold_in(rng, path[0]) ..., path[-1])``, so a
-parameter's initial value depends only on its place in the model, and a sub-component
+:class:`Param` with the exact structure of its params: each declares its shape, its
+initialiser, its *role* (what the leaf is) and where tensor parallelism may cut it
+(:class:`Split`). That one declaration is the layout: shard plans, the quantization plan and
+the weight-decay mask derive from it (``lt.tree.map`` over params and ``spec()`` together),
+so no code outside a component finds its leaves by their names.
+
+``init`` draws each leaf from the key ``fold_in(... fold_in(rng, path[0]) ..., path[-1])``, so
+a parameter's initial value depends only on its place in the model, and a sub-component
 initialised with the key of its place gets the same numbers as inside the whole model.
 """
 
@@ -11,27 +16,78 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
 
 from .. import random, tree
 
-__all__ = ["Param", "Module", "init_params", "check_params", "PARAM_DTYPES"]
+__all__ = [
+    "Param",
+    "Split",
+    "ROLES",
+    "Module",
+    "init_params",
+    "check_params",
+    "PARAM_DTYPES",
+    "part",
+    "Parts",
+    "config",
+]
 
 # The dtypes params may have: init makes them, apply and loss accept them (NumPy has no fast
 # float16 matmul, and bfloat16 does not exist in it; loaders upcast).
 PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+# What a leaf is. "weight": a linear map stored (in, out), ``x @ w``; "table": rows looked up by
+# integer id (a token embedding, and the tied LM head ``h @ table.T``); "positions": a learned
+# table looked up by position; "scale": a norm's per-feature gain; "bias": added to an output.
+ROLES = ("weight", "table", "positions", "scale", "bias")
+
+
+@attrs.frozen
+class Split:
+    """Where tensor parallelism may cut a leaf: along ``axis``, which holds consecutive blocks
+    of ``units[i]`` units of ``unit`` elements each. Each rank takes its share of every block's
+    units (``lt.parallel``): a feed-forward's F hidden units are one block of F units; a fused
+    q|k|v weight is three blocks of H, Hkv and Hkv heads of d columns each. With ``copies``, a
+    block of fewer units than ranks (a divisor of them) is held whole by several ranks instead
+    (a key/value head shared by P / Hkv ranks)."""
+
+    axis: int
+    units: tuple[int, ...]
+    unit: int = 1
+    copies: bool = False
+
+    @property
+    def size(self) -> int:
+        """The length of the split axis: every block's units times the unit size."""
+        return sum(self.units) * self.unit
+
+
 @attrs.frozen
 class Param:
-    """A parameter's shape and how to initialise it: ``normal`` (with ``std``), ``zeros``, ``ones``."""
+    """A parameter's declaration: its shape; how to initialise it (``normal`` with ``std``,
+    ``zeros``, ``ones``); its ``role`` (one of :data:`ROLES`); and ``split``, the axis tensor
+    parallelism may cut (None: every rank holds it whole)."""
 
     shape: tuple[int, ...]
     init: str = "normal"
     std: float = 0.02
+    role: str = attrs.field(default="weight", kw_only=True)
+    split: Split | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"Param.role must be one of {ROLES}, got {self.role!r}")
+        if self.split is not None and self.split.size != self.shape[self.split.axis]:
+            raise ValueError(
+                f"Param: split {self.split} covers {self.split.size} of axis {self.split.axis}, "
+                f"which has {self.shape[self.split.axis]}"
+            )
 
     def sample(self, rng: random.Key, dtype) -> np.ndarray:
         if self.init == "zeros":
@@ -43,9 +99,45 @@ class Param:
         return out
 
 
+@attrs.frozen
+class Parts:
+    """Sub-components handed to a component in place of the ones it builds from its fields, by
+    name: how a plan from outside (``lt.parallel``'s tensor-parallel wrappers) swaps a part
+    without the component knowing. Empty for every model a user builds. A component with
+    sub-components has the field ``parts: Parts = attrs.field(factory=Parts, kw_only=True,
+    repr=False)`` and builds each with :func:`part`."""
+
+    items: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, **parts) -> Parts:
+        return cls(tuple(sorted(parts.items())))
+
+    def get(self, name: str):
+        return next((part for key, part in self.items if key == name), None)
+
+
+def part(build: Callable) -> functools.cached_property:
+    """Decorator for a sub-component built from the fields (once), unless ``parts`` hands one in."""
+    name = build.__name__
+
+    @functools.wraps(build)
+    def get(self):
+        given = self.parts.get(name)
+        return build(self) if given is None else given
+
+    return functools.cached_property(get)
+
+
+def config(component) -> dict:
+    """A component's hyperparameters as plain values (what checkpoints and run.json store): its
+    fields, without the ``parts`` a plan handed in."""
+    return attrs.asdict(component, filter=lambda field, _: field.name != "parts")
+
+
 def _init_node(spec, rng: random.Key, dtype):
     if isinstance(spec, Param):
-        return tree._seal(spec.sample(rng, dtype))
+        return tree.seal(spec.sample(rng, dtype))
     if isinstance(spec, Mapping):
         return tree.FrozenDict({name: _init_node(sub, random.fold_in(rng, name), dtype) for name, sub in spec.items()})
     return tuple(_init_node(sub, random.fold_in(rng, i), dtype) for i, sub in enumerate(spec))

@@ -16,11 +16,10 @@ import attrs
 
 from .. import random, threads
 from .._checks import one_of, positive, probability
-from ..ops.collective import Group
 from .attention import MultiHeadAttention
-from .gated import GatedFeedForward, RMSNorm
-from .layers import FeedForward, LayerNorm
-from .module import Module
+from .feedforward import FeedForward, GatedFeedForward
+from .layers import LayerNorm, RMSNorm
+from .module import Module, Parts, part
 from .rotary import RotaryEmbedding
 
 __all__ = ["TransformerBlock", "make_norm"]
@@ -49,13 +48,13 @@ class TransformerBlock(Module):
     bias: bool = True
     qkv_bias: bool | None = None
     rope: RotaryEmbedding | None = None
-    tp: Group | None = None  # tensor parallelism: attention and feed-forward split over it
+    parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     @functools.cached_property
     def ln(self) -> LayerNorm | RMSNorm:
         return make_norm(self.norm, self.hidden_dim, self.layer_norm_eps)
 
-    @functools.cached_property
+    @part
     def attn(self) -> MultiHeadAttention:
         qkv_bias = self.bias if self.qkv_bias is None else self.qkv_bias
         return MultiHeadAttention(
@@ -67,23 +66,35 @@ class TransformerBlock(Module):
             qkv_bias=qkv_bias,
             out_bias=self.bias,
             rope=self.rope,
-            tp=self.tp,
         )
 
-    @functools.cached_property
+    @part
     def ffn(self) -> FeedForward | GatedFeedForward:
         if self.activation == "swiglu":
-            return GatedFeedForward(self.hidden_dim, self.ffn_dim, self.out_init_std, tp=self.tp)
+            return GatedFeedForward(self.hidden_dim, self.ffn_dim, self.out_init_std, self.dropout)
         return FeedForward(
-            self.hidden_dim, self.ffn_dim, self.activation, self.dropout, self.out_init_std, bias=self.bias, tp=self.tp
+            self.hidden_dim, self.ffn_dim, self.activation, self.dropout, self.out_init_std, bias=self.bias
         )
 
     def spec(self):
         return {"ln1": self.ln.spec(), "attn": self.attn.spec(), "ln2": self.ln.spec(), "ffn": self.ffn.spec()}
 
     @threads.adaptive  # BLAS threads: the free cores, decided per call
-    def apply(self, params, x, mask=None, *, positions=None, rng=None, kv=None, kernel: str = "auto", rotary=None):
-        """(B, T, D) -> (B, T, D); ``mask`` broadcastable to (B, H, T, T).
+    def apply(
+        self,
+        params,
+        x,
+        mask=None,
+        *,
+        causal: bool = False,
+        positions=None,
+        rng=None,
+        kv=None,
+        kernel: str = "auto",
+        rotary=None,
+    ):
+        """(B, T, D) -> (B, T, D); ``mask`` broadcastable to (B, H, T, T), ``causal`` as in
+        ``lt.nn.scaled_dot_product_attention``.
 
         ``positions`` (B, T): rotary attention's positions (``rotary``: their precomputed angles).
         ``kv``: the attention's key/value hook (see ``MultiHeadAttention.apply``); with a KV cache, ``mask`` is then
@@ -96,6 +107,7 @@ class TransformerBlock(Module):
             h,
             h,
             mask,
+            causal=causal,
             rng=random.fold_in(rng, "attn"),
             kv=kv,
             positions=positions,

@@ -3,14 +3,16 @@
 Model code is written once on these; outside ``lt.value_and_grad`` they are plain NumPy.
 
 - ``basic``: broadcasting arithmetic, ``matmul``/``linear``, shapes, reductions.
-- ``elementwise``: fused layer norm, GELU, ReLU, dropout.
+- ``elementwise``: fused GELU, ReLU, dropout.
+- ``norms``: layer norm (GPT-2) and RMS norm (Llama-family decoders).
 - ``embedding``: the token-table gather and the tied LM head (``unembed``).
-- ``softmax``: the one softmax kernel (also used by attention, the loss and sampling).
+- ``softmax``: the primitive and the one in-place kernel of fused attention, the loss and sampling.
 - ``attention``: fused scaled dot-product attention.  ``loss``: cross-entropy.
 - ``blockwise``: the same attention tile by tile (no (T, S) matrix), and the one
   policy (``attention_kernel``) that ``dot_product_attention`` uses to pick a kernel.
-- ``modern``: the parts of Llama-family decoders: RMS norm, rotary embedding, SwiGLU.
-- ``collective``: tensor parallelism's communication (``f``/``g``) and vocabulary-parallel loss.
+- ``rotary``: the rotary position embedding (RoPE).  ``gated``: the SwiGLU gate.
+- ``quantized``: products and gathers with int8/int4 leaves (``lt.quant``), a tile at a time.
+- ``primitive``: what makes them differentiable (``primitive``, ``Tracer``, ``Tape``).
 """
 
 from .attention import attention
@@ -36,12 +38,13 @@ from .basic import (
     unbroadcast,
 )
 from .blockwise import attention_kernel, blockwise_attention, dot_product_attention
-from .collective import Group, copy_to_group, copy_to_replicas, parallel_cross_entropy, reduce_from_group
-from .elementwise import dropout, gelu, layer_norm, relu
+from .elementwise import dropout, gelu, relu
 from .embedding import embedding, unembed
+from .gated import swiglu
 from .loss import cross_entropy
-from .modern import rms_norm, rope, swiglu
+from .norms import layer_norm, rms_norm
 from .primitive import Primitive, Tape, Tracer, primitive, value_of
+from .rotary import rope
 from .softmax import log_softmax, masked_fill_value, softmax
 
 __all__ = [
@@ -81,11 +84,6 @@ __all__ = [
     "rope",
     "swiglu",
     "masked_fill_value",
-    "Group",
-    "copy_to_group",
-    "copy_to_replicas",
-    "reduce_from_group",
-    "parallel_cross_entropy",
     "Primitive",
     "Tape",
     "Tracer",

@@ -1,4 +1,4 @@
-"""Fused elementwise primitives: layer norm, GELU, ReLU, dropout.
+"""Fused elementwise primitives: GELU, ReLU, dropout (the norms are in :mod:`lt.ops.norms`).
 
 Each is one primitive with a hand-derived VJP beside it, keeping only what the backward
 needs, working in the input's dtype and reusing its temporaries (``out=``, in place).
@@ -14,47 +14,7 @@ from .. import random as lrandom
 from .. import threads
 from .primitive import primitive
 
-__all__ = ["layer_norm", "gelu", "relu", "dropout", "rows"]
-
-
-def rows(a: np.ndarray) -> np.ndarray:
-    """``a`` as a 2-D (rows, last axis) array: a view when ``a`` is contiguous."""
-    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
-
-
-# ----------------------------------------------------------------- layer norm
-
-
-@primitive
-def layer_norm(x, scale, bias, eps=1e-5):
-    """Normalise the last axis to zero mean and unit variance, then ``* scale + bias``.
-
-    Keeps ``xhat`` and ``1/std`` for the backward (as llm.c does).
-    """
-    inv_d = x.dtype.type(1.0 / x.shape[-1])
-    xhat = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_d  # (..., D)
-    var = np.einsum("...d,...d->...", xhat, xhat)[..., None] * inv_d
-    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))  # (..., 1)
-    xhat *= rstd
-    y = xhat * scale
-    y += bias
-    return y, (xhat, rstd, scale)
-
-
-@layer_norm.defvjp
-def _layer_norm_vjp(res, g):
-    xhat, rstd, scale = res
-    g2, xhat2 = rows(g), rows(xhat)  # (N, D)
-    dscale = np.einsum("nd,nd->d", g2, xhat2)
-    dbias = g2.sum(axis=0)
-    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * scale
-    dx = g * scale
-    inv_d = dx.dtype.type(1.0 / g.shape[-1])
-    mean_dx_xhat = np.einsum("...d,...d->...", dx, xhat)[..., None] * inv_d
-    dx -= np.add.reduce(dx, axis=-1, keepdims=True) * inv_d
-    dx -= xhat * mean_dx_xhat
-    dx *= rstd
-    return dx, dscale, dbias
+__all__ = ["gelu", "relu", "dropout"]
 
 
 # ----------------------------------------------------------------- activations

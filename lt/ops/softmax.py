@@ -1,11 +1,17 @@
-"""Softmax, written once: the NumPy kernels every softmax in lt uses, and the primitive.
+"""Softmax, written once: the NumPy kernels of every softmax over a whole row, and the primitive.
 
 Shapes: ... any leading axes, V the axis normalised over (keys, vocabulary).
 
-``softmax_`` normalises scores in place (attention weights, the ``softmax`` primitive);
-``exp_normalize_`` is its second half for callers that shift the rows themselves
-(cross-entropy keeps the shifted logit of each target); ``log_softmax`` is for the
-float64 scores of beam search. Row sums go to the BLAS (``a @ ones``).
+``softmax_`` normalises scores in place (fused attention's weights, the ``softmax``
+primitive); ``exp_normalize_`` is its second half for callers that shift the rows
+themselves (cross-entropy keeps the shifted logit of each target; sampling divides by the
+temperature or keeps the top k first); ``log_softmax`` is for the float64 scores of beam search. The row sums of
+``softmax_`` and ``exp_normalize_`` go to the BLAS (``a @ ones``); ``log_softmax`` sums
+with NumPy (pairwise, for float64 to the last bit).
+
+Two softmaxes never see a whole row and keep their own arithmetic: blockwise attention's
+online softmax (``lt.ops.blockwise``, tile by tile, masking with :func:`masked_fill_value`)
+and ``parallel_cross_entropy`` (a vocabulary row split over ranks).
 """
 
 from __future__ import annotations

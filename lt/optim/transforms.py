@@ -11,6 +11,7 @@ The rules match ``torch.optim`` (SGD with momentum/nesterov, Adam, AdamW) step f
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,8 +37,37 @@ __all__ = [
 
 
 class GradientTransformation(NamedTuple):
+    """``init(params) -> state`` and ``update(grads, state, params=None, **extra) -> (updates, state)``.
+
+    ``extra`` are values the training step already computed, by keyword (optax's
+    ``GradientTransformationExtraArgs``): ``grad_norm``, the global norm of the whole gradient,
+    which :func:`clip_by_global_norm` then uses instead of computing it again (and which a rank
+    holding a slice of the gradient could not compute alone). Every lt transform takes and
+    passes on what it does not use; call :meth:`update_with` for a transform that may not."""
+
     init: Callable[[Any], Any]
-    update: Callable[[Any, Any, Any], tuple[Any, Any]]
+    update: Callable[..., tuple[Any, Any]]
+
+    def update_with(self, grads, state, params=None, **extra):
+        """``update`` with the ``extra`` values it accepts (all of them for lt's transforms, none
+        for a hand-written ``update(grads, state, params)``)."""
+        return self.update(grads, state, params, **_accepted(self.update, extra))
+
+
+def _accepted(fn: Callable, extra: dict) -> dict:
+    if not extra:
+        return extra
+    names = _keywords(fn)
+    return extra if names is None else {k: v for k, v in extra.items() if k in names}
+
+
+@functools.lru_cache(maxsize=256)
+def _keywords(fn: Callable) -> frozenset | None:
+    """The keyword names ``fn`` takes, or None when it takes any (``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
 
 
 class ScheduleState(NamedTuple):
@@ -59,7 +89,7 @@ class AdamState(NamedTuple):
 
 
 def _scalar(x, dtype) -> np.ndarray:
-    return tree._seal(np.asarray(x, dtype))
+    return tree.seal(np.asarray(x, dtype))
 
 
 def _schedule_init(schedule) -> ScheduleState:
@@ -91,7 +121,7 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> Gradien
     def init(params):
         return MomentumState(_schedule_init(schedule), _zeros_like(params) if momentum else None)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra):
         lr, sched = _schedule_step(schedule, state.schedule)
         if not momentum:
             return tree.map(lambda g: g * g.dtype.type(-lr), grads), MomentumState(sched, None)
@@ -120,7 +150,7 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
     def init(params):
         return AdamState(_schedule_init(schedule), _zeros_like(params), _zeros_like(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra):
         lr, sched = _schedule_step(schedule, state.schedule)
         t = int(sched.count)
         step_size = lr / (1.0 - b1**t)  # bias corrections, as torch applies them
@@ -141,7 +171,7 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
             tasks += leaf_tasks
         moved = sum(np.size(g) * np.asarray(g).itemsize for g in flat_g) * 7  # g, m, v, p read; m, v, u written
         threads.run(tasks, threads.bytes_us(moved))  # every block of every leaf, on the free cores
-        mu, nu, updates = (tree.unflatten(treedef, [tree._seal(s[i]) for s in steps]) for i in range(3))
+        mu, nu, updates = (tree.unflatten(treedef, [tree.seal(s[i]) for s in steps]) for i in range(3))
         return updates, AdamState(sched, mu, nu)
 
     return GradientTransformation(init, update)
@@ -217,11 +247,12 @@ class EmptyState(NamedTuple):
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
-    """Scale the updates down so that their global norm is at most ``max_norm``."""
+    """Scale the updates down so that their global norm is at most ``max_norm``; the norm is
+    the ``grad_norm`` handed to ``update`` when given (the step computed it), else computed."""
     real(max_norm, "max_norm", 0, low_open=True)
 
-    def update(grads, state, params=None):
-        norm = global_norm(grads)
+    def update(grads, state, params=None, *, grad_norm: float | None = None, **extra):
+        norm = global_norm(grads) if grad_norm is None else float(grad_norm)
         if norm <= max_norm or not np.isfinite(norm):
             return grads, state
         scale = max_norm / norm
@@ -231,15 +262,19 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
-    """Apply transformations in order; the state is the tuple of their states."""
+    """Apply transformations in order; the state is the tuple of their states. The ``extra``
+    values of ``update`` go to each transform; ``grad_norm`` (the norm of the gradient given)
+    only while no earlier transform has changed the updates."""
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
 
-    def update(grads, state, params=None):
-        new_states = []
+    def update(grads, state, params=None, **extra):
+        given, new_states = grads, []
         for t, s in zip(transforms, state):
-            grads, s = t.update(grads, s, params)
+            if grads is not given:
+                extra.pop("grad_norm", None)
+            grads, s = t.update(grads, s, params, **_accepted(t.update, extra))
             new_states.append(s)
         return grads, tuple(new_states)
 
@@ -255,7 +290,7 @@ def apply_updates(params, updates):
     flat_u, udef = tree.flatten(updates)
     if udef != treedef:
         raise ValueError(
-            "apply_updates: params and updates differ in structure " + (tree._mismatch([params, updates], ()) or "")
+            "apply_updates: params and updates differ in structure " + (tree.mismatch(params, updates) or "")
         )
     out, tasks = [], []
     for p, u in zip(flat_p, flat_u):
@@ -272,7 +307,7 @@ def apply_updates(params, updates):
         ]
         out.append(o)
     threads.run(tasks, threads.bytes_us(sum(o.nbytes for o in out) * 3))
-    return tree.unflatten(treedef, [tree._seal(o) for o in out])
+    return tree.unflatten(treedef, [tree.seal(o) for o in out])
 
 
 def current_learning_rate(state) -> float | None:

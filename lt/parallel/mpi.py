@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import random, tree
+from .. import random, tree
 
 __all__ = [
     "World",

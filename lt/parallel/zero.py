@@ -8,30 +8,30 @@ parameter) of its contiguous slice [lo, hi) of each *flattened* leaf only, updat
 and one allgather over the ranks rebuilds every leaf. AdamW works element by element, so the
 slices' updates are exactly the full update.
 
-The optimizer itself is any ``lt.optim`` transformation, run on the tree
-``{"slice": slices, "rest": scalar}``. A slice of a leaf with two or more dimensions keeps its
-rank as shape (1, ..., 1, n_r), so the default weight-decay mask (matrices decay) still sees a
-matrix. ``rest`` carries the norm of every element outside this rank's slices, so that the
-global norm ``clip_by_global_norm`` computes over the tree is the norm of the whole gradient;
-its own update is discarded. (A weight-decay ``mask`` given as a tree cannot fit this tree:
-give one as a function of the params, or the default.)
+The optimizer itself is any ``lt.optim`` transformation, run on the tree of this rank's
+slices (the params' structure, so a weight-decay mask tree fits it). A slice of a leaf with two
+or more dimensions keeps its rank as shape (1, ..., 1, n_r), so the default weight-decay mask
+(matrices decay) still sees a matrix. The norm of the whole gradient, which clipping needs and
+no rank can compute from its slices, is handed to the optimizer as ``grad_norm`` (an extra
+argument of ``update``, as optax's ``GradientTransformationExtraArgs``). lt's transforms all
+take it; a hand-written ``update`` without ``**extra`` runs too, but then must not compute a
+global norm of its own (it would see this rank's slices only).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import optim, tree
-from .ops.collective import split_range
+from .. import optim, tree
+from .collective import split_range
 
 __all__ = ["ZeroState", "init", "update", "slices", "gather_state", "scatter_state"]
 
 
 class ZeroState(NamedTuple):
-    """The optimizer's state of this rank's slices (a tree ``{"slice": ..., "rest": ...}``)."""
+    """The optimizer's state of this rank's slices (the structure of ``optimizer.init(params)``)."""
 
     inner: Any
 
@@ -46,17 +46,9 @@ def slices(params, rank: int, size: int):
     return tree.map(lambda x: _slice(x, rank, size), params)
 
 
-def _wrap(slice_tree, rest: float, dtype) -> tree.FrozenDict:
-    return tree.freeze({"rest": np.asarray(rest, dtype), "slice": slice_tree})
-
-
-def _dtype(params):
-    return tree.leaves(params)[0].dtype
-
-
 def init(optimizer: optim.GradientTransformation, params, rank: int, size: int) -> ZeroState:
     """The state of this rank's slices of ``params``."""
-    return ZeroState(optimizer.init(_wrap(slices(params, rank, size), 0.0, _dtype(params))))
+    return ZeroState(optimizer.init(slices(params, rank, size)))
 
 
 def update(
@@ -65,15 +57,11 @@ def update(
     """``(new params, new state)``: this rank updates its slices, one allgather over ``comm`` (the
     data-parallel ranks, None when alone) joins them. ``grads`` is the whole gradient (identical
     on every rank) and ``grad_norm`` the norm of the whole model's gradient (across tensor-parallel
-    shards too), which the optimizer's clipping sees."""
+    shards too), which the optimizer's clipping is handed."""
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    g = slices(grads, rank, size)
-    mine = optim.global_norm(g)
-    rest = math.sqrt(max(grad_norm**2 - mine**2, 0.0))
-    dtype = _dtype(params)
     p = slices(params, rank, size)
-    upd, inner = optimizer.update(_wrap(g, rest, dtype), state.inner, _wrap(p, 0.0, dtype))
-    new = optim.apply_updates(p, upd["slice"])
+    upd, inner = optimizer.update_with(slices(grads, rank, size), state.inner, p, grad_norm=grad_norm)
+    new = optim.apply_updates(p, upd)
     return _allgather(new, params, comm, rank, size), ZeroState(inner)
 
 
@@ -103,50 +91,27 @@ def _allgather(new_slices, params, comm, rank: int, size: int):
     return tree.freeze(tree.unflatten(treedef, out))
 
 
-def _full_path(path: str) -> str | None:
-    """The path in a whole-params optimizer state of the sliced state's ``path``; None for ``rest``."""
-    parts = path.split(".")
-    if "rest" in parts and parts[-1] == "rest":
-        return None
-    return ".".join(p for p in parts if p != "slice")
-
-
 def gather_state(optimizer: optim.GradientTransformation, state: ZeroState, params, comm, root: int = 0):
     """The optimizer state of the whole ``params`` (the structure of ``optimizer.init(params)``),
-    on rank ``root``; None on the others. Collective over ``comm``."""
+    on rank ``root``; None on the others. Collective over ``comm``. The slices are found by
+    structure (the subtrees shaped like ``params``), never by names."""
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    s_items = tree.items(state.inner)
-    sliced = {_full_path(p): x for p, x in s_items if ".slice." in f".{p}." or p.startswith("slice.")}
-    other = {p: x for p, x in s_items if _full_path(p) is not None and _full_path(p) not in sliced}
-    pieces = {p: np.asarray(x).reshape(-1) for p, x in sliced.items()}
-    per_rank = [pieces] if size == 1 else comm.gather(pieces, root=root)  # each rank's pieces, in rank order
+    mine = [np.asarray(x).reshape(-1) for x in tree.param_leaves(state.inner, params)]
+    per_rank = [mine] if size == 1 else comm.gather(mine, root=root)  # each rank's pieces, in rank order
     if rank != root:
         return None
-    template = optimizer.init(tree.map(lambda x: np.zeros((0,) * np.ndim(x), np.asarray(x).dtype), params))
-    shapes = {p: np.shape(x) for p, x in tree.items(params)}
-    out = []
-    for p in tree.paths(template):
-        if p in other:
-            out.append(np.array(other[p]))
-            continue
-        parts = p.split(".")
-        shape = next(shapes[q] for q in (".".join(parts[k:]) for k in range(len(parts))) if q in shapes)
-        out.append(np.concatenate([g[p] for g in per_rank]).reshape(shape))
-    return tree.freeze(tree.unflatten(tree.flatten(template)[1], out))
+    at = iter(range(len(mine)))
+
+    def joined(x, p):
+        i = next(at)
+        return np.concatenate([pieces[i] for pieces in per_rank]).reshape(np.shape(p))
+
+    return tree.map_params(joined, state.inner, params, other=np.array)
 
 
 def scatter_state(optimizer: optim.GradientTransformation, full_state, params, rank: int, size: int) -> ZeroState:
     """This rank's :class:`ZeroState` cut from the optimizer state of the whole ``params``
     (``full_state``, as :func:`gather_state` returns it or a checkpoint holds it)."""
-    template = init(optimizer, params, rank, size)
-    full = dict(tree.items(full_state))
-    flat = []
-    for p, x in tree.items(template.inner):
-        q = _full_path(p)
-        if q is None:
-            flat.append(np.zeros_like(x))
-        elif ".slice." in f".{p}.":
-            flat.append(np.array(_slice(np.asarray(full[q]), rank, size)))
-        else:
-            flat.append(np.array(full[q]))
-    return ZeroState(tree.freeze(tree.unflatten(tree.flatten(template.inner)[1], flat)))
+    return ZeroState(
+        tree.map_params(lambda x, p: np.array(_slice(np.asarray(x), rank, size)), full_state, params, other=np.array)
+    )

@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 
 from .. import _checks
-from .primitive import primitive
+from ..ops.primitive import primitive
 
 __all__ = [
     "Group",
