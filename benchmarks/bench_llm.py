@@ -7,7 +7,9 @@ step, MFU, KV-cache decoding and peak memory, in one process.
     python benchmarks/bench_llm.py --presets small --no-memory --profile small
     python benchmarks/bench_llm.py --busy 1 --compare quiet.json   # contention: 1 busy process beside it
 
-What is measured (float32, ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` threads, 2 by default):
+What is measured (float32; torch on ``OMP_NUM_THREADS`` threads, 2 by default; lt on the
+threads ``lt.threads`` decides per call, or on ``OPENBLAS_NUM_THREADS`` when that is set, which
+lt then respects -- leave it unset for ``--busy`` to show lt adapting):
 
 - ``matmul peak``: a float32 2048 x 2048 x 2048 matmul, NumPy and torch, best of N,
   in GFLOP/s. NumPy's figure is the peak that MFU is measured against.
@@ -73,8 +75,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+TORCH_THREADS = int(os.environ.get("OMP_NUM_THREADS", "2"))  # not set for NumPy: lt decides its own
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # torch's idle threads must not spin on lt's cores
 
 import numpy as np
@@ -387,7 +388,7 @@ def main(argv=None) -> dict:
     if not args.no_torch:
         try:
             import torch
-            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+            torch.set_num_threads(TORCH_THREADS)
         except ImportError:
             print("torch is not installed: lt alone (pip install torch for the twin columns)")
     presets = args.presets or (QUICK_PRESETS if args.quick else FULL_PRESETS)

@@ -73,7 +73,7 @@ def describe(info: dict) -> str:
     """One line: versions, BLAS, CPU, cores and threads."""
     peer = f"torch {info['torch']} ({info['torch_blas']})" if "torch" in info else "no torch"
     return (f"lt {info['lt']}, numpy {info['numpy']} ({info['numpy_blas']}), {peer}; {info['cpu']}, "
-            f"{info['cpu_count']} cores, {info['threads']['OMP_NUM_THREADS']} threads, float32")
+            f"{info['cpu_count']} cores, {info['threads']['OMP_NUM_THREADS'] or 2} torch threads, float32")
 
 
 MEASUREMENT_ORDER = ("matmul peak", "sdpa", "mha", "block", "generate 10", "generate 20", "forward", "train step",

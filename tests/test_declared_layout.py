@@ -182,3 +182,18 @@ def test_a_hand_written_transform_without_extra_arguments_still_runs_in_the_step
     ids = random.randint(random.key(1), (2, 8), 0, 20)
     new, metrics = step(state, (ids, ids), None)
     assert seen and new.step == 1 and metrics["grad_norm"] > 0
+
+
+def test_a_sharded_model_keeps_the_models_contract_and_says_which_call_it_does_not_offer():
+    model = lt.GPT.preset("llama-tiny", tie_embeddings=False)
+    sharded = ShardedGPT(model, Group(None, 1, 2))
+    params = sharded.init(random.key(0))
+    sharded.check_params(params)
+    assert sharded.num_params() == tree.size(params) < model.num_params()
+    local = sharded.local
+    assert isinstance(local.wte, lt.parallel.VocabParallelEmbedding)
+    assert isinstance(local.block.attn.qkv, lt.parallel.ColumnParallelLinear)
+    assert isinstance(local.block.ffn.down, lt.parallel.RowParallelLinear)
+    assert not hasattr(model.block.attn, "tp") and model.block.attn.parts == nn.Parts()
+    with pytest.raises(NotImplementedError, match="does not generate"):
+        sharded.generate(params, np.arange(3), max_new_tokens=2)

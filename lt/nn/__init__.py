@@ -9,8 +9,9 @@ from .attention import (
     split_heads,
 )
 from .feedforward import FeedForward, GatedFeedForward
-from .gpt import GPT, PRESETS, CrossEntropy
+from .gpt import GPT
 from .layers import (
+    CrossEntropy,
     Dropout,
     Embedding,
     LayerNorm,
@@ -21,6 +22,7 @@ from .layers import (
 )
 from .layout import decay_mask
 from .module import ROLES, Module, Param, Parts, Split, check_params, config, init_params
+from .presets import PRESETS
 from .rotary import RopeScaling, RotaryEmbedding
 from .transformer import TransformerBlock
 

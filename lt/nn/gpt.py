@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
-from .. import _checks, ops, random, threads
+from .. import _checks, random, threads
 from .._checks import number, one_of, positive, probability
 from .layers import (
+    CrossEntropy,
     Dropout,
     Embedding,
     LayerNorm,
@@ -38,32 +39,11 @@ from .layers import (
     check_positions,
 )
 from .module import Module, Parts, Split, check_params, part
+from .presets import FAMILY, PRESETS
 from .rotary import RopeScaling, RotaryEmbedding
 from .transformer import TransformerBlock, make_norm
 
-__all__ = ["GPT", "PRESETS", "CrossEntropy"]
-
-# name: (vocab_size, max_seq_len, num_layers, num_heads, hidden_dim, ffn_dim)
-PRESETS = {
-    "tiny": (500, 128, 2, 2, 32, 128),
-    "small": (1000, 256, 4, 4, 64, 256),
-    "mini": (256, 256, 4, 4, 128, 512),  # nanoGPT's CPU Shakespeare model; the CLI's default
-    "medium": (5000, 512, 6, 6, 192, 768),
-    "large": (10000, 1024, 12, 8, 256, 1024),
-    "gpt2": (50257, 1024, 12, 12, 768, 3072),
-    # Llama-shaped (RMS norm, rotary positions, SwiGLU, grouped-query attention, no biases)
-    "llama-tiny": (500, 128, 2, 4, 32, 96),
-    "llama-mini": (256, 256, 4, 4, 128, 408),  # mini's size (857,216 vs 858,880 parameters)
-    "smollm-135m": (49152, 2048, 30, 9, 576, 1536),  # SmolLM-135M's shape, tied embeddings
-}
-
-LLAMA = dict(norm="rms", positional="rope", activation="swiglu", bias=False)
-# name: the fields beyond the six sizes, for presets of another family than GPT-2
-FAMILY = {
-    "llama-tiny": dict(LLAMA, num_kv_heads=2),
-    "llama-mini": dict(LLAMA, num_kv_heads=2),
-    "smollm-135m": dict(LLAMA, num_kv_heads=3, rope_theta=10000.0),
-}
+__all__ = ["GPT"]
 
 
 def _rope_scaling(value):
@@ -424,16 +404,3 @@ class GPT(Module):
         from ..generate import generate
 
         return generate(self, params, prompt_ids, rng=rng, max_new_tokens=max_new_tokens, **options)
-
-
-@attrs.frozen
-class CrossEntropy(Module):
-    """Mean cross-entropy of logits (..., V) against integer targets (...), skipping
-    ``ignore_index``: the model's loss, a part a plan may swap (``lt.parallel``'s splits V)."""
-
-    def spec(self):
-        return {}
-
-    def apply(self, params, logits, targets, *, ignore_index: int = -100):
-        """logits (B, T, V), targets (B, T) -> () float."""
-        return ops.cross_entropy(logits, targets, ignore_index)

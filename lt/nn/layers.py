@@ -1,4 +1,4 @@
-"""Basic components: Linear, Embedding, LayerNorm, RMSNorm, positions, Dropout.
+"""Basic components: Linear, Embedding, LayerNorm, RMSNorm, positions, Dropout, CrossEntropy.
 
 Shapes: B batch, T sequence, D hidden (``dim``), V vocabulary.
 Each class is frozen hyperparameters; ``init(rng)`` makes its params and
@@ -26,6 +26,7 @@ __all__ = [
     "LearnedPositionalEncoding",
     "Dropout",
     "dropout",
+    "CrossEntropy",
 ]
 
 
@@ -189,3 +190,16 @@ class LearnedPositionalEncoding(Module):
     def lookup(self, params, positions, *, dtype=None):
         """:meth:`apply` for positions already checked by the caller."""
         return ops.embedding(params["w"], positions)
+
+
+@attrs.frozen
+class CrossEntropy(Module):
+    """Mean cross-entropy of logits (..., V) against integer targets (...), skipping
+    ``ignore_index``: the model's loss, a part a plan may swap (``lt.parallel``'s splits V)."""
+
+    def spec(self):
+        return {}
+
+    def apply(self, params, logits, targets, *, ignore_index: int = -100):
+        """logits (B, T, V), targets (B, T) -> () float."""
+        return ops.cross_entropy(logits, targets, ignore_index)
