@@ -8,7 +8,8 @@ little from a second core there (two threads: 1.3x on a 48 MB pass, AdamW on 12 
 41 -> 30-37 ms): so only long work is shared, e.g. gpt2's cross-entropy over (256, 50257) logits
 and its optimizer step. Pieces of at least ``PIECE_US`` keep the hand-offs few. Costs are flops
 at 100 GFLOP/s, or the bytes read and written at 15 GB/s for memory-bound passes, whichever is
-longer (one core of the 2-core machines in shared/PERFORMANCE.md).
+longer (what one core of the project's 2-core VMs sustains: about 100 GFLOP/s in float32
+products, about 15 GB/s of memory traffic).
 
 Because the pieces depend on the shapes only, never on how many workers there are or how busy
 the machine is, work done in pieces gives the same bits on one worker or many. The thresholds
