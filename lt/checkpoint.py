@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _checks, quant, safetensors_io, tree
+from . import _checks, guards, quant, safetensors_io, tree
 from .nn import GPT, config
 from .safetensors_io import SafetensorsError
 
@@ -72,22 +72,6 @@ def model_config(model: GPT) -> dict:
     return config(model)
 
 
-def _first_non_finite(items) -> tuple[str, np.ndarray, int] | None:
-    """(path, array, count) of the first float leaf holding NaN or inf, or None."""
-    for p, x in items:
-        x = np.asarray(x)
-        if x.dtype.kind in "fc":
-            finite = np.isfinite(x)
-            if not finite.all():
-                return p, x, int(x.size - np.count_nonzero(finite))
-    return None
-
-
-def _describe_bad(x: np.ndarray, count: int) -> str:
-    kinds = [k for k, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(x).any()]
-    return f"{count} of its {x.size} values are non-finite ({' and '.join(kinds)})"
-
-
 def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict | None = None) -> None:
     """Write a checkpoint atomically. ``metadata`` adds string entries to the header.
 
@@ -99,12 +83,12 @@ def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict
     step = _checks.integer(step, "checkpoint step", low=0)
     opt_items = tree.items(opt_state) if opt_state is not None else []
     for what, prefix, items in (("params", "", _stored_items(params)), ("optimizer state", "opt_state/", opt_items)):
-        bad = _first_non_finite(items)
-        if bad is not None:
-            leaf, x, count = bad
-            raise NonFiniteCheckpointError(
-                f"step {step}: {what} leaf {prefix}{leaf} {_describe_bad(x, count)}; "
-                f"checkpoint not written ({path} is left as it was)"
+        for leaf, x in items:
+            guards.finite(
+                x,
+                f"step {step}: {what} leaf {prefix}{leaf}",
+                hint=f"checkpoint not written ({path} is left as it was)",
+                error=NonFiniteCheckpointError,
             )
     tensors, schemes = _param_tensors(params)
     if opt_state is not None:
@@ -239,11 +223,7 @@ def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, s
             x = st[prefix + name]
         except SafetensorsError as e:
             raise CheckpointError(f"not a readable checkpoint (truncated or corrupt?): {e}") from None
-        bad = _first_non_finite([(name, x)])
-        if bad is not None:
-            raise NonFiniteCheckpointError(
-                f"{path}: {what} tensor {prefix}{name} {_describe_bad(x, bad[2])}; refusing to load it"
-            )
+        guards.finite(x, f"{path}: {what} tensor {prefix}{name}", error=NonFiniteCheckpointError)
         return x
 
     out = []

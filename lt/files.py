@@ -3,7 +3,11 @@
 Every file lt writes (checkpoints, exported weights, tokenizers, run settings) goes to a
 temporary name in the target folder, is fsynced and renamed over the final path, and the
 rename is made durable by fsyncing the folder: a reader sees the old file or the whole new
-one, even after a crash or a SIGKILL. An OS error while writing (a full disk) names the file.
+one, even after a crash or a SIGKILL. An OS error while writing (a full disk, a missing
+folder) names the file, never lt's temporary name.
+
+What a command writes at a path the user gives (``--out``) replaces only what lt wrote there
+itself, unless the user asks with ``--force``: :func:`check_overwrite`.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "naming"]
+__all__ = ["atomic_write", "atomic_write_text", "check_overwrite", "naming"]
 
 
 @contextlib.contextmanager
@@ -33,7 +38,10 @@ def atomic_write(path, chunks: Iterable) -> None:
     fsynced and renamed over ``path``: readers see the old file or the whole new one."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    except OSError as e:  # a missing or read-only folder: name the file asked for, not tmp
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         with naming(path), os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -59,3 +67,36 @@ def atomic_write(path, chunks: Iterable) -> None:
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, [text.encode("utf-8")])
+
+
+def check_overwrite(
+    path, is_ours: Callable[[Path], bool], *, force: bool = False, ours: str = "a file lt wrote", flag: str = "--force"
+) -> None:
+    """Refuse to write ``path`` where that would replace something lt did not write.
+
+    A missing path may be written. A directory never may (IsADirectoryError: a file path is
+    expected). An existing regular file is replaced when ``is_ours(path)`` says lt wrote it
+    (``ours`` describes such a file in the message), or when ``force``; ``is_ours`` is asked of
+    regular files only. Anything else there (a user's file, a symbolic link, a FIFO) is refused
+    with FileExistsError naming the path and ``flag``, the way to replace it anyway.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected the path of a file to write")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if force:
+        return
+    if stat.S_ISLNK(mode):
+        what = "a symbolic link"
+    elif not stat.S_ISREG(mode):
+        what = "not a regular file"
+    elif is_ours(path):
+        return
+    else:
+        what = f"not {ours}"
+    raise FileExistsError(
+        f"{path} already exists and is {what}; lt replaces only files it wrote: give {flag} to replace it"
+    )

@@ -64,6 +64,23 @@ def _int(value, name: str, low: int) -> int:
     return int(value)
 
 
+def _bits(bits) -> int:
+    """``bits`` as the int 8 or 4 (a NumPy integer too), or a ValueError naming it."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in SCHEMES:
+        raise ValueError(f"bits must be 8 or 4 (an int), got {bits!r}")
+    return int(bits)
+
+
+def _group(K: int, bits: int, group_size: int | str) -> int:
+    """The group size G used for rows of K weights: ``"channel"`` is one group per row; a larger
+    group than a row is clamped to one (it would only pad the row with zeros). For int4 a row's
+    group is K rounded up to even (two codes to a byte); an empty row still gets G >= 1 (2)."""
+    row = max(K + (K % 2 if bits == 4 else 0), 2 if bits == 4 else 1)
+    if group_size == "channel":
+        return row
+    return min(_int(group_size, "group_size", 1), row)
+
+
 class QuantizedArray:
     """A 2-D float matrix stored as integer codes plus one scale per group of G weights.
 
@@ -90,7 +107,7 @@ class QuantizedArray:
             raise ValueError(f"int4 packs two codes to a byte: group_size must be even, got {group_size}")
         if axis not in (0, 1):
             raise ValueError(f"axis must be 0 or 1 (the reduction axis of a matrix), got {axis!r}")
-        shape = tuple(_int(n, "shape", 1) for n in shape)
+        shape = tuple(_int(n, "shape", 0) for n in shape)
         if len(shape) != 2:
             raise ValueError(f"a quantized leaf is a matrix: shape must have 2 dimensions, got {shape}")
         codes, scales = np.asarray(codes), np.asarray(scales)
@@ -190,27 +207,28 @@ _CHUNK = 1 << 20  # weights quantized per pass (float64 work stays ~8 MiB)
 def quantize_array(w, bits: int = 8, group_size: int | str | None = None, axis: int = 0) -> QuantizedArray:
     """The matrix ``w`` (2-D, finite floats) quantized in groups of ``group_size`` along ``axis``
     (its reduction axis: 0 for a Linear weight (in, out), 1 for an embedding table).
-    ``group_size="channel"`` is one group per stored row (per output channel; rounded up to
-    even for int4); ``None`` is the scheme's default (:data:`DEFAULT_GROUP_SIZE`)."""
+    ``bits`` the integer 8 or 4. ``group_size="channel"`` is one group per stored row (per
+    output channel; rounded up to even for int4); ``None`` is the scheme's default
+    (:data:`DEFAULT_GROUP_SIZE`); a group larger than a row is clamped to one row, the same
+    as ``"channel"`` (a larger one would only pad with zeros). An empty matrix ((0, n) or
+    (n, 0)) quantizes to an empty leaf of its shape."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype not in _FLOATS:
         raise TypeError(f"quantize_array needs a float32 or float64 matrix, got {w.dtype}{list(w.shape)}")
-    if bits not in SCHEMES:
-        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    bits = _bits(bits)
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 or 1, got {axis!r}")
     if not np.isfinite(w).all():
         raise ValueError("cannot quantize a matrix holding NaN or inf")
     K = w.shape[axis]
-    group_size = DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size
-    G = K + (K % 2 if bits == 4 else 0) if group_size == "channel" else _int(group_size, "group_size", 1)
+    G = _group(K, bits, DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size)
     if bits == 4 and G % 2:
         raise ValueError(f"int4 packs two codes to a byte: group_size must be even, got {G}")
     rows = w.T if axis == 0 else w  # (R, K)
     R, g = rows.shape[0], -(-K // G)
     codes = np.empty((R, g * G // (8 // bits)), np.int8 if bits == 8 else np.uint8)
     scales = np.empty((R, g), w.dtype)
-    step = max(1, _CHUNK // (g * G))
+    step = max(1, _CHUNK // max(1, g * G))
     for a in range(0, R, step):  # a block of stored rows at a time
         b = min(a + step, R)
         block = np.zeros((b - a, g * G), np.float64)
@@ -296,11 +314,11 @@ def quantize(params, bits: int = 8, group_size: int | str | None = None, *, mode
     Which leaves, and along which axis, comes from ``model``'s parameter declarations (its
     ``spec()``; :func:`plan`): Linear weights (in, out) are grouped along ``in`` (axis 0),
     tables (the token table, also the tied LM head) along their rows (axis 1); position
-    tables, norms and biases stay float. A leaf that is already quantized is refused:
-    dequantize the tree first to quantize it again.
+    tables, norms and biases stay float. A group larger than a matrix's rows is clamped to
+    one per row (as ``"channel"``). A leaf that is already quantized is refused: dequantize
+    the tree first to quantize it again.
     """
-    if bits not in SCHEMES:
-        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    bits = _bits(bits)
     spec = model.spec()
     flat, treedef = tree.flatten(params)
     decls, spec_def = tree.flatten(spec)
@@ -338,8 +356,7 @@ def planned_nbytes(spec, bits: int | None, group_size: int | str | None = None, 
             total += int(np.prod(shape)) * itemsize
             continue
         R, K = shape[1 - axis], shape[axis]
-        gs = DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size
-        G = K + (K % 2 if bits == 4 else 0) if gs == "channel" else int(gs)
+        G = _group(K, bits, DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size)
         g = -(-K // G)
         total += R * g * G * bits // 8 + R * g * itemsize
     return total

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import attrs
 import numpy as np
 
-from . import checkpoint, optim, tokenizers
+from . import checkpoint, guards, optim, tokenizers
 from ._checks import any_integer, non_negative, number, one_of, positive
 from .files import atomic_write_text
 from .nn import GPT
@@ -337,14 +337,19 @@ def save_settings(files: RunFiles, settings: RunSettings) -> None:
     atomic_write_text(files.settings, text)
 
 
+# run.json holds a few dozen settings: a megabyte is far more than any real one.
+MAX_SETTINGS = 2**20
+
+
 def load_settings(files: RunFiles) -> RunSettings:
-    if not files.settings.is_file():
+    if not files.settings.exists():
         raise FileNotFoundError(
             f"{files.root} is not a run directory (no {files.settings.name}); make one with `lt train --out DIR`"
         )
+    text = guards.read_bytes(files.settings, "run settings (run.json)", MAX_SETTINGS)  # a FIFO would block
     try:
-        return RunSettings(**json.loads(files.settings.read_text()))
-    except (TypeError, ValueError) as e:
+        return RunSettings(**json.loads(text))
+    except (TypeError, ValueError, RecursionError) as e:
         raise ValueError(f"{files.settings} is not a valid run settings file: {e}") from None
 
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from . import guards
 from .files import atomic_write
 
 __all__ = ["SafeTensors", "SafetensorsError", "load", "save"]
@@ -116,19 +116,11 @@ class SafeTensors(Mapping):
         where = str(self.path)
         # One descriptor for the whole life of this object: every tensor comes from the file
         # whose header was read, even if another file is renamed over ``path`` meanwhile.
-        # O_NONBLOCK keeps a FIFO from blocking the open; anything not a regular file is refused.
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        except IsADirectoryError:
-            raise SafetensorsError(f"{where} is a directory, not a safetensors file") from None
-        self._file = os.fdopen(fd, "rb", buffering=0)
+        # The shared guard opens it without blocking (a FIFO) and refuses anything not a regular file.
+        self._file = guards.open_regular(self.path, "a safetensors file", error=SafetensorsError)
         self._lock = threading.Lock()
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise SafetensorsError(
-                    f"{where} is not a regular file (a FIFO, device or socket?); expected a safetensors file"
-                )
+            st = os.fstat(self._file.fileno())
             self._parse(where, st.st_size)
         except BaseException:
             self.close()

@@ -272,6 +272,7 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     verbose: bool = True,
     strategy=None,
+    stop: Callable[[int], bool] | None = None,
 ) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
@@ -292,6 +293,11 @@ def train(
     rank returns the same log. ``state`` is the whole state on every rank, and so is the
     returned one; checkpoints hold the whole model. When a checkpoint write returns on any
     rank, the file is on disk.
+
+    ``stop`` (e.g. a wall-clock budget, ``lt train --time``) is called after each step before
+    ``steps`` with the step reached; True makes that step the last: it gets the last step's
+    record, evaluation and checkpoint, and the returned state is at it. Under several ranks it
+    must answer alike on every rank (decide on one and broadcast).
 
     Calls :func:`lt.tune_malloc` first (glibc keeps a step's freed pages for the next step).
     """
@@ -328,8 +334,9 @@ def train(
             state, metrics = train_step(state, batch_for(state.step), random.fold_in(rng, state.step))
             window = window.add(metrics)
             bar.update(state.step, loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
-            logging = due(state.step, max(log_every, 1), steps)
-            evaluating = eval_loss is not None and due(state.step, eval_every, steps)
+            last = state.step if stop is not None and state.step < steps and stop(state.step) else steps
+            logging = due(state.step, max(log_every, 1), last)
+            evaluating = eval_loss is not None and due(state.step, eval_every, last)
             if logging or evaluating:
                 record = window.record(state.step, metrics["lr"], time.perf_counter() if logging else None)
                 if evaluating and eval_loss is not None:
@@ -342,6 +349,8 @@ def train(
                 window = LogWindow(time.perf_counter())
             if save and due(state.step, checkpoint_every):
                 save(state)
+            if state.step == last:
+                break
         if save and not due(state.step, checkpoint_every):
             save(state)  # the end, unless just written
     finally:

@@ -330,7 +330,7 @@ def edit_tensors(path, edit):
     ("llama", dict(mlp_bias=True), r"mlp_bias=True is not supported"),
     ("llama", dict(head_dim=16), r"head_dim=16 is not supported .* = 8"),
     ("llama", dict(num_key_value_heads=3), r"num_attention_heads=4 is not divisible by num_key_value_heads=3"),
-    ("llama", dict(num_key_value_heads="two"), r"num_key_value_heads must be an integer"),
+    ("llama", dict(num_key_value_heads="two"), r'num_key_value_heads must be a JSON integer or null, got "two"'),
     ("llama", dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}), r"yarn"),
     ("llama", dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}), r"dynamic"),
     ("llama", dict(rope_parameters=..., rope_theta=1e4, rope_scaling={"type": "longrope", "factor": 2.0}),
@@ -344,9 +344,9 @@ def edit_tensors(path, edit):
                    layer_types=["full_attention", "sliding_attention"]), r"slides some layers and not others"),
     ("qwen2", dict(layer_types=["full_attention"]), r"layer_types must list"),
     ("qwen2", dict(layer_types=[{}, []]), r"layer_types must list"),
-    ("qwen2", dict(use_sliding_window="yes"), r"use_sliding_window='yes' is not supported"),
+    ("qwen2", dict(use_sliding_window="yes"), r'use_sliding_window must be a JSON boolean \(true or false\), got "yes"'),
     ("llama", dict(rope_parameters={"rope_type": "default", "rope_theta": "big"}), r"rope_theta must be a finite"),
-    ("llama", dict(attention_bias="yes"), r"attention_bias='yes'"),
+    ("llama", dict(attention_bias="yes"), r'attention_bias must be a JSON boolean \(true or false\), got "yes"'),
 ])
 def test_config_options_lt_cannot_compute_are_refused_by_name(case, fields, message, tmp_path):
     path = edit_config(saved(tmp_path, case), **fields)

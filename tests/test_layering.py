@@ -24,7 +24,7 @@ ROOT = "lt"  # the package itself: lt/__init__.py
 
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("imports nothing of lt", frozenset({"threads", "_allocator", "files", "progress"})),
-    ("argument checks", frozenset({"_checks"})),
+    ("argument checks and file guards", frozenset({"_checks", "guards"})),
     ("trees and keys", frozenset({"tree", "random"})),
     ("leaf kinds, text and files", frozenset({"quant", "safetensors_io", "corpus", "tokenizers", "data"})),
     ("primitives", frozenset({"ops"})),

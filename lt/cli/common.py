@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..nn import PRESETS
 
-__all__ = ["TRAIN_DEFAULTS", "RECIPES", "UsageError", "build_parser", "recipe_defaults"]
+__all__ = ["TRAIN_DEFAULTS", "RECIPES", "UsageError", "build_parser", "recipe_defaults", "refuse_run_file"]
 
 
 # nanoGPT's CPU recipe for character-level Shakespeare: 2,000 steps, about two minutes on 2 cores.
@@ -71,7 +72,31 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        # `lt.cli.main` prints "lt: error: "; a subcommand's parser (prog "lt quantize") adds its name.
+        command = self.prog.removeprefix("lt").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+# A run's files a command's --out must never replace: what each is, and what replacing it would do.
+_RUN_FILES = {
+    "checkpoint": ("training checkpoint (its params and optimizer state)", "leave the run unable to resume"),
+    "settings": ("settings (run.json)", "leave the run unreadable"),
+    "tokenizer": ("tokenizer (tokenizer.json)", "leave the run unreadable"),
+    "log": ("log (log.jsonl)", "lose the run's history"),
+}
+
+
+def refuse_run_file(files, out) -> None:
+    """UsageError when ``out`` (a ``--out`` path) is one of the run's own files (``files``, an
+    ``lt.runs.RunFiles``), however spelled: relative, through ``..`` or a symbolic link, a hard
+    link. A command writes beside a run's files, never over them, ``--force`` or not."""
+    for name, (what, loss) in _RUN_FILES.items():
+        try:
+            same = os.path.samefile(out, getattr(files, name))
+        except OSError:  # either is missing (or unreadable): not the same file
+            same = False
+        if same:
+            raise UsageError(f"--out {out} is the run's {what}: writing over it would {loss}; choose another --out")
 
 
 def _positive(kind):
@@ -105,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--time",
         metavar="DURATION",
-        help="train for this wall-clock budget (300s, 5m, 1.5h): the step count is measured in a "
-        "short warm-up and fixed in run.json (default recipe: 5m)",
+        help="train for this wall-clock budget (300s, 5m, 1.5h), kept within 2%%: a short warm-up sizes the "
+        "step count, and a run that turns slower stops early, run.json recording the steps done "
+        "(default recipe: 5m)",
     )
     t.add_argument("--steps", type=_positive(int), help="total training steps (instead of --time)")
     t.add_argument("--batch-size", type=_positive(int), help="sequences per step (default 16)")
@@ -171,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-size", type=_positive(int), help="weights per scale (default: int8 one per output channel, int4 32)"
     )
     q.add_argument("--out", metavar="FILE", help="default DIR/checkpoint-int8.safetensors (or -int4)")
+    q.add_argument(
+        "--force", action="store_true", help="replace an existing --out that is not a quantized checkpoint lt wrote"
+    )
 
     e = sub.add_parser("eval", help="loss and perplexity of a run on held-out text")
     e.add_argument("--run", required=True, metavar="DIR")
@@ -183,4 +212,5 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a run's loss, learning rate and tokens/s curves to a PNG")
     pl.add_argument("--run", required=True, metavar="DIR")
     pl.add_argument("--out", metavar="FILE", help="default DIR/curves.png")
+    pl.add_argument("--force", action="store_true", help="replace an existing --out that is not a plot lt wrote")
     return p

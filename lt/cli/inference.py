@@ -11,21 +11,37 @@ import numpy as np
 from .. import checkpoint, data, quant, random, runs, tree
 from .._allocator import tune_malloc
 from ..corpus import train_val_split_text
+from ..files import check_overwrite
 from ..nn import GPT, PRESETS
 from ..training import evaluate
-from .common import UsageError
+from .common import UsageError, refuse_run_file
 
-__all__ = ["cmd_generate", "cmd_eval", "cmd_quantize", "cmd_info", "sample_text"]
+__all__ = ["cmd_generate", "cmd_eval", "cmd_quantize", "cmd_info", "sample_text", "written_by_lt_quantize"]
+
+
+def _vocab_limit(model, tokenizer) -> int:
+    """The ids that may be generated: those the tokenizer knows (a model's table may be padded
+    past them, as Qwen2's is; a padded id has no text)."""
+    return min(model.vocab_size, tokenizer.vocab_size)
 
 
 def sample_text(model, params, tokenizer, prompt, n, temperature, top_k, top_p, rng, echo=False) -> str:
-    """Generate ``n`` tokens after ``prompt``, printing the text as it comes when ``echo``."""
+    """Generate ``n`` tokens after ``prompt``, printing the text as it comes when ``echo``;
+    only ids the tokenizer knows are sampled."""
     from .. import generate
 
     ids = runs.encode(tokenizer, prompt)
     new, shown = [], ""
     for tok in generate.stream_window(
-        model, params, ids, rng=rng, max_new_tokens=n, temperature=temperature, top_k=top_k, top_p=top_p
+        model,
+        params,
+        ids,
+        rng=rng,
+        max_new_tokens=n,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        vocab_limit=_vocab_limit(model, tokenizer),
     ):
         new.append(tok)
         if echo:
@@ -62,25 +78,46 @@ def _load_for_inference(args):
 
 def _load_run(args):
     """``(model, params, tokenizer)`` of ``--run``, from ``--checkpoint`` if given."""
-    _, model, params, tokenizer = runs.load_run(args.run)
-    if args.checkpoint:
+    _, run_model, params, tokenizer = runs.load_run(args.run)
+    model = run_model
+    if args.checkpoint:  # the run's model's vocabulary (a fine-tuned model's may be padded past its tokenizer's)
         model, params = checkpoint.load_model(args.checkpoint)
-        if model.vocab_size != tokenizer.vocab_size:
+        if model.vocab_size != run_model.vocab_size:
             raise UsageError(
                 f"{args.checkpoint} has a vocabulary of {model.vocab_size} tokens, the run "
-                f"{args.run} {tokenizer.vocab_size}: they are not from the same run"
+                f"{args.run} {run_model.vocab_size}: they are not from the same run"
             )
     return model, params, tokenizer
 
 
+def written_by_lt_quantize(path) -> bool:
+    """Whether ``path`` is a file ``lt quantize`` may replace: an lt checkpoint holding quantized
+    params and no optimizer state (a training checkpoint is never one)."""
+    try:
+        meta = checkpoint.read_metadata(path)
+    except (ValueError, OSError):  # CheckpointError is a ValueError
+        return False
+    return "quantized" in meta and meta.get("has_opt_state") == "0"
+
+
 def cmd_quantize(args) -> int:
-    _, model, params, _ = runs.load_run(args.run)
+    """Quantize the run's checkpoint to ``--out`` (default ``DIR/checkpoint-intN.safetensors``).
+
+    ``--out`` is never one of the run's files, and replaces an existing file only when it is
+    a quantized checkpoint lt wrote, or with ``--force``. Params and step come from one open
+    file (``checkpoint.load``), so a checkpoint the run writes meanwhile is never mixed in."""
+    files = runs.RunFiles(args.run)
+    runs.load_settings(files)  # "not a run directory" before anything else
+    out = pathlib.Path(args.out or files.root / f"checkpoint-int{args.bits}.safetensors")
+    refuse_run_file(files, args.out or out)
+    force = getattr(args, "force", False) or args.out is None  # the default path is lt's own
+    check_overwrite(out, written_by_lt_quantize, force=force, ours="a quantized checkpoint lt wrote")
+    ck = checkpoint.load(files.checkpoint)  # params and their step from one open file
+    model, params, step = ck.model, ck.params, ck.step
     if any(quant.is_quantized(x) for x in tree.leaves(params)):
         raise UsageError(f"{args.run}: its checkpoint is already quantized ({quant.describe(params)})")
-    step = checkpoint.read_metadata(runs.RunFiles(args.run).checkpoint)["step"]
-    out = pathlib.Path(args.out or runs.RunFiles(args.run).root / f"checkpoint-int{args.bits}.safetensors")
     qparams = quant.quantize(params, bits=args.bits, group_size=args.group_size, model=model)
-    checkpoint.save(out, model, qparams, step=int(step))
+    checkpoint.save(out, model, qparams, step=step)
     before, after = tree.nbytes(params), tree.nbytes(qparams)
     print(
         f"{out}: int{args.bits}, {after / 2**20:.1f} MiB ({8 * after / model.num_params():.2f} bits per "
@@ -104,7 +141,9 @@ def cmd_generate(args) -> int:
                 f"context of {model.max_seq_len} tokens"
             )
         n = min(args.max_new_tokens, model.max_seq_len - len(ids))
-        result = generate.beam_search(model, params, ids, num_beams=args.beams, max_new_tokens=n)
+        result = generate.beam_search(
+            model, params, ids, num_beams=args.beams, max_new_tokens=n, vocab_limit=_vocab_limit(model, tokenizer)
+        )
         print(tokenizer.decode(np.asarray(result.sequences[0])))
         return 0
     sys.stdout.write(args.prompt)

@@ -3,21 +3,53 @@
 Drawn with matplotlib (the ``examples`` extra) on its Agg canvas through a bare
 ``Figure``: no pyplot, no window, no change to matplotlib's global backend. The series
 come from :func:`lt.cli.runlog.curves`, so what is drawn is exactly what the log holds.
+
+The PNG carries the text chunk ``Software: lt plot``: that is how ``lt plot --out FILE``
+knows a file there is its own to replace (:func:`written_by_lt_plot`); anything else there
+is replaced only with ``--force``, and a run's own files never.
 """
 
 from __future__ import annotations
 
 import io
 import pathlib
+import struct
 
 from .. import runs
-from ..files import atomic_write
-from .common import UsageError
+from ..files import atomic_write, check_overwrite
+from .common import UsageError, refuse_run_file
 from .runlog import Curves, curves, read_log
 
-__all__ = ["draw_curves", "plot_run", "cmd_plot", "PLOT_NAME"]
+__all__ = ["draw_curves", "plot_run", "cmd_plot", "written_by_lt_plot", "PLOT_NAME"]
 
 PLOT_NAME = "curves.png"
+_MARK = b"lt plot"  # the PNG's tEXt "Software" value starts with it
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def written_by_lt_plot(path) -> bool:
+    """Whether ``path`` is a PNG that ``lt plot`` wrote: a ``Software`` text chunk starting
+    ``lt plot`` before its image data. Reads the chunk headers only (at most 64 chunks)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG:
+                return False
+            for _ in range(64):
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):
+                    return False
+                if kind == b"tEXt" and length <= 1024:
+                    key, _, value = f.read(length).partition(b"\0")
+                    if key == b"Software" and value.startswith(_MARK):
+                        return True
+                    length = 0
+                f.seek(length + 4, 1)  # the data, then the CRC
+    except OSError:
+        return False
+    return False
 
 
 def _figure_class():
@@ -56,26 +88,33 @@ def draw_curves(c: Curves, title: str = ""):
     return fig
 
 
-def plot_run(root, out=None) -> pathlib.Path:
+def plot_run(root, out=None, force: bool = False) -> pathlib.Path:
     """Write the curves of the run in ``root`` to ``out`` (default ``root/curves.png``), atomically;
-    returns the path. ImportError naming the ``examples`` extra when matplotlib is missing."""
+    returns the path. An ``out`` that exists is replaced only when ``lt plot`` wrote it, or with
+    ``force``; the default path is lt's and always replaced; a run's own files never are.
+    ImportError naming the ``examples`` extra when matplotlib is missing."""
     files = runs.RunFiles(root)
     runs.load_settings(files)  # "not a run directory" before anything else
+    target = pathlib.Path(out) if out is not None else files.root / PLOT_NAME
+    if out is not None:
+        refuse_run_file(files, out)
+    check_overwrite(
+        target, written_by_lt_plot, force=force or out is None, ours="a plot lt wrote (a PNG marked 'lt plot')"
+    )
     _figure_class()
     records = read_log(files.log)
     if not records:
         raise ValueError(f"{files.log} holds no records yet: nothing to plot")
     fig = draw_curves(curves(records), title=str(files.root))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    out = pathlib.Path(out) if out is not None else files.root / PLOT_NAME
-    atomic_write(out, [buffer.getvalue()])
-    return out
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": f"{_MARK.decode()} (matplotlib)"})
+    atomic_write(target, [buffer.getvalue()])
+    return target
 
 
 def cmd_plot(args) -> int:
     try:
-        out = plot_run(args.run, args.out)
+        out = plot_run(args.run, args.out, force=getattr(args, "force", False))
     except ImportError as e:
         raise UsageError(str(e)) from None
     print(out)

@@ -5,47 +5,76 @@ tokens_per_s}`` every log period, with ``eval_loss`` when the held-out loss was 
 (a record made for evaluation alone has no ``tokens_per_s``). A resumed run appends to it
 from its checkpoint's step, so steps logged after that checkpoint appear twice: the later
 records (the ones the run's params come from) replace the earlier.
+
+The log is input: it is read through the shared guards (:mod:`lt.guards`: a regular file, so a
+FIFO cannot block ``lt plot``, of at most :data:`MAX_LOG` bytes), line by line, and every
+problem (bytes that are not UTF-8, a line that is not a record, JSON nested too deeply) is a
+ValueError naming the file and the line.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import checkpoint, runs
+from .. import checkpoint, guards, runs
 from ..nn import GPT, PRESETS
 
-__all__ = ["read_log", "Curves", "curves", "summary", "format_summary"]
+__all__ = ["MAX_LOG", "read_log", "Curves", "curves", "summary", "format_summary"]
+
+
+MAX_LOG = 1 << 30  # 1 GiB: a record is about 100 bytes, so ten million log lines; more is no run's log
+
+
+def _record(path, number: int, raw: bytes) -> dict | None:
+    """The record on line ``number`` of the log (None for a blank line), or a ValueError naming it."""
+    try:
+        line = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}, line {number}: not UTF-8 text ({e.reason} at byte {e.start} of the line); expected a log record"
+        ) from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+        step = record["step"]
+        if not isinstance(step, int) or isinstance(step, bool) or not isinstance(record.get("loss"), (int, float)):
+            raise TypeError
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            f"{path}, line {number}: not a log record (a JSON object with an integer 'step' "
+            f"and a number 'loss'): {line[:80]!r}"
+        ) from None
+    return record
 
 
 def read_log(path) -> list[dict]:
     """The records of a ``log.jsonl``, in the order the run made them (a resume's repeats
-    replace what they repeat). A line that is not a record raises a ValueError naming it."""
-    records: list[dict] = []
+    replace what they repeat). A line that is not a record raises a ValueError naming it; a
+    log that is not a regular file, or is over :data:`MAX_LOG` bytes, is refused unread."""
+    what = "a run log (log.jsonl)"
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        raw = guards.open_regular(path, what, MAX_LOG)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: the run has logged nothing yet") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            step = record["step"]
-            if not isinstance(step, int) or isinstance(step, bool) or not isinstance(record.get("loss"), (int, float)):
-                raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise ValueError(
-                f"{path}, line {number}: not a log record (a JSON object with an integer 'step' "
-                f"and a number 'loss'): {line[:80]!r}"
-            ) from None
-        while records and records[-1]["step"] >= step:  # a resume from an earlier checkpoint
-            records.pop()
-        records.append(record)
+    records: list[dict] = []
+    seen = 0
+    with io.BufferedReader(raw) as f:
+        for number, line in enumerate(f, 1):
+            seen += len(line)
+            if seen > MAX_LOG:  # grew while it was read
+                raise ValueError(f"{path}: is more than the {MAX_LOG} bytes lt reads for {what}")
+            record = _record(path, number, line)
+            if record is None:
+                continue
+            while records and records[-1]["step"] >= record["step"]:  # a resume from an earlier checkpoint
+                records.pop()
+            records.append(record)
     return records
 
 

@@ -18,6 +18,7 @@ from ..files import atomic_write_text, naming
 from ..nn import GPT, PRESETS
 from ..runs import Run, RunFiles, RunSettings
 from ..training import TrainState, train
+from . import budget as _budget
 from .budget import parse_duration, size_steps
 from .common import UsageError, recipe_defaults
 from .inference import sample_text
@@ -159,12 +160,14 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
     return attrs.evolve(saved, steps=args.steps or saved.steps)
 
 
-def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
-    """The run to train, new or resumed, its optimizer, and the lock held on its directory while
-    it trains: read and written by rank 0 alone. A new run's directory is made only once its
-    settings, data and tokenizer are ready."""
+def _prepare(
+    args, started: float
+) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None, _budget.Deadline | None]:
+    """The run to train, new or resumed, its optimizer, the lock held on its directory while
+    it trains, and the deadline of a new run with a ``--time`` budget: read and written by rank 0
+    alone. A new run's directory is made only once its settings, data and tokenizer are ready."""
     files = RunFiles(args.out or _default_out(args))
-    lock = None
+    lock, deadline = None, None
     try:
         start = None
         if args.resume:
@@ -205,15 +208,20 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
         state = TrainState.create(params, optimizer)
         train_ids, val_ids = runs.encode(tokenizer, train_text), runs.encode(tokenizer, val_text)
         if not args.resume and settings.time_budget is not None:  # --time: measure, then fix the count
-            steps = size_steps(
-                model, optimizer, state, settings, train_ids, settings.time_budget, started, args.sample_tokens
+            end = _budget.end_of(started, settings.time_budget)
+            sizing = size_steps(
+                model, optimizer, state, settings, train_ids, end, args.sample_tokens, evaluating=len(val_ids) > 0
             )
+            deadline = _budget.Deadline(
+                end, sizing, eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every
+            )
+            steps = sizing.steps
             settings = attrs.evolve(settings, steps=steps)
             optimizer = runs.make_optimizer(settings)  # its schedule spans the steps
             state = TrainState.create(params, optimizer)
             print(
                 f"lt: {steps:,} steps fit a {settings.time_budget:.0f} s budget (measured on this machine; "
-                "fixed in run.json)",
+                "fixed in run.json, fewer if the run turns slower)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -241,43 +249,67 @@ def _prepare(args, started: float) -> tuple[Run, optim.GradientTransformation, r
             lock.release()
         raise
     run = Run(files, settings, tokenizer, train_ids, val_ids, state)
-    return run, optimizer, lock
+    return run, optimizer, lock, deadline
 
 
 def _shared_run(
     args, world: parallel.World, started: float
-) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None]:
+) -> tuple[Run, optim.GradientTransformation, runs.RunLock | None, _budget.Deadline | None]:
     """The run and its optimizer on every rank, and rank 0's lock on the run directory: rank 0
     prepares the run (reading and writing the files), and only with more than one rank is it
     broadcast, as it is (arrays buffer by buffer, the rest pickled); each rank builds the optimizer
     once. (An error on rank 0 ends the job: under ``python -m mpi4py`` its exit status aborts the
-    other ranks.)"""
-    run, optimizer, lock = _prepare(args, started) if world.is_root else (None, None, None)
+    other ranks.) The deadline of a ``--time`` budget is rank 0's alone."""
+    run, optimizer, lock, deadline = _prepare(args, started) if world.is_root else (None, None, None, None)
     if world.size > 1:
         run = parallel.broadcast(world.comm, run)
         optimizer = optimizer or runs.make_optimizer(run.settings)
     assert run is not None and optimizer is not None  # rank 0 made them; the others were sent them
-    return run, optimizer, lock
+    return run, optimizer, lock, deadline
+
+
+def _command_start() -> float:
+    """When this command started, on the budget's clock: the process's start when ``lt`` is the
+    program (the ``lt`` script, ``python -m lt``: the interpreter's start counts against
+    ``--time``), else now (``lt.cli.main`` called from Python)."""
+    argv0 = pathlib.Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    main = pathlib.Path(__file__).resolve().parents[1] / "__main__.py"
+    program = argv0 is not None and (argv0.name == "lt" or argv0.resolve() == main)
+    start = _budget.program_start() if program else None
+    return _budget.clock() if start is None else start
+
+
+def _stopper(args, world: parallel.World, run: Run, deadline: _budget.Deadline | None):
+    """``stop(step)`` for :func:`lt.train` in a new run with a ``--time`` budget (else None):
+    rank 0's deadline decides and, with several ranks, tells the others."""
+    if args.resume or run.settings.time_budget is None:  # the same on every rank
+        return None
+    if world.size == 1:
+        return deadline
+
+    def stop(step: int) -> bool:
+        return bool(parallel.broadcast(world.comm, deadline(step) if deadline is not None else None))
+
+    return stop
 
 
 def cmd_train(args) -> int:
-    started = time.perf_counter()  # a --time budget counts from here
+    started = _command_start()  # a --time budget counts from here
     tune_malloc()
     world = _world(args.mpi)
-    run, optimizer, lock = _shared_run(args, world, started)
+    _check_tensor_parallel(args, world)  # before the run directory is made
+    run, optimizer, lock, deadline = _shared_run(args, world, started)
     try:
-        return _train(args, world, run, optimizer)
+        return _train(args, world, run, optimizer, _stopper(args, world, run, deadline))
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(args, world, run, optimizer) -> int:
+def _train(args, world, run, optimizer, stop=None) -> int:
     files, settings, state = run.files, run.settings, run.state
     model = GPT(**settings.model)
     tp = getattr(args, "tensor_parallel", None)
-    if tp is not None and world.size % tp:
-        raise UsageError(f"--tensor-parallel {tp} must divide the number of MPI ranks ({world.size})")
     if world.is_root:
         ranks = f" on {world.size} MPI ranks" if world.size > 1 else ""
         ranks += f" (tensor-parallel groups of {tp})" if tp is not None else ""
@@ -312,10 +344,19 @@ def _train(args, world, run, optimizer) -> int:
             checkpoint_every=settings.checkpoint_every,
             on_log=on_log,
             strategy=parallel.DataParallel(world.comm) if tp is None else parallel.TensorParallel(world.comm, tp),
+            stop=stop,
         )
     finally:
         if log_file:
             log_file.close()
+    if world.is_root and state.step < settings.steps:  # the clock stopped it: run.json says where it ended
+        runs.save_settings(files, attrs.evolve(settings, steps=state.step))
+        print(
+            f"lt: stopped at step {state.step:,} of {settings.steps:,} to keep the {settings.time_budget:.0f} s "
+            f"budget (this machine ran slower than during the warm-up); run.json records {state.step:,} steps",
+            file=sys.stderr,
+            flush=True,
+        )
     if world.is_root:
         print(f"trained to step {state.step} in {time.perf_counter() - start:.0f} s; checkpoint {files.checkpoint}")
         if args.sample_tokens > 0:
@@ -325,6 +366,16 @@ def _train(args, world, run, optimizer) -> int:
             atomic_write_text(files.sample, sample)
             print("--- sample ---" + sample)
     return 0
+
+
+def _check_tensor_parallel(args, world: parallel.World) -> None:
+    """``--tensor-parallel K`` needs a multiple of K MPI ranks (refused on every rank alike)."""
+    tp = getattr(args, "tensor_parallel", None)
+    if tp is not None and world.size % tp:
+        raise UsageError(
+            f"--tensor-parallel {tp} must divide the number of MPI ranks ({world.size}); launch a multiple of "
+            f"{tp} ranks with mpiexec (mpiexec -n {tp} python -m mpi4py -m lt train ...)"
+        )
 
 
 def _world(mpi_flag: bool) -> parallel.World:

@@ -1,6 +1,7 @@
 """Beam search: the most likely continuations, K hypotheses at a time.
 
-Shapes: B prompts, K beams, V vocabulary, T prompt length, n = max_new_tokens.
+Shapes: B prompts, K beams, V vocabulary (the ids below ``vocab_limit``), T prompt length,
+n = max_new_tokens.
 
 The score of a continuation y_1..y_m (m new tokens, an ``eos_id`` included) is
 ``sum_i log p(y_i | prompt, y_<i) / m ** length_penalty``: 0 ranks by total
@@ -27,7 +28,7 @@ from .. import _checks
 from ..ops import log_softmax
 from .kv_cache import extend_prepared, prefill_prompts
 from .prompts import prepare_decoding
-from .sampling import top_k_indices
+from .sampling import check_logits, top_k_indices
 
 __all__ = ["beam_search", "BeamResult"]
 
@@ -56,6 +57,7 @@ def beam_search(
     *,
     pad_id: int | None = None,
     attention_mask=None,
+    vocab_limit: int | None = None,
 ) -> BeamResult:
     """The ``num_beams`` best continuations of each prompt by beam search, with their scores.
 
@@ -63,11 +65,15 @@ def beam_search(
     ``attention_mask`` is False) or a list of prompts of different lengths, as in
     :func:`lt.generate.generate`; ``pad_id`` defaults to ``eos_id``, else 0. Returns a
     :class:`BeamResult` ``(sequences, scores)``; see the module docstring for the score.
+
+    ``vocab_limit``: only ids below it are candidates (the tokenizer's size for a model whose
+    table is padded past it), as if the others' logits were -inf: the result is that of a model
+    without them. Logits that are not finite (NaN/inf weights) raise a FloatingPointError
+    naming the step.
     """
-    V = model.vocab_size
     K = _checks.integer(num_beams, "num_beams", 1)
     length_penalty = _checks.real(length_penalty, "length_penalty")
-    prompts, n, eos_id, pad_id = prepare_decoding(
+    prompts, n, eos_id, pad_id, V = prepare_decoding(
         model,
         params,
         prompt_ids,
@@ -75,13 +81,16 @@ def beam_search(
         eos_id=eos_id,
         pad_id=pad_id,
         attention_mask=attention_mask,
-    )
+        vocab_limit=vocab_limit,
+    )  # V: the ids that may be generated (the vocabulary unless limited)
     B, T = prompts.ids.shape
 
     pool: list[list] = [[] for _ in range(B)]  # per prompt: (score, order, tokens)
     alive_tokens = np.zeros((B, K, 0), np.int64)  # (B, K, step)
     if n:
         logits, cache = prefill_prompts(model, params, prompts, T + n)
+        logits = logits[:, :V]  # (B, V_model) -> (B, V)
+        check_logits(logits, 0, "beam search", rows=False)
         logp = np.repeat(log_softmax(logits), K, axis=0)  # (B·K, V): every beam sees the prompt
         cache = cache.take(np.repeat(np.arange(B), K))  # (B·K) rows
         alive = np.full((B, K), -np.inf)
@@ -102,6 +111,8 @@ def beam_search(
                 break
             rows = (np.arange(B)[:, None] * K + beam).reshape(-1)  # (B·K) parent row of each beam
             logits, cache = extend_prepared(model, params, cache.take(rows), tok.reshape(-1, 1))
+            logits = logits[:, :V]  # (B·K, V_model) -> (B·K, V)
+            check_logits(logits, step + 1, "beam search", rows=False)
             logp = log_softmax(logits)  # (B·K, V)
         for b, k in zip(*np.nonzero(np.isfinite(alive))):  # live beams of full length
             pool[b].append((alive[b, k] / n**length_penalty, len(pool[b]), alive_tokens[b, k]))

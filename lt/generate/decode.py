@@ -18,31 +18,21 @@ import numpy as np
 from .. import _checks, random
 from .kv_cache import extend_prepared, prefill_prompts
 from .prompts import Decoding, prepare_decoding
-from .sampling import check_sampling, draw
+from .sampling import check_logits, check_sampling, draw
 
 __all__ = ["generate", "stream", "stream_window"]
 
 
-def _setup(
-    model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, attention_mask
-) -> tuple[Decoding, tuple]:
-    """Check every argument (a ValueError naming the bad one) and left-pad the prompts."""
+def _setup(model, params, prompt_ids, rng, temperature, top_k, top_p, **decoding) -> tuple[Decoding, tuple]:
+    """Check every argument (a ValueError naming the bad one) and left-pad the prompts;
+    ``decoding``: :func:`prepare_decoding`'s options."""
     sampling = check_sampling(temperature, top_k, top_p)
     if sampling[0] > 0 and not isinstance(rng, random.Key):
         raise ValueError(
             f"rng must be an lt.random.Key (lt.random.key(seed)) to sample with "
             f"temperature={sampling[0]}; got {rng!r} (temperature=0 is greedy and needs none)"
         )
-    run = prepare_decoding(
-        model,
-        params,
-        prompt_ids,
-        max_new_tokens=max_new_tokens,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        attention_mask=attention_mask,
-    )
-    return run, sampling
+    return prepare_decoding(model, params, prompt_ids, **decoding), sampling
 
 
 def _uniforms(rng, B: int, n: int) -> np.ndarray | None:
@@ -52,9 +42,11 @@ def _uniforms(rng, B: int, n: int) -> np.ndarray | None:
     return np.stack([random.uniform(random.fold_in(rng, r), (n,), np.float64) for r in range(B)])
 
 
-def _tokens(model, params, run: Decoding, rng, sampling) -> Iterator[np.ndarray]:
-    """The decode loop: yields each step's new tokens (B,), pad_id in rows already finished."""
-    prompts, n, eos_id, pad_id = run
+def _tokens(model, params, run: Decoding, rng, sampling, who: str) -> Iterator[np.ndarray]:
+    """The decode loop: yields each step's new tokens (B,), pad_id in rows already finished.
+    Ids past ``run.vocab_limit`` are cut from the logits before sampling (never drawn); the
+    logits kept must be finite (a FloatingPointError naming ``who`` and the step otherwise)."""
+    prompts, n, eos_id, pad_id, limit = run
     if n == 0:
         return
     B, T = prompts.ids.shape
@@ -62,6 +54,8 @@ def _tokens(model, params, run: Decoding, rng, sampling) -> Iterator[np.ndarray]
     logits, cache = prefill_prompts(model, params, prompts, T + n)  # (B, V); room for every step
     finished = np.zeros(B, bool)
     for step in range(n):  # a loop over generated steps
+        logits = logits[:, :limit]  # (B, V) -> (B, limit): as if masked to -inf, before temperature
+        check_logits(logits, step, who)
         tok = draw(logits, None if u is None else u[:, step], *sampling).astype(np.int64)  # (B,)
         if eos_id is not None:
             tok[finished] = pad_id
@@ -85,6 +79,7 @@ def stream(
     eos_id: int | None = None,
     pad_id: int | None = None,
     attention_mask=None,
+    vocab_limit: int | None = None,
 ) -> Iterator:
     """Generate lazily: an iterator over the new tokens, one step at a time (for streaming).
 
@@ -95,9 +90,20 @@ def stream(
     ``next`` and each later ``next`` computes one step. Options as in :func:`generate`.
     """
     run, sampling = _setup(
-        model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, attention_mask
+        model,
+        params,
+        prompt_ids,
+        rng,
+        temperature,
+        top_k,
+        top_p,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        attention_mask=attention_mask,
+        vocab_limit=vocab_limit,
     )
-    steps = _tokens(model, params, run, rng, sampling)
+    steps = _tokens(model, params, run, rng, sampling, "stream")
     return (int(tok[0]) for tok in steps) if run.prompts.single else steps
 
 
@@ -115,6 +121,7 @@ def generate(
     pad_id: int | None = None,
     attention_mask=None,
     callback: Callable | None = None,
+    vocab_limit: int | None = None,
 ) -> np.ndarray:
     """Continue each prompt by ``max_new_tokens`` tokens: the prompts followed by them.
 
@@ -132,18 +139,35 @@ def generate(
     (default ``eos_id``, else 0), and decoding ends when every row has stopped.
     ``callback``, if given, receives each step's tokens as :func:`stream` yields them.
 
+    ``vocab_limit``: only ids ``0 .. vocab_limit - 1`` are generated (a model whose table is
+    padded past its tokenizer's, as Qwen2's are, passes the tokenizer's size); the others are
+    masked out of the logits before temperature, top-k and top-p, so the draw is the one a
+    model without them would make. Logits that are not finite (NaN/inf weights) raise a
+    FloatingPointError naming the step and row.
+
     Prompt length + ``max_new_tokens`` must fit in ``model.max_seq_len`` (ValueError
     otherwise; there is no sliding window). Inference only: plain NumPy, a KV cache
     sized for the whole run, the prompt prefilled in one pass, then one position per step.
     """
     run, sampling = _setup(
-        model, params, prompt_ids, rng, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, attention_mask
+        model,
+        params,
+        prompt_ids,
+        rng,
+        temperature,
+        top_k,
+        top_p,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        attention_mask=attention_mask,
+        vocab_limit=vocab_limit,
     )
     prompts = run.prompts
     B, T = prompts.ids.shape
     out = np.full((B, T + run.max_new_tokens), run.pad_id, np.int64)
     out[:, :T] = prompts.ids
-    for step, tok in enumerate(_tokens(model, params, run, rng, sampling)):
+    for step, tok in enumerate(_tokens(model, params, run, rng, sampling, "generate")):
         out[:, T + step] = tok
         if callback is not None:
             callback(int(tok[0]) if prompts.single else tok)

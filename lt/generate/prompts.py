@@ -4,8 +4,8 @@ Shapes: B batch, T prompt length (after left padding), V vocabulary.
 
 :func:`prepare_prompts` turns one prompt, a batch or a list of prompts of different
 lengths into left-padded :class:`Prompts`; :func:`prepare_decoding` checks the options
-every decoder shares (``max_new_tokens``, ``eos_id``, ``pad_id``, the params, the length
-budget) and prepares the prompts, so ``generate``, ``stream`` and ``beam_search`` check
+every decoder shares (``max_new_tokens``, ``eos_id``, ``pad_id``, ``vocab_limit``, the params,
+the length budget) and prepares the prompts, so ``generate``, ``stream`` and ``beam_search`` check
 them in one place and word their errors alike.
 """
 
@@ -18,6 +18,8 @@ import numpy as np
 from .. import _checks
 
 __all__ = ["Prompts", "prepare_prompts", "Decoding", "prepare_decoding"]
+
+_LIMIT_HINT = " (how many ids, from 0, may be generated: the tokenizer's size) or None"
 
 
 class Prompts(NamedTuple):
@@ -109,20 +111,25 @@ class Decoding(NamedTuple):
     max_new_tokens: int
     eos_id: int | None
     pad_id: int
+    vocab_limit: int  # ids 0..vocab_limit-1 may be generated (the model's vocab_size unless limited)
 
 
 def prepare_decoding(
-    model, params, prompt_ids, *, max_new_tokens, eos_id=None, pad_id=None, attention_mask=None
+    model, params, prompt_ids, *, max_new_tokens, eos_id=None, pad_id=None, attention_mask=None, vocab_limit=None
 ) -> Decoding:
     """Check the shared decoding arguments and left-pad the prompts (a ValueError naming the bad one).
 
     ``pad_id`` defaults to ``eos_id``, else 0. The longest prompt plus ``max_new_tokens``
-    must fit in ``model.max_seq_len``.
+    must fit in ``model.max_seq_len``. ``vocab_limit`` (default ``model.vocab_size``): only
+    ids below it may be generated, so ``eos_id`` must be below it too.
     """
     V = model.vocab_size
     n = _checks.integer(max_new_tokens, "max_new_tokens", 0)
+    limit = V if vocab_limit is None else _checks.integer(vocab_limit, "vocab_limit", 1, V + 1, _LIMIT_HINT)
     token = " (a token of the vocabulary)"
     eos_id = None if eos_id is None else _checks.integer(eos_id, "eos_id", 0, V, token)
+    if eos_id is not None and eos_id >= limit:
+        raise ValueError(f"eos_id {eos_id} is at or past vocab_limit={limit}: it could never be generated")
     pad_id = (0 if eos_id is None else eos_id) if pad_id is None else _checks.integer(pad_id, "pad_id", 0, V, token)
     model.check_params(params)
     prompts = prepare_prompts(model, prompt_ids, attention_mask, pad_id)
@@ -134,4 +141,4 @@ def prepare_decoding(
             "shorten the prompt or lower max_new_tokens, or use lt.generate.stream_window "
             "(learned positions stop at max_seq_len)"
         )
-    return Decoding(prompts, n, eos_id, pad_id)
+    return Decoding(prompts, n, eos_id, pad_id, limit)

@@ -25,7 +25,7 @@ import numpy as np
 from .. import _checks, ops, random
 from ..ops.softmax import exp_normalize_
 
-__all__ = ["check_sampling", "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]
+__all__ = ["check_sampling", "check_logits", "distribution", "filter_logits", "sample", "greedy", "top_k_indices"]
 
 
 def check_sampling(temperature, top_k, top_p) -> tuple[float, int | None, float | None]:
@@ -34,6 +34,18 @@ def check_sampling(temperature, top_k, top_p) -> tuple[float, int | None, float 
     top_k = None if top_k is None else _checks.integer(top_k, "top_k", 1, hint=" or None")
     top_p = None if top_p is None else _checks.real(top_p, "top_p", 0.0, 1.0, low_open=True, hint=" or None")
     return temperature, top_k, top_p
+
+
+def check_logits(logits: np.ndarray, step: int, who: str, rows: bool = True) -> None:
+    """Raise FloatingPointError unless every logit of ``logits`` (B, V) is finite, naming ``who``
+    (the decoder), the ``step`` and, with ``rows``, the first row that is not. A NaN would
+    otherwise decode silently (argmax picks token 0) or break a filter; one check per step."""
+    finite = np.isfinite(logits).all(axis=-1)  # (B,)
+    if not finite.all():
+        row = f" (row {int(np.argmin(finite))})" if rows else ""
+        raise FloatingPointError(
+            f"{who}: the model's logits are not finite (NaN/inf) at step {step}{row}; check the weights"
+        )
 
 
 def top_k_indices(x: np.ndarray, k: int) -> np.ndarray:

@@ -56,6 +56,8 @@ MODEL_TYPES = tuple(_FAMILIES)
 
 def _family(config: dict, where: str):
     model_type = config.get("model_type", "gpt2")
+    if not isinstance(model_type, str):
+        raise HFCheckpointError(f"{where}: model_type must be a JSON string, got {json.dumps(model_type)[:80]}")
     if model_type not in _FAMILIES:
         raise ValueError(
             f"{where}: model_type is {model_type!r}; lt reads {', '.join(map(repr, MODEL_TYPES))} checkpoints"

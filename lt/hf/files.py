@@ -1,12 +1,16 @@
 """Reading a Hugging Face model directory safely: config.json, the shard index, the shards.
 
-Nothing in the directory is trusted before it is checked. ``config.json`` and the shard
-index must be regular files of bounded size (a FIFO would block, a 10 GB "config" would
-fill memory); shards must be regular files inside the model directory (no absolute or
-``..`` names, no symlinks out of it); tensor names, shapes and dtypes are compared with
-what the config implies, from the safetensors headers alone, before any tensor is read.
-Every problem is an :class:`HFCheckpointError` (a ValueError) naming the file and the
-field or tensor, never a NumPy traceback.
+Nothing in the directory is trusted before it is checked, with the guards every lt reader
+shares (:mod:`lt.guards`). ``config.json`` and the shard index must be regular files of bounded
+size (a FIFO would block, a 10 GB "config" would fill memory); every file a loader opens
+(config, weights, index, shards, tokenizer files) must lie inside the model directory once
+links are followed (:func:`model_file`; a hub snapshot's links into its repository's
+``blobs/`` are allowed); shard names must be plain relative names (no NUL byte, absolute path
+or ``..``); every config field lt reads must have its JSON type (:func:`check_types`: a
+``"false"`` string is not a boolean); tensor names, shapes and dtypes are compared with what
+the config implies, from the safetensors headers alone, before any tensor is read, and every
+tensor read must be finite. Every problem is an :class:`HFCheckpointError` (a ValueError)
+naming the file and the field or tensor, never a NumPy traceback.
 
 A family module (:mod:`lt.hf.gpt2`, :mod:`lt.hf.llama`) says where each lt leaf comes
 from as a :class:`Source`: one or more stored tensors, each with the shape the config
@@ -17,6 +21,7 @@ projections become lt's one ``attn.qkv``). :func:`read_params` does the rest.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -26,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import safetensors_io, tree
+from .. import guards, safetensors_io, tree
 
 __all__ = [
     "HFCheckpointError",
@@ -34,6 +39,8 @@ __all__ = [
     "read_bounded",
     "read_json",
     "read_config",
+    "check_types",
+    "model_file",
     "shard_files",
     "open_weights",
     "Source",
@@ -51,23 +58,9 @@ class HFCheckpointError(ValueError):
 
 
 def read_bounded(path: Path, what: str, limit: int = MAX_JSON) -> bytes:
-    """The bytes of ``path``: a regular file (a FIFO would block) of at most ``limit`` bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except IsADirectoryError:
-        raise HFCheckpointError(f"{path}: is a directory, expected the {what} (a JSON file)") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise HFCheckpointError(
-                f"{path}: is not a regular file (a FIFO, device or socket?); expected the {what} (a JSON file)"
-            )
-        if info.st_size > limit:
-            raise HFCheckpointError(f"{path}: is {info.st_size} bytes, more than the {limit} a {what} may be")
-        data = f.read(limit + 1)
-    if len(data) > limit:  # grew after the size check
-        raise HFCheckpointError(f"{path}: is more than the {limit} bytes a {what} may be")
-    return data
+    """The bytes of ``path``: a regular file (a FIFO would block) of at most ``limit`` bytes;
+    ``what`` names what it should be (``"the shard index"``)."""
+    return guards.read_bytes(path, what, limit, error=HFCheckpointError)
 
 
 def read_json(path: Path, what: str):
@@ -76,9 +69,9 @@ def read_json(path: Path, what: str):
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HFCheckpointError(f"{path}: the {what} is not valid JSON ({e})") from None
+        raise HFCheckpointError(f"{path}: {what} is not valid JSON ({e})") from None
     except RecursionError:
-        raise HFCheckpointError(f"{path}: the {what} is JSON nested too deeply to be one") from None
+        raise HFCheckpointError(f"{path}: {what} is JSON nested too deeply to be one") from None
 
 
 def read_config(path: Path) -> dict:
@@ -88,7 +81,7 @@ def read_config(path: Path) -> dict:
         raise FileNotFoundError(
             f"{path} has no config.json; expected a Hugging Face model directory (config.json and model.safetensors)"
         )
-    config = read_json(config_path, "model config (config.json)")
+    config = read_json(model_file(path, "config.json"), "the model config (config.json)")
     if not isinstance(config, dict):
         raise HFCheckpointError(
             f"{config_path}: expected a JSON object (a model config), got a JSON {type(config).__name__}"
@@ -96,38 +89,76 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def _allowed_root(path: Path) -> Path:
-    """Where the files of model directory ``path`` may lie once links are followed: inside it, or,
-    for a snapshot of the hub's cache (``models--org--name/snapshots/<rev>``, whose files link to
-    ``../../blobs/``), inside that repository's cache folder."""
+# What each kind of config field must be, as JSON: (description, test).
+_KINDS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "bool": ("a JSON boolean (true or false)", lambda v: isinstance(v, bool)),
+    "int": ("a JSON integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "int?": ("a JSON integer or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))),
+    "number": (
+        "a finite JSON number",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    ),
+    "str": ("a JSON string", lambda v: isinstance(v, str)),
+    "object?": ("a JSON object or null", lambda v: v is None or isinstance(v, dict)),
+    "list?": ("a JSON list or null", lambda v: v is None or isinstance(v, list)),
+}
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_types(config: dict, kinds: dict[str, str], where: str, prefix: str = "") -> None:
+    """Every field of ``config`` named in ``kinds`` has its JSON type (``"bool"``, ``"int"``,
+    ``"int?"`` (or null), ``"number"``, ``"str"``, ``"object?"``, ``"list?"``), else one
+    HFCheckpointError naming the file (``where``), the field (after ``prefix``, for a nested
+    object: ``"rope_scaling."``) and the value."""
+    for field, kind in kinds.items():
+        if field in config:
+            expected, ok = _KINDS[kind]
+            if not ok(config[field]):
+                raise HFCheckpointError(f"{where}: {prefix}{field} must be {expected}, got {_shown(config[field])}")
+
+
+def _roots(path: Path) -> tuple[Path, tuple[Path, ...]]:
+    """Where the files of model directory ``path`` may lie once links are followed: inside it,
+    and, for a snapshot of the hub's cache (``models--org--name/snapshots/<rev>``, whose files
+    link to ``../../blobs/``), inside that repository's ``blobs/``."""
     root = path.resolve()
-    if (
-        root.parent.name == "snapshots"
-        and root.parent.parent.name.startswith("models--")
-        and (root.parent.parent / "blobs").is_dir()
-    ):
-        return root.parent.parent
-    return root
+    repo = root.parent.parent
+    if root.parent.name == "snapshots" and repo.name.startswith("models--") and (repo / "blobs").is_dir():
+        return root, (repo / "blobs",)
+    return root, ()
+
+
+def model_file(path: Path, name: str) -> Path:
+    """``path / name``, once it is known to lie inside model directory ``path`` with links
+    followed (see :func:`_roots`): the one link policy for every file a loader opens."""
+    file = path / name
+    root, also = _roots(path)
+    guards.inside(file, root, str(file), also, place=f"the model directory {path}", error=HFCheckpointError)
+    return file
 
 
 def shard_files(path: Path, index: Path) -> list[Path]:
     """The shard files ``index`` names: relative paths inside ``path`` (a hub cache snapshot's
     links into its blobs are followed), each a regular file."""
-    data = read_json(index, "shard index")
+    data = read_json(index, "the shard index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise HFCheckpointError(
             f"{index}: expected a JSON object with a 'weight_map' of tensor name -> shard file name"
         )
-    root = _allowed_root(path)
+    root, also = _roots(path)
+    place = f"the model directory {path}"
     files = []
     for name in sorted(set(weight_map.values())):
+        guards.check_name(name, f"{index}: shard", place=place, error=HFCheckpointError)
         shard = Path(name)
-        inside = (path / shard).resolve()
-        if shard.is_absolute() or ".." in shard.parts or not inside.is_relative_to(root):
-            raise HFCheckpointError(
-                f"{index}: shard {name!r} is outside the model directory {path}; shard names must be files inside it"
-            )
+        inside = guards.inside(
+            path / shard, root, f"{index}: shard {name!r}", also, place=place, error=HFCheckpointError
+        )
         try:
             mode = os.stat(inside).st_mode
         except FileNotFoundError:
@@ -144,9 +175,9 @@ def open_weights(path: Path, prefix: str) -> dict[str, tuple[safetensors_io.Safe
     The files stay open (one descriptor each) until the caller closes them."""
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.exists():
-        files = [single]
+        files = [model_file(path, single.name)]
     elif index.exists():
-        files = shard_files(path, index)
+        files = shard_files(path, model_file(path, index.name))
     else:
         found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
         raise FileNotFoundError(
@@ -172,6 +203,23 @@ def open_weights(path: Path, prefix: str) -> dict[str, tuple[safetensors_io.Safe
             st.close()
         raise
     return names
+
+
+def _finite(st: safetensors_io.SafeTensors, key: str, dtype) -> np.ndarray:
+    """Tensor ``key`` of ``st`` as ``dtype``, refused (naming it) when it holds NaN or inf, as
+    stored or once narrowed (an F64 value beyond float32's range becomes inf)."""
+    stored = st[key]
+    guards.finite(stored, f"{st.path}: tensor {key}", error=HFCheckpointError)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        array = stored.astype(dtype, copy=False)
+    if array.dtype.itemsize < stored.dtype.itemsize:
+        guards.finite(
+            array,
+            f"{st.path}: tensor {key} as {array.dtype}",
+            hint=f"refusing to load it (a value beyond {array.dtype}'s range: load with dtype=np.float64)",
+            error=HFCheckpointError,
+        )
+    return array
 
 
 class Source(NamedTuple):
@@ -231,7 +279,7 @@ def read_params(
         parts = []
         for name, _ in source.tensors:
             st, key = stored[name]
-            array = st[key].astype(dtype, copy=False)
+            array = _finite(st, key, dtype)
             parts.append(array.T if source.transpose else array)
         array = np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1))
         assert array.shape == shape, (lt_path, array.shape, shape)  # the sources' shapes imply it

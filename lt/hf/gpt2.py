@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import tree
 from ..nn.gpt import GPT
-from .files import Source
+from .files import Source, check_types
 
 __all__ = ["MODEL_TYPES", "hf_name", "gpt_from_config", "config_from_gpt"]
 
@@ -58,6 +58,24 @@ _DEFAULTS = {
     "scale_attn_weights": True,
     "scale_attn_by_inverse_layer_idx": False,
     "add_cross_attention": False,
+}
+# The JSON type of every field lt reads (lt.hf.files.check_types): "false" is no boolean.
+_TYPES = {
+    "vocab_size": "int",
+    "n_positions": "int",
+    "n_embd": "int",
+    "n_layer": "int",
+    "n_head": "int",
+    "n_inner": "int?",
+    "activation_function": "str",
+    "resid_pdrop": "number",
+    "embd_pdrop": "number",
+    "attn_pdrop": "number",
+    "layer_norm_epsilon": "number",
+    "tie_word_embeddings": "bool",
+    "scale_attn_weights": "bool",
+    "scale_attn_by_inverse_layer_idx": "bool",
+    "add_cross_attention": "bool",
 }
 # transformers' activations that are GELU's tanh form (lt's "gelu"), and ReLU.
 _ACTIVATIONS = {
@@ -126,6 +144,7 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
     ``dropout`` (one rate in lt) defaults to the config's, which must then have equal
     ``resid_pdrop``, ``embd_pdrop`` and ``attn_pdrop``; dropout does not change inference.
     """
+    check_types(config, _TYPES, where)
     c = {**_DEFAULTS, **config}
     for field, (value, why) in _FIXED.items():
         if c[field] != value:
@@ -155,7 +174,7 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
             hidden_dim=c["n_embd"],
             ffn_dim=c["n_inner"] if c["n_inner"] is not None else 4 * c["n_embd"],
             dropout=float(dropout),
-            tie_embeddings=bool(c["tie_word_embeddings"]),
+            tie_embeddings=c["tie_word_embeddings"],
             positional="learned",
             activation=_ACTIVATIONS[act],
             layer_norm_eps=float(c["layer_norm_epsilon"]),

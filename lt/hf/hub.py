@@ -7,6 +7,10 @@ the safetensors weights (one file or the index and its shards) and the tokenizer
 The cache and offline mode are the hub's own: ``HF_HUB_CACHE`` (else ``HF_HOME``/hub),
 ``HF_HUB_OFFLINE=1`` (the cache only), read when a name is resolved, so a change made after
 ``huggingface_hub`` was imported counts too. A cached name resolves with no network.
+
+The cache is input too: the folder the hub library returns must lie inside the repository's
+``snapshots/`` (a crafted ``refs/main`` of ``../../../elsewhere`` would otherwise load any
+directory on the machine), and a ref must be a small regular file (a FIFO would block).
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+from .. import guards
+from .files import HFCheckpointError
 
 __all__ = ["resolve", "is_hub_name", "HUB_FILES"]
 
@@ -64,6 +71,38 @@ def _hub_package():
     return huggingface_hub
 
 
+_MAX_REF = 4096  # a ref holds one commit hash (40 characters)
+
+
+def _ref(repo: Path, revision: str | None) -> tuple[Path, str | None]:
+    """The ref file of ``revision`` (default ``main``) in cache folder ``repo``, and what it
+    holds (None when there is none: ``revision`` is a commit); read by the shared guards, so
+    a ref that is a FIFO or a huge file is refused naming it."""
+    ref = repo / "refs" / (revision or "main")
+    if not os.path.lexists(ref):
+        return ref, None
+    data = guards.read_bytes(ref, "a hub ref (a file holding a commit hash)", _MAX_REF, error=HFCheckpointError)
+    return ref, data.decode("utf-8", "replace")
+
+
+def _snapshot(folder, repo: Path, revision: str | None) -> Path:
+    """``folder``, once it lies inside ``repo``'s ``snapshots/`` (links followed); else an
+    HFCheckpointError naming the ref (or the revision) that led there."""
+    ref, names = _ref(repo, revision)
+    who = (
+        f"revision {revision!r}: its snapshot" if names is None else f"{ref}: the snapshot its revision {names!r} names"
+    )
+    snapshots = repo / "snapshots"
+    guards.inside(
+        folder,
+        snapshots,
+        who,
+        place=f"the hub cache's snapshots folder {snapshots}",
+        error=HFCheckpointError,
+    )
+    return Path(folder)
+
+
 def resolve(name_or_path, *, revision: str | None = None) -> Path:
     """The local path of ``name_or_path``: itself when it exists or cannot be a repository id
     (``./x``, ``/abs/x``), else the hub cache's snapshot of the repository it names (downloaded
@@ -85,6 +124,8 @@ def resolve(name_or_path, *, revision: str | None = None) -> Path:
 
     offline, cache = _offline(constants), _cache_dir()
     where = cache or constants.HF_HUB_CACHE
+    repo = Path(where) / f"models--{text.replace('/', '--')}"
+    _ref(repo, revision)  # before the hub library opens it
     try:
         folder = hub.snapshot_download(
             text,
@@ -118,4 +159,4 @@ def resolve(name_or_path, *, revision: str | None = None) -> Path:
         raise FileNotFoundError(f"{text} has no revision {revision!r} on the Hugging Face hub") from None
     except errors.HFValidationError as e:
         raise ValueError(f"{text} is not a local directory nor a valid hub name ({e})") from None
-    return Path(folder)
+    return _snapshot(folder, repo, revision)

@@ -40,7 +40,7 @@ import numpy as np
 from .. import _checks, tree
 from ..nn.gpt import GPT
 from ..nn.rotary import RopeScaling
-from .files import Source
+from .files import Source, check_types
 
 __all__ = ["MODEL_TYPES", "gpt_from_config", "config_from_gpt"]
 
@@ -98,6 +98,40 @@ _DEFAULTS = {
         "sliding_window": 4096,
     },
 }
+# The JSON type of every field lt reads (lt.hf.files.check_types): "false" is no boolean.
+_TYPES = {
+    "vocab_size": "int",
+    "hidden_size": "int",
+    "intermediate_size": "int",
+    "num_hidden_layers": "int",
+    "num_attention_heads": "int",
+    "num_key_value_heads": "int?",
+    "head_dim": "int?",
+    "max_position_embeddings": "int",
+    "hidden_act": "str",
+    "rms_norm_eps": "number",
+    "tie_word_embeddings": "bool",
+    "rope_theta": "number",
+    "rope_scaling": "object?",
+    "rope_parameters": "object?",
+    "partial_rotary_factor": "number",
+    "attention_bias": "bool",
+    "mlp_bias": "bool",
+    "use_sliding_window": "bool",
+    "sliding_window": "int?",
+    "max_window_layers": "int",
+    "layer_types": "list?",
+}
+_ROPE_TYPES = {
+    "rope_type": "str",
+    "type": "str",
+    "rope_theta": "number",
+    "partial_rotary_factor": "number",
+    "factor": "number",
+    "low_freq_factor": "number",
+    "high_freq_factor": "number",
+    "original_max_position_embeddings": "int",
+}
 _SILU = ("silu", "swish")  # transformers' names of x * sigmoid(x)
 _BLOCK = {
     "ln1.scale": "input_layernorm.weight",
@@ -124,6 +158,7 @@ def _refuse(where: str, field: str, value, why: str):
 def _rope(c: dict, where: str) -> tuple[float, RopeScaling | None]:
     """``(rope_theta, rope_scaling)`` as transformers reads them: ``rope_scaling`` (4.x) or else
     ``rope_parameters`` (5.x), with ``rope_theta`` from that dict or the top level."""
+    name = "rope_scaling" if c.get("rope_scaling") else "rope_parameters"
     entry = c.get("rope_scaling") or c.get("rope_parameters") or {}
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: rope_parameters / rope_scaling must be a JSON object, got {entry!r}")
@@ -132,6 +167,7 @@ def _rope(c: dict, where: str) -> tuple[float, RopeScaling | None]:
             f"{where}: rope_parameters per layer type {sorted(entry)} are not supported "
             "(lt uses one rotary embedding for every layer)"
         )
+    check_types(entry, _ROPE_TYPES, where, prefix=f"{name}.")
     theta = entry.get("rope_theta", c["rope_theta"])
     partial = entry.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
@@ -154,8 +190,6 @@ def _sliding_window(model_type: str, c: dict, num_layers: int, where: str) -> in
         return None
     window = c["sliding_window"]
     if model_type == "qwen2":
-        if c["use_sliding_window"] not in (False, True):
-            _refuse(where, "use_sliding_window", c["use_sliding_window"], "expected true or false")
         window = window if c["use_sliding_window"] else None
         types = c["layer_types"]
         if types is None:
@@ -189,15 +223,14 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
     not change inference.
     """
     model_type = config["model_type"]
+    check_types(config, _TYPES, where)
     c = {**_DEFAULTS[model_type], **config}
     act = c["hidden_act"]
     if act not in _SILU:
         _refuse(where, "hidden_act", act, "the gated feed-forward lt computes is SwiGLU: hidden_act 'silu'")
     if model_type == "llama" and c["mlp_bias"] is not False:
         _refuse(where, "mlp_bias", c["mlp_bias"], "lt's SwiGLU feed-forward has no biases")
-    attention_bias = model_type == "llama" and c["attention_bias"]
-    if attention_bias not in (False, True):
-        _refuse(where, "attention_bias", attention_bias, "expected true or false")
+    attention_bias = model_type == "llama" and c["attention_bias"]  # a JSON boolean (check_types)
     hidden, heads = _int(c, "hidden_size", where), _int(c, "num_attention_heads", where)
     kv_heads = heads if c["num_key_value_heads"] is None else _int(c, "num_key_value_heads", where)
     if heads % kv_heads:

@@ -12,6 +12,12 @@ and ``vocab_size``, as :class:`lt.tokenizers.CharTokenizer` and ``BPETokenizer``
 
 ``encode`` returns the ids of the text itself, as lt's tokenizers do; the special tokens
 a model's post-processor adds (Llama's ``<s>``) come with ``add_special_tokens=True``.
+
+The files are input: each must lie inside the model directory (links followed, as for the
+weights: :func:`lt.hf.files.model_file`), and a Rust panic inside ``tokenizers`` (a split
+pattern that backtracks past the regex engine's limit panics on some texts; pyo3 raises it as
+``PanicException``, a BaseException that ``except Exception`` misses) becomes a
+:class:`~lt.tokenizers.TokenizerFileError` (a ValueError) naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from ..files import atomic_write_text
 from ..tokenizers import BPETokenizer, TokenizerFileError, decodable_ids
-from .files import read_bounded, read_json
+from .files import model_file, read_bounded, read_json
 
 __all__ = ["HFTokenizer", "load_tokenizer"]
 
@@ -41,6 +47,18 @@ def _tokenizers_package():
     return tokenizers
 
 
+def _is_panic(e: BaseException) -> bool:
+    """Whether ``e`` is pyo3's ``PanicException``: a Rust panic, raised as a BaseException."""
+    return type(e).__name__ == "PanicException"
+
+
+def _panic_error(where: str, on: str, e: BaseException) -> TokenizerFileError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return TokenizerFileError(
+        f"{where}: the tokenizers package failed on {on} ({first}); the file's patterns may backtrack too far"
+    )
+
+
 class HFTokenizer:
     """lt's tokenizer interface over a ``tokenizers.Tokenizer`` (see :func:`load_tokenizer`)."""
 
@@ -52,7 +70,7 @@ class HFTokenizer:
     def from_file(cls, path) -> HFTokenizer:
         """The tokenizer in a ``tokenizer.json`` (a regular file of bounded size)."""
         package = _tokenizers_package()
-        data = read_bounded(Path(path), "tokenizer (tokenizer.json)", _MAX_TOKENIZER)
+        data = read_bounded(Path(path), "the tokenizer (tokenizer.json)", _MAX_TOKENIZER)
         try:
             text = data.decode("utf-8")
             return cls(package.Tokenizer.from_str(text), str(path))
@@ -60,7 +78,9 @@ class HFTokenizer:
             raise TokenizerFileError(
                 f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); expected a Hugging Face tokenizer.json"
             ) from None
-        except Exception as e:  # the Rust parser raises a plain Exception
+        except BaseException as e:  # the Rust parser raises a plain Exception, or panics
+            if not isinstance(e, Exception) and not _is_panic(e):
+                raise
             raise TokenizerFileError(f"{path}: not a tokenizer.json the `tokenizers` package can read ({e})") from None
 
     @property
@@ -78,13 +98,23 @@ class HFTokenizer:
         (e.g. a leading bos)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as e:
+            if not _is_panic(e):
+                raise
+            raise _panic_error(self.where, "this text", e) from None
         return np.array(ids, dtype=np.int32)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """The text of ``ids`` (each in ``[0, vocab_size)``, else ValueError naming the first bad one)."""
         ids = decodable_ids(ids, self.vocab_size)
-        return self._tok.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+        try:
+            return self._tok.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+        except BaseException as e:
+            if not _is_panic(e):
+                raise
+            raise _panic_error(self.where, "these ids", e) from None
 
     def save(self, path) -> None:
         """Write the tokenizer.json (Hugging Face's format) to ``path``, atomically."""
@@ -95,10 +125,9 @@ class HFTokenizer:
 
 
 def _model_type(path: Path) -> str | None:
-    config = path / "config.json"
-    if not config.exists():
+    if not (path / "config.json").exists():
         return None
-    data = read_json(config, "model config (config.json)")
+    data = read_json(model_file(path, "config.json"), "the model config (config.json)")
     return data.get("model_type") if isinstance(data, dict) else None
 
 
@@ -122,9 +151,9 @@ def load_tokenizer(path):
             and (path / merges).exists()
             and (vocab == "encoder.json" or not has_json or _model_type(path) == "gpt2")
         ):
-            return BPETokenizer.from_gpt2_files(path / vocab, path / merges)
+            return BPETokenizer.from_gpt2_files(model_file(path, vocab), model_file(path, merges))
     if has_json:
-        return HFTokenizer.from_file(path / "tokenizer.json")
+        return HFTokenizer.from_file(model_file(path, "tokenizer.json"))
     found = sorted(p.name for p in path.iterdir())
     raise FileNotFoundError(
         f"{path} has no tokenizer.json, encoder.json + vocab.bpe, or vocab.json + merges.txt (found {found})"

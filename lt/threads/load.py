@@ -4,7 +4,8 @@ keep busy (from ``/proc/stat``, less this process's own CPU time).
 lt reads the load so that a busy neighbour gets its core back: one BLAS thread that other work
 deschedules stalls the others, which spin-wait for it (a two-core training step once ran 80x
 slower). A reading costs ~20 us, so it is taken at most every half second and shared by all
-threads; where ``/proc/stat`` does not exist (not Linux) the others count as idle.
+threads; where ``/proc/stat`` does not exist (not Linux) or its first line is not the 7 counts
+expected, the others count as idle.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def _sample() -> tuple[float, float, float] | None:
     """(now, CPU seconds the machine spent busy, CPU seconds this process spent), or None."""
     try:
         with open("/proc/stat", "rb") as f:
-            fields = f.readline().split()[1:9]
+            fields = f.readline().split()
     except OSError:
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    # "cpu" then at least 7 counts (user nice system idle iowait irq softirq); anything else: no reading
+    if len(fields) < 8 or fields[0] != b"cpu" or not all(x.isdigit() for x in fields[1:8]):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
     busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
     own = resource.getrusage(resource.RUSAGE_SELF)
     return time.monotonic(), busy, own.ru_utime + own.ru_stime

@@ -6,10 +6,12 @@ import json
 import os
 from typing import Any
 
+from .. import guards
 from ..files import atomic_write_text  # noqa: F401  (re-exported for the tokenizer modules)
 
 FORMAT = "lt-tokenizer"
 VERSION = 1
+MAX_FILE = 256 * 2**20  # tokenizer files of the largest vocabularies are tens of MB; more means corrupt
 
 
 class TokenizerFileError(ValueError):
@@ -17,13 +19,15 @@ class TokenizerFileError(ValueError):
 
 
 def read_json(path, what: str = "tokenizer file"):
-    """The parsed JSON at ``path``; a missing file or invalid JSON raises naming the path."""
+    """The parsed JSON at ``path``, read by the shared guards (a regular file of at most
+    :data:`MAX_FILE` bytes: a FIFO would block); a missing file or invalid JSON raises naming the path."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        data = guards.read_bytes(path, f"a JSON {what}", MAX_FILE, error=TokenizerFileError)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise TokenizerFileError(
             f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); expected a JSON {what}"
@@ -34,6 +38,8 @@ def read_json(path, what: str = "tokenizer file"):
         raise TokenizerFileError(
             f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected a JSON {what}"
         ) from None
+    except RecursionError:
+        raise TokenizerFileError(f"{path}: JSON nested too deeply to be a {what}") from None
 
 
 def header(type_: str) -> dict:

@@ -16,8 +16,8 @@ import functools
 import json
 import os
 
-from .. import _checks
-from ._files import TokenizerFileError, atomic_write_text, read_json
+from .. import _checks, guards
+from ._files import MAX_FILE, TokenizerFileError, atomic_write_text, read_json
 
 __all__ = [
     "GPT2_PATTERN",
@@ -117,8 +117,8 @@ def read_gpt2_files(vocab_path, merges_path) -> tuple[list[bytes], list[tuple[by
 def _read_merges(path) -> list[tuple[bytes, bytes]]:
     where = os.fspath(path)
     try:
-        with open(where, encoding="utf-8") as f:
-            lines = f.read().split("\n")
+        data = guards.read_bytes(where, "GPT-2 merges (vocab.bpe / merges.txt)", MAX_FILE, error=TokenizerFileError)
+        lines = data.decode("utf-8").split("\n")  # (a regular file of bounded size: a FIFO would block)
     except FileNotFoundError:
         raise FileNotFoundError(f"GPT-2 merges file (vocab.bpe / merges.txt) not found: {where}") from None
     except UnicodeDecodeError as e:
