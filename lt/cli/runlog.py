@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import checkpoint, guards, runs
 from ..nn import GPT, PRESETS
+from .common import format_bytes
 
 __all__ = ["MAX_LOG", "read_log", "Curves", "curves", "summary", "format_summary"]
 
@@ -121,15 +122,34 @@ def _training_seconds(records: list[dict], tokens_per_step: int) -> float | None
     return seconds * (1 + untimed_steps / timed_steps) if timed_steps else seconds
 
 
+def _quantized_files(files) -> list[tuple[str, str, int]]:
+    """``(name, formats, bytes)`` of each quantized lt checkpoint in the run directory (``lt
+    quantize`` writes ``checkpoint-int8.safetensors`` and ``-int4``), by name; any other file,
+    the training checkpoint among them, is left out."""
+    found = []
+    for path in sorted(files.root.glob("*.safetensors")):
+        if path.name == files.checkpoint.name:
+            continue
+        try:
+            schemes = json.loads(checkpoint.read_metadata(path)["quantized"])
+            kinds = "+".join(sorted({f"int{scheme['bits']}" for scheme in schemes.values()}))
+            found.append((path.name, kinds, path.stat().st_size))
+        except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError):
+            continue  # not an lt checkpoint, or not a quantized one
+    return found
+
+
 def summary(root) -> dict:
     """What a run directory holds, as ``lt info --run`` prints it: model and preset, steps done
     (its checkpoint's step) of the planned, best held-out loss and its step, tokens seen,
-    training time, tokenizer, checkpoint path. Works on a run still in progress."""
+    training time, tokenizer, checkpoint path and size, the quantized checkpoints beside it.
+    Works on a run still in progress."""
     files = runs.RunFiles(root)
     settings = runs.load_settings(files)
     model = GPT(**settings.model)
     records = read_log(files.log) if files.log.is_file() else []
-    step = int(checkpoint.read_metadata(files.checkpoint)["step"]) if files.checkpoint.is_file() else None
+    meta = checkpoint.read_metadata(files.checkpoint) if files.checkpoint.is_file() else None
+    step = None if meta is None else int(meta["step"])
     tokens_per_step = settings.batch_size * settings.seq_len
     evals = [(r["eval_loss"], r["step"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
     best = min(evals) if evals else None
@@ -156,6 +176,9 @@ def summary(root) -> dict:
         "training_seconds": seconds,
         "time_budget": settings.time_budget,
         "checkpoint": str(files.checkpoint) if step is not None else None,
+        "checkpoint_bytes": None if meta is None else files.checkpoint.stat().st_size,
+        "checkpoint_has_opt_state": meta is not None and meta.get("has_opt_state") == "1",
+        "quantized": _quantized_files(files),
     }
 
 
@@ -206,6 +229,17 @@ def format_summary(s: dict) -> str:
             else f"{_duration(s['training_seconds'])} training (from the log's tokens/s; evaluation excluded)"
             + ("" if s["time_budget"] is None else f", budget {_duration(s['time_budget'])}"),
         ),
-        ("checkpoint", s["checkpoint"] or na),
+        (
+            "checkpoint",
+            na
+            if s["checkpoint"] is None
+            else f"{s['checkpoint']} ({format_bytes(s['checkpoint_bytes'])}, "
+            + ("with optimizer state)" if s["checkpoint_has_opt_state"] else "params only)"),
+        ),
+        (
+            "quantized",
+            ", ".join(f"{name} ({kinds}, {format_bytes(size)})" for name, kinds, size in s["quantized"])
+            or "none (lt quantize writes them)",
+        ),
     ]
     return "\n".join(f"{name:12} {value}" for name, value in lines)

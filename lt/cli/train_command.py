@@ -27,7 +27,8 @@ __all__ = ["cmd_train"]
 
 
 # free to differ on --resume (a run's step count is fixed in run.json once --time has sized it)
-_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "tensor_parallel", "sample_tokens", "time", "recipe"}
+_NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "tensor_parallel", "sample_tokens", "time"}
+_NOT_SETTINGS |= {"recipe", "log_every"}  # run.json holds the recipe's values; logging changes no result
 
 
 def _train_step_bytes(model: GPT, batch: int, seq: int) -> int:
@@ -111,6 +112,44 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
         raise UsageError(re.sub(r"RunSettings\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
 
 
+def _fit_schedule(args, settings: RunSettings) -> RunSettings:
+    """A new run's settings once its step count is known: the schedule spans the steps (see
+    :func:`lt.runs.make_optimizer`), and its warmup ends before the run does.
+
+    A recipe's warmup is cut to its share ``warmup_cap`` of the run (a fifth; a tenth for
+    ``finetune``; :func:`_warmup_note` says so): 200 steps of warmup would leave a 20-step run
+    far below its peak rate. An explicit ``--warmup`` is kept, and refused if the run ends first."""
+    steps = settings.steps
+    if args.warmup is not None:
+        if args.warmup >= steps:
+            how = f"--steps {steps}" if settings.time_budget is None else f"sized for --time {args.time}"
+            raise UsageError(
+                f"--warmup {args.warmup} does not end before the run's {steps} steps ({how}): the learning rate "
+                f"would never reach --lr {settings.lr:g}; give --warmup below {steps}, or leave it out "
+                "(a recipe's warmup is cut to fit the run)"
+            )
+        return attrs.evolve(settings, schedule_steps=steps)
+    share = recipe_defaults(args)["warmup_cap"]
+    cap = int(steps * share + 1e-9)
+    return attrs.evolve(settings, warmup=min(settings.warmup, cap), schedule_steps=steps)
+
+
+def _warmup_note(args, settings: RunSettings) -> str:
+    """What the run's first line adds when a new run's recipe warmup was cut to fit the run."""
+    recipe = recipe_defaults(args)
+    if args.resume or args.warmup is not None or settings.warmup >= recipe["warmup"]:
+        return ""
+    return (
+        f"; warmup {settings.warmup} steps (the recipe's {recipe['warmup']} cut to {recipe['warmup_cap']:.0%} of "
+        "the run; give --warmup to choose)"
+    )
+
+
+def _default_log_every(steps: int) -> int:
+    """Steps between log records: 50, or fewer in a run under 1,000 steps, so it has 20 records."""
+    return max(1, min(50, steps // 20))
+
+
 def _default_out(args) -> pathlib.Path:
     name = "shakespeare" if args.data is None else pathlib.Path(args.data).stem
     if args.init_hf:
@@ -157,7 +196,13 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
             f"lt train --resume keeps the run's saved settings; {'; '.join(changed)}: "
             "drop the flag or start a new run with another --out (only --steps may change)"
         )
-    return attrs.evolve(saved, steps=args.steps or saved.steps)
+    # The schedule keeps spanning the run's first steps (a run made before schedule_steps was
+    # recorded: the steps it was made with), so extending it never re-fits the rates already used.
+    return attrs.evolve(
+        saved,
+        steps=args.steps or saved.steps,
+        schedule_steps=saved.steps if saved.schedule_steps is None else saved.schedule_steps,
+    )
 
 
 def _prepare(
@@ -203,6 +248,8 @@ def _prepare(
                 settings, model=nn.config(GPT(**{**settings.model, "vocab_size": tokenizer.vocab_size}))
             )
         model = GPT(**settings.model)
+        if not args.resume and settings.time_budget is None:  # --steps: the schedule is known now
+            settings = _fit_schedule(args, settings)
         optimizer = runs.make_optimizer(settings)
         params = model.init(random.fold_in(random.key(settings.seed), "init")) if start is None else start[1]
         state = TrainState.create(params, optimizer)
@@ -216,7 +263,7 @@ def _prepare(
                 end, sizing, eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every
             )
             steps = sizing.steps
-            settings = attrs.evolve(settings, steps=steps)
+            settings = _fit_schedule(args, attrs.evolve(settings, steps=steps))
             optimizer = runs.make_optimizer(settings)  # its schedule spans the steps
             state = TrainState.create(params, optimizer)
             print(
@@ -315,7 +362,8 @@ def _train(args, world, run, optimizer, stop=None) -> int:
         ranks += f" (tensor-parallel groups of {tp})" if tp is not None else ""
         print(
             f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
-            f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}",
+            f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}"
+            f"{_warmup_note(args, settings)}",
             flush=True,
         )
     log_file = files.open_log() if world.is_root else None
@@ -339,7 +387,7 @@ def _train(args, world, run, optimizer, stop=None) -> int:
             val_tokens=run.val_ids if len(run.val_ids) else None,
             eval_every=settings.eval_every,
             eval_batches=settings.eval_batches,
-            log_every=50,
+            log_every=getattr(args, "log_every", None) or _default_log_every(settings.steps),
             checkpoint_path=files.checkpoint,
             checkpoint_every=settings.checkpoint_every,
             on_log=on_log,

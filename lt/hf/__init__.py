@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: ``from_hf(path)``, ``to_hf(model, params, path)``, tokenizers.
+"""Hugging Face checkpoints in and out: ``from_hf(path)``, ``to_hf(model, params, path, tokenizer=)``, tokenizers.
 
 A Hugging Face model directory holds ``config.json`` and ``model.safetensors`` (or shards
 named by ``model.safetensors.index.json``). Both are read with NumPy alone, through
@@ -31,6 +31,7 @@ from .. import safetensors_io
 from ..files import atomic_write_text
 from ..nn.gpt import GPT
 from . import gpt2, llama
+from . import tokenizer_export as _tokenizer_export
 from .files import HFCheckpointError, count_blocks, open_weights, read_config, read_params
 from .gpt2 import hf_name
 from .hub import resolve
@@ -125,7 +126,7 @@ def load_tokenizer(path):
     return _load_tokenizer(resolve(path))
 
 
-def to_hf(model: GPT, params, path) -> Path:
+def to_hf(model: GPT, params, path, *, tokenizer=None) -> Path:
     """Write ``model`` and ``params`` as a Hugging Face model directory at ``path``.
 
     ``config.json`` (GPT-2 for learned positions; Llama, Qwen2 or Mistral for rotary ones,
@@ -134,14 +135,32 @@ def to_hf(model: GPT, params, path) -> Path:
     only for an untied head) are each written atomically; transformers'
     ``AutoModelForCausalLM.from_pretrained(path)`` loads them. Nothing is written for a
     model the family cannot express. Returns ``path``.
+
+    ``tokenizer`` (an lt ``CharTokenizer`` or ``BPETokenizer``, GPT-2's included, or an
+    :class:`HFTokenizer`): also ``tokenizer.json`` + ``tokenizer_config.json``, with which
+    ``transformers.AutoTokenizer.from_pretrained(path)`` (and :func:`load_tokenizer`) encode
+    every text to the same ids (:mod:`lt.hf.tokenizer_export`); one that cannot be written
+    faithfully, or with more tokens than the model's vocabulary, is refused before anything is
+    written. Without it the directory has no tokenizer: write one there yourself (e.g. GPT-2's
+    ``vocab.json`` + ``merges.txt`` with ``BPETokenizer.save_gpt2_files``).
     """
     fam = _writer(model)
     fam.config_from_gpt(model)  # refuse what the family cannot express, first
     model.check_params(params)
+    tokenizer_files = None
+    if tokenizer is not None:
+        tokenizer_files = _tokenizer_export.tokenizer_files(tokenizer, model.max_seq_len)
+        if tokenizer.vocab_size > model.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size {model.vocab_size}: "
+                "ids past the embedding table; give the tokenizer the model was trained with"
+            )
     config = fam.config_from_gpt(model, model.compute_dtype(params))
     tensors = fam.tensors(model, params)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     safetensors_io.save(path / "model.safetensors", tensors, {"format": "pt"})
     atomic_write_text(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if tokenizer_files is not None:
+        _tokenizer_export.write_tokenizer(tokenizer_files, path)
     return path

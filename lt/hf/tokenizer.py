@@ -116,9 +116,13 @@ class HFTokenizer:
                 raise
             raise _panic_error(self.where, "these ids", e) from None
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (Hugging Face's format)."""
+        return self._tok.to_str()
+
     def save(self, path) -> None:
         """Write the tokenizer.json (Hugging Face's format) to ``path``, atomically."""
-        atomic_write_text(path, self._tok.to_str())
+        atomic_write_text(path, self.to_json())
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.where!r}, vocab_size={self.vocab_size})"

@@ -11,7 +11,6 @@ expected, the others count as idle.
 from __future__ import annotations
 
 import os
-import resource
 import threading
 import time
 
@@ -38,8 +37,8 @@ def _sample() -> tuple[float, float, float] | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
     busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return time.monotonic(), busy, own.ru_utime + own.ru_stime
+    own = time.process_time()  # this process's CPU time, all its threads (no `resource` on Windows)
+    return time.monotonic(), busy, own
 
 
 class _Load:
