@@ -419,11 +419,12 @@ def test_a_run_slower_than_its_warm_up_stops_within_its_budget_and_records_the_s
     assert cli.main(["train", *flags, "--time", "2s", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     planned = int(err.split(" steps fit a 2 s budget")[0].split("lt: ")[-1].replace(",", ""))
-    [deadline] = deadlines
+    [_, deadline] = deadlines  # halfway through the warmup the run measures its own pace
     done, stopped_at = deadline.last
     finish = deadline.sizing.eval_time + deadline.sizing.checkpoint_time + deadline.sizing.sample_time
-    assert 1 < done < planned
-    assert stopped_at + 3 * finish <= deadline.end < stopped_at + 3 * (deadline.sizing.step_time + finish)
+    slow = max(float(np.median(deadline.ratios)), 1.0)
+    assert 1 < done < planned and np.isclose(deadline.sizing.step_time, 0.03, rtol=0.2)  # the pace it measured
+    assert stopped_at + slow * finish <= deadline.end < stopped_at + slow * (deadline.sizing.step_time + finish)
     assert f"lt: stopped at step {done:,} of {planned:,} to keep the 2 s budget" in err
     assert f"run.json records {done:,} steps" in err
     assert json.loads((out / "run.json").read_text())["steps"] == done
@@ -517,3 +518,39 @@ def test_generate_refuses_a_checkpoint_whose_vocabulary_is_not_the_runs(tmp_path
     assert capsys.readouterr().err == (
         f"lt: error: {other} has a vocabulary of 8 tokens, the run {runs['abc']} 5: they are not from the same run\n"
     )
+
+
+def test_a_run_faster_than_its_warm_up_adds_steps_and_equals_a_run_sized_so_from_the_start(
+    tmp_path, monkeypatch, capsys
+):
+    """On a fake clock: the warm-up reads 30 ms per step, then the machine turns three times
+    faster. Halfway through the warmup (whose rates do not depend on the run's length) the run
+    measures its own pace, adds the steps that now fit, and records them in run.json; the result
+    equals, bit for bit, a run given that many ``--steps`` from the start."""
+    data = tmp_path / "data.txt"
+    data.write_text("It was the best of times, it was the worst of times.\n" * 60)
+    flags = ["--data", str(data), "--tokenizer", "char", "--preset", "tiny", "--batch-size", "4", "--seq-len", "16",
+             "--eval-every", "1000", "--checkpoint-every", "1000", "--sample-tokens", "16"]  # fmt: skip
+    clock = FakeClock(0.03)
+    monkeypatch.setattr(budget, "clock", clock)
+    real_train = cli.train_command.train
+
+    def faster_train(*a, **k):
+        clock.tick = 0.01
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(cli.train_command, "train", faster_train)
+    out = tmp_path / "run"
+    assert cli.main(["train", *flags, "--warmup", "40", "--time", "6s", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    planned = int(captured.err.split(" steps fit a 6 s budget")[0].split("lt: ")[-1].replace(",", ""))
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["steps"] == settings["schedule_steps"] > 1.5 * planned
+    assert f"{settings['steps']:,} steps fit" in captured.out
+    straight = tmp_path / "straight"
+    assert cli.main(["train", *flags, "--warmup", "40", "--steps", str(settings["steps"]), "--out", str(straight)]) == 0
+    assert json.loads((straight / "run.json").read_text())["warmup"] == settings["warmup"]
+    got, want = (lt.checkpoint.load(d / "checkpoint.safetensors") for d in (out, straight))
+    assert got.step == want.step == settings["steps"]
+    for a, b in zip(lt.tree.leaves((got.params, got.opt_state)), lt.tree.leaves((want.params, want.opt_state))):
+        np.testing.assert_array_equal(a, b)

@@ -7,7 +7,11 @@ counts from the command's start (the process's, when ``lt`` is the program) to i
 final checkpoint and sample included, and it is a promise: as the run goes, a
 :class:`Deadline` reads the clock after each step and ends the run early when one more step
 would pass it (a machine slower than during the warm-up). ``run.json`` then records the steps
-done, so that ``--resume`` finds the run complete, and resumes exactly like any other run.
+done, so that ``--resume`` finds the run complete, and resumes exactly like any other run. A
+machine faster than during the warm-up is caught halfway through the warmup
+(:func:`resize_step`): the run measures its own pace there and adds the steps that fit
+(:func:`resized`); the warmup's rates do not depend on the run's length, so the run equals one
+sized so from the start.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 from .. import data, generate, random, tree
 from ..training import due, make_train_step
 
-__all__ = ["parse_duration", "size_steps", "Sizing", "Deadline", "end_of", "program_start"]
+__all__ = ["parse_duration", "size_steps", "Sizing", "Deadline", "end_of", "program_start", "resize_step", "resized"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 # Of the budget, kept for the interpreter's exit and a last step slower than the ones before (a
@@ -115,6 +119,25 @@ def size_steps(
     left = (end - clock()) * (1 - _MARGIN) - eval_time - checkpoint_time - sample_time
     per_step = step_time + eval_time / settings.eval_every + checkpoint_time / settings.checkpoint_every
     return Sizing(max(1, int(left / per_step)), step_time, eval_time, checkpoint_time, sample_time)
+
+
+def resize_step(warmup: int, steps: int) -> int | None:
+    """The step after which a ``--time`` run measures its own pace and may add steps: halfway
+    through the warmup, whose learning rates do not depend on the run's length (so a run
+    re-sized there equals one sized so from the start). None when the warmup is too short to
+    measure over (under 20 steps)."""
+    k = min(warmup, steps) // 2
+    return k if k >= 10 else None
+
+
+def resized(sizing: Sizing, done: int, pace: float, end: float, *, eval_every: int, checkpoint_every: int) -> Sizing:
+    """``sizing`` for a run that has made ``done`` steps at ``pace`` seconds each: the steps that
+    fit before ``end`` at that pace (more or fewer than planned, so that the schedule ends with
+    the budget), with ``pace`` as the step time from now on."""
+    s = sizing._replace(step_time=pace)
+    left = (end - clock()) * (1 - _MARGIN) - s.eval_time - s.checkpoint_time - s.sample_time
+    per_step = pace + s.eval_time / eval_every + s.checkpoint_time / checkpoint_every
+    return s._replace(steps=done + max(1, int(left / per_step)))
 
 
 def end_of(started: float, budget: float) -> float:

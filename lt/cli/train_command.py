@@ -134,6 +134,15 @@ def _fit_schedule(args, settings: RunSettings) -> RunSettings:
     return attrs.evolve(settings, warmup=min(settings.warmup, cap), schedule_steps=steps)
 
 
+def _refit(args, settings: RunSettings, steps: int) -> RunSettings | None:
+    """``settings`` re-sized to ``steps`` halfway through the warmup, or None where that would
+    change a rate already used (a warmup cut differently) or nothing at all."""
+    if steps == settings.steps or (args.warmup is not None and args.warmup >= steps):
+        return None
+    refit = _fit_schedule(args, attrs.evolve(settings, steps=steps))
+    return refit if refit.warmup == settings.warmup else None
+
+
 def _warmup_note(args, settings: RunSettings) -> str:
     """What the run's first line adds when a new run's recipe warmup was cut to fit the run."""
     recipe = recipe_defaults(args)
@@ -373,27 +382,61 @@ def _train(args, world, run, optimizer, stop=None) -> int:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
 
-    start = time.perf_counter()
-    try:
-        state, _ = train(
+    def train_to(steps: int, optimizer, stop, jobs: bool = True):
+        """Train to ``steps``; without ``jobs``, no evaluation or checkpoint at its end (a pause, not an end)."""
+        return train(
             model,
             optimizer,
             state,
             run.train_ids,
-            steps=settings.steps,
+            steps=steps,
             batch_size=settings.batch_size,
             seq_len=settings.seq_len,
             rng=random.key(settings.seed),
-            val_tokens=run.val_ids if len(run.val_ids) else None,
+            val_tokens=run.val_ids if len(run.val_ids) and jobs else None,
             eval_every=settings.eval_every,
             eval_batches=settings.eval_batches,
             log_every=getattr(args, "log_every", None) or _default_log_every(settings.steps),
-            checkpoint_path=files.checkpoint,
+            checkpoint_path=files.checkpoint if jobs else None,
             checkpoint_every=settings.checkpoint_every,
             on_log=on_log,
             strategy=parallel.DataParallel(world.comm) if tp is None else parallel.TensorParallel(world.comm, tp),
             stop=stop,
+        )[0]
+
+    start = time.perf_counter()
+    try:
+        at = _budget.resize_step(settings.warmup, settings.steps)
+        pause = (
+            isinstance(stop, _budget.Deadline)  # one process, a new --time run
+            and at is not None
+            and state.step < at < min(settings.eval_every or at + 1, settings.checkpoint_every or at + 1)
         )
+        if pause and at is not None:  # no evaluation or checkpoint is due before it
+            began, first = _budget.clock(), state.step
+            state = train_to(at, optimizer, stop, jobs=False)  # the warmup's rates: the same for any run length
+            pace = (_budget.clock() - began) / max(state.step - first, 1)  # this machine's own seconds per step
+            sizing = _budget.resized(
+                stop.sizing,
+                state.step,
+                pace,
+                stop.end,
+                eval_every=settings.eval_every,
+                checkpoint_every=settings.checkpoint_every,
+            )
+            refit = _refit(args, settings, sizing.steps) if state.step == at else None
+            if refit is not None:  # the schedule ends with the budget at this machine's own pace
+                print(f"lt: at this machine's pace {refit.steps:,} steps fit (not {settings.steps:,})", flush=True)
+                settings = refit
+                runs.save_settings(files, settings)
+                optimizer = runs.make_optimizer(settings)
+            stop = _budget.Deadline(
+                stop.end,
+                sizing._replace(steps=settings.steps),
+                eval_every=settings.eval_every,
+                checkpoint_every=settings.checkpoint_every,
+            )
+        state = train_to(settings.steps, optimizer, stop)
     finally:
         if log_file:
             log_file.close()
