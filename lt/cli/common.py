@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .._version import __version__
 from ..nn import PRESETS
 
 __all__ = [
@@ -154,8 +155,6 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .._version import __version__
-
     p = _Parser(
         prog="lt",
         description="Train GPT-style models in NumPy and sample from them.",

@@ -22,6 +22,7 @@ from . import budget as _budget
 from .budget import parse_duration, size_steps
 from .common import UsageError, recipe_defaults
 from .inference import sample_text
+from .schedule import default_log_every, fit_schedule, refit, warmup_note
 
 __all__ = ["cmd_train"]
 
@@ -110,53 +111,6 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
         )
     except ValueError as e:  # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
         raise UsageError(re.sub(r"RunSettings\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
-
-
-def _fit_schedule(args, settings: RunSettings) -> RunSettings:
-    """A new run's settings once its step count is known: the schedule spans the steps (see
-    :func:`lt.runs.make_optimizer`), and its warmup ends before the run does.
-
-    A recipe's warmup is cut to its share ``warmup_cap`` of the run (a fifth; a tenth for
-    ``finetune``; :func:`_warmup_note` says so): 200 steps of warmup would leave a 20-step run
-    far below its peak rate. An explicit ``--warmup`` is kept, and refused if the run ends first."""
-    steps = settings.steps
-    if args.warmup is not None:
-        if args.warmup >= steps:
-            how = f"--steps {steps}" if settings.time_budget is None else f"sized for --time {args.time}"
-            raise UsageError(
-                f"--warmup {args.warmup} does not end before the run's {steps} steps ({how}): the learning rate "
-                f"would never reach --lr {settings.lr:g}; give --warmup below {steps}, or leave it out "
-                "(a recipe's warmup is cut to fit the run)"
-            )
-        return attrs.evolve(settings, schedule_steps=steps)
-    share = recipe_defaults(args)["warmup_cap"]
-    cap = int(steps * share + 1e-9)
-    return attrs.evolve(settings, warmup=min(settings.warmup, cap), schedule_steps=steps)
-
-
-def _refit(args, settings: RunSettings, steps: int) -> RunSettings | None:
-    """``settings`` re-sized to ``steps`` halfway through the warmup, or None where that would
-    change a rate already used (a warmup cut differently) or nothing at all."""
-    if steps == settings.steps or (args.warmup is not None and args.warmup >= steps):
-        return None
-    refit = _fit_schedule(args, attrs.evolve(settings, steps=steps))
-    return refit if refit.warmup == settings.warmup else None
-
-
-def _warmup_note(args, settings: RunSettings) -> str:
-    """What the run's first line adds when a new run's recipe warmup was cut to fit the run."""
-    recipe = recipe_defaults(args)
-    if args.resume or args.warmup is not None or settings.warmup >= recipe["warmup"]:
-        return ""
-    return (
-        f"; warmup {settings.warmup} steps (the recipe's {recipe['warmup']} cut to {recipe['warmup_cap']:.0%} of "
-        "the run; give --warmup to choose)"
-    )
-
-
-def _default_log_every(steps: int) -> int:
-    """Steps between log records: 50, or fewer in a run under 1,000 steps, so it has 20 records."""
-    return max(1, min(50, steps // 20))
 
 
 def _default_out(args) -> pathlib.Path:
@@ -258,7 +212,7 @@ def _prepare(
             )
         model = GPT(**settings.model)
         if not args.resume and settings.time_budget is None:  # --steps: the schedule is known now
-            settings = _fit_schedule(args, settings)
+            settings = fit_schedule(args, settings)
         optimizer = runs.make_optimizer(settings)
         params = model.init(random.fold_in(random.key(settings.seed), "init")) if start is None else start[1]
         state = TrainState.create(params, optimizer)
@@ -272,7 +226,7 @@ def _prepare(
                 end, sizing, eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every
             )
             steps = sizing.steps
-            settings = _fit_schedule(args, attrs.evolve(settings, steps=steps))
+            settings = fit_schedule(args, attrs.evolve(settings, steps=steps))
             optimizer = runs.make_optimizer(settings)  # its schedule spans the steps
             state = TrainState.create(params, optimizer)
             print(
@@ -372,7 +326,7 @@ def _train(args, world, run, optimizer, stop=None) -> int:
         print(
             f"{files.root}: {model.num_params():,} parameters, {run.tokenizer.vocab_size} tokens in the "
             f"vocabulary, {len(run.train_ids):,} training tokens; steps {state.step} -> {settings.steps}{ranks}"
-            f"{_warmup_note(args, settings)}",
+            f"{warmup_note(args, settings)}",
             flush=True,
         )
     log_file = files.open_log() if world.is_root else None
@@ -381,6 +335,8 @@ def _train(args, world, run, optimizer, stop=None) -> int:
         with naming(files.log):
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+
+    strategy = parallel.DataParallel(world.comm) if tp is None else parallel.TensorParallel(world.comm, tp)
 
     def train_to(steps: int, optimizer, stop, jobs: bool = True):
         """Train to ``steps``; without ``jobs``, no evaluation or checkpoint at its end (a pause, not an end)."""
@@ -396,47 +352,21 @@ def _train(args, world, run, optimizer, stop=None) -> int:
             val_tokens=run.val_ids if len(run.val_ids) and jobs else None,
             eval_every=settings.eval_every,
             eval_batches=settings.eval_batches,
-            log_every=getattr(args, "log_every", None) or _default_log_every(settings.steps),
+            log_every=getattr(args, "log_every", None) or default_log_every(settings.steps),
             checkpoint_path=files.checkpoint if jobs else None,
             checkpoint_every=settings.checkpoint_every,
             on_log=on_log,
-            strategy=parallel.DataParallel(world.comm) if tp is None else parallel.TensorParallel(world.comm, tp),
+            strategy=strategy,
             stop=stop,
         )[0]
 
     start = time.perf_counter()
     try:
-        at = _budget.resize_step(settings.warmup, settings.steps)
-        pause = (
-            isinstance(stop, _budget.Deadline)  # one process, a new --time run
-            and at is not None
-            and state.step < at < min(settings.eval_every or at + 1, settings.checkpoint_every or at + 1)
-        )
-        if pause and at is not None:  # no evaluation or checkpoint is due before it
-            began, first = _budget.clock(), state.step
-            state = train_to(at, optimizer, stop, jobs=False)  # the warmup's rates: the same for any run length
-            pace = (_budget.clock() - began) / max(state.step - first, 1)  # this machine's own seconds per step
-            sizing = _budget.resized(
-                stop.sizing,
-                state.step,
-                pace,
-                stop.end,
-                eval_every=settings.eval_every,
-                checkpoint_every=settings.checkpoint_every,
-            )
-            refit = _refit(args, settings, sizing.steps) if state.step == at else None
-            if refit is not None:  # the schedule ends with the budget at this machine's own pace
-                print(f"lt: at this machine's pace {refit.steps:,} steps fit (not {settings.steps:,})", flush=True)
-                settings = refit
-                runs.save_settings(files, settings)
-                optimizer = runs.make_optimizer(settings)
-            stop = _budget.Deadline(
-                stop.end,
-                sizing._replace(steps=settings.steps),
-                eval_every=settings.eval_every,
-                checkpoint_every=settings.checkpoint_every,
-            )
-        state = train_to(settings.steps, optimizer, stop)
+        going = True
+        if isinstance(stop, _budget.Deadline):  # one process, a new --time run: it may pause to re-size
+            state, settings, optimizer, stop, going = _pause(args, files, settings, optimizer, state, stop, train_to)
+        if going:
+            state = train_to(settings.steps, optimizer, stop)
     finally:
         if log_file:
             log_file.close()
@@ -457,6 +387,37 @@ def _train(args, world, run, optimizer, stop=None) -> int:
             atomic_write_text(files.sample, sample)
             print("--- sample ---" + sample)
     return 0
+
+
+def _pause(args, files, settings, optimizer, state, deadline: _budget.Deadline, train_to):
+    """A new ``--time`` run's pause halfway through its warmup, whose rates do not depend on the
+    run's length: train to it, measure this machine's own pace, and re-size the run (run.json,
+    the optimizer's schedule, the deadline) so that its schedule ends with the budget. Returns
+    ``(state, settings, optimizer, deadline, going)``; ``going`` is False when the clock ended
+    the run before the pause. No pause where an evaluation or checkpoint would fall before it."""
+    at = _budget.resize_step(settings.warmup, settings.steps)
+    due_first = min(settings.eval_every or settings.steps, settings.checkpoint_every or settings.steps)
+    if at is None or not state.step < at < due_first:
+        return state, settings, optimizer, deadline, True
+    began, first = _budget.clock(), state.step
+    state = train_to(at, optimizer, deadline, jobs=False)  # a pause, not an end: no evaluation or checkpoint
+    if state.step < at:  # the clock stopped it first
+        return state, settings, optimizer, deadline, False
+    pace = (_budget.clock() - began) / (at - first)  # this machine's own seconds per step
+    jobs = dict(eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every)
+    sizing = _budget.resized(deadline.sizing, at, pace, deadline.end, **jobs)
+    fitted = refit(args, settings, sizing.steps)
+    if fitted is not None:  # the schedule ends with the budget at this machine's pace
+        print(f"lt: at this machine's pace {fitted.steps:,} steps fit (not {settings.steps:,})", flush=True)
+        settings, optimizer = fitted, runs.make_optimizer(fitted)
+        runs.save_settings(files, settings)
+    return (
+        state,
+        settings,
+        optimizer,
+        _budget.Deadline(deadline.end, sizing._replace(steps=settings.steps), **jobs),
+        True,
+    )
 
 
 def _check_tensor_parallel(args, world: parallel.World) -> None:

@@ -31,10 +31,10 @@ from ..nn import GPT, Embedding, Linear, Parts
 from ..nn.attention import MultiHeadAttention
 from ..nn.module import init_params
 from . import shards
-from .collective import Group, allgather_last, allreduce
+from .collective import Group, allreduce
 from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelCrossEntropy, VocabParallelEmbedding
 
-__all__ = ["ShardedGPT", "plan", "global_grad_norm", "allgather_last"]
+__all__ = ["ShardedGPT", "plan", "global_grad_norm"]
 
 
 def _local_linear(linear: Linear, group: Group):
@@ -113,7 +113,7 @@ class ShardedGPT:
     """Rank ``group.rank``'s share of ``model`` split over ``group``: a wrapper that keeps the
     model's contract for ``init``, ``loss``, ``check_params`` and ``num_params`` (of the local
     shard), and says where it differs: ``apply`` returns this rank's vocabulary columns of the
-    logits (B, T, V_r) (join them with :func:`allgather_last`); ``generate`` is not offered."""
+    logits (B, T, V_r) (join them with ``lt.parallel.allgather_last``); ``generate`` is not offered."""
 
     model: GPT = attrs.field(validator=attrs.validators.instance_of(GPT))
     group: Group = attrs.field(validator=attrs.validators.instance_of(Group))
