@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_recipe.py                      # every candidate, 5 minutes each
     python benchmarks/sweep_recipe.py --budget 2m --only default nanogpt
+    python benchmarks/sweep_recipe.py --only default muon wsd qk-norm relu2 softcap zero-init untied speedrun
 
 Each row is one `lt train --time BUDGET ...` command (printed, so it can be rerun alone;
 seeds are fixed, and the step count it measured is in the run's run.json), run in its own
@@ -33,6 +34,16 @@ CANDIDATES = {
     "llama-char-24x64": ["--tokenizer", "char", "--seq-len", "64", "--batch-size", "24"],
     "llama-char-16x128-lr1e-3": ["--tokenizer", "char", "--lr", "1e-3", "--min-lr", "1e-4"],
     "default": [],                                            # llama-mini, BPE 512, 16 x 128, lr 2e-3
+    # The NanoGPT speedrun's techniques on the default, each alone, then together:
+    "muon": ["--optimizer", "muon"],                          # Muon (lr 0.02) for the hidden matrices
+    "wsd": ["--schedule", "wsd"],                             # warmup, stable, linear decay over the last 20%
+    "qk-norm": ["--model-option", "qk_norm=true"],
+    "relu2": ["--model-option", "activation=relu2"],          # ReLU² instead of SwiGLU
+    "softcap": ["--model-option", "logit_softcap=30"],
+    "zero-init": ["--model-option", "zero_init_projections=true"],
+    "untied": ["--model-option", "tie_embeddings=false"],
+    "speedrun": ["--optimizer", "muon", "--schedule", "wsd", "--model-option", "qk_norm=true",
+                 "--model-option", "zero_init_projections=true"],
 }
 
 

@@ -18,8 +18,9 @@ and the leaf, and leaves the previous file in place) nor loaded
 
 Quantized params (``lt.quantize``) save each quantized leaf as two tensors,
 ``params/<path>.codes`` (I8 or U8) and ``params/<path>.scales`` (the params' float dtype),
-with the schemes in the header field ``quantized`` (JSON: path -> bits, group size, axis);
-they load back bit-exactly, checked like every other tensor (scales finite and >= 0).
+with the schemes in the header field ``quantized`` (JSON: path -> bits, group size, axis, and
+``signed_scales: true`` for a leaf loaded from GGUF's Q4_0); they load back bit-exactly, checked
+like every other tensor (scales finite, and >= 0 unless signed).
 """
 
 from __future__ import annotations
@@ -240,6 +241,9 @@ def _read_checked(st, path, prefix: str, what: str, treedef, leaf_paths: list, s
     return tree.freeze(tree.unflatten(treedef, out))
 
 
+_SCHEME_KEYS = {"bits", "group_size", "axis", "signed_scales"}
+
+
 def _quantized_schemes(meta: dict, path, spec_shapes: dict) -> dict:
     """The header field ``quantized`` checked against the model's params: path -> (scheme, shape)."""
     text = meta.get("quantized")
@@ -259,8 +263,12 @@ def _quantized_schemes(meta: dict, path, spec_shapes: dict) -> dict:
             raise CheckpointError(
                 f"{path}: header field 'quantized' names {p!r}, which is not a matrix of the model's params"
             )
-        if not isinstance(scheme, dict) or set(scheme) != {"bits", "group_size", "axis"}:
-            raise CheckpointError(f"{path}: quantized scheme of {p} must be {{bits, group_size, axis}}, got {scheme!r}")
+        if not isinstance(scheme, dict) or not {"bits", "group_size", "axis"} <= set(scheme) <= _SCHEME_KEYS:
+            raise CheckpointError(
+                f"{path}: quantized scheme of {p} must be {{bits, group_size, axis}} (and optionally "
+                f"signed_scales), got {scheme!r}"
+            )
+        signed = scheme.get("signed_scales", False)
         bits, G, axis = scheme["bits"], scheme["group_size"], scheme["axis"]
         if (
             type(bits) is not int
@@ -270,12 +278,13 @@ def _quantized_schemes(meta: dict, path, spec_shapes: dict) -> dict:
             or (bits == 4 and G % 2)
             or type(axis) is not int
             or axis not in (0, 1)
+            or type(signed) is not bool
         ):
             raise CheckpointError(
                 f"{path}: quantized scheme of {p} is unusable: {scheme!r} (bits 8 or 4, "
                 "a positive group_size, even for 4 bits, axis 0 or 1)"
             )
-        out[p] = ({"bits": bits, "group_size": G, "axis": axis}, tuple(spec_shapes[p]))
+        out[p] = ({"bits": bits, "group_size": G, "axis": axis, "signed_scales": signed}, tuple(spec_shapes[p]))
     return out
 
 

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "check_overwrite", "naming"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_path", "check_overwrite", "naming"]
 
 
 @contextlib.contextmanager
@@ -52,8 +52,13 @@ def atomic_write(path, chunks: Iterable) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (fsync the folder), where the OS allows it."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -62,6 +67,30 @@ def atomic_write(path, chunks: Iterable) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path``, for a writer that opens its file by name (another
+    project's format writer): when the block ends without an error the file there is fsynced and
+    renamed over ``path``, else removed. Readers see the old file or the whole new one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(2, "No such directory", str(path))
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with naming(path):
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
 
 
 def atomic_write_text(path, text: str) -> None:

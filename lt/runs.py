@@ -31,6 +31,7 @@ import numpy as np
 from . import checkpoint, guards, optim, tokenizers
 from ._checks import any_integer, non_negative, number, one_of, positive
 from .files import atomic_write_text
+from .lora import store as lora_store
 from .nn import GPT
 
 try:
@@ -127,6 +128,15 @@ class RunSettings:
     # ``steps``, kept when ``lt train --resume --steps`` extends it; None (runs made before it was
     # recorded): ``steps``. See :func:`make_optimizer`.
     schedule_steps: int | None = attrs.field(default=None, validator=_optional(positive))
+    # The optimizer: "adamw" (AdamW at ``lr`` for every leaf) or "muon" (Muon at ``muon_lr`` for
+    # the hidden matrices, AdamW at ``lr`` for the rest); both after clipping. The schedule's
+    # shape, the same for every rate: "cosine" (warmup, then a cosine down to ``min_lr``'s share
+    # of the peak) or "wsd" (warmup, the peak, then a straight line down over the last
+    # ``decay_fraction`` of the schedule's steps). Runs made before these were recorded: AdamW, cosine.
+    optimizer: str = attrs.field(default="adamw", validator=one_of("adamw", "muon"))
+    muon_lr: float = attrs.field(default=0.02, validator=number(0, low_open=True))
+    schedule: str = attrs.field(default="cosine", validator=one_of("cosine", "wsd"))
+    decay_fraction: float = attrs.field(default=0.2, validator=number(0, 1, low_open=True))
 
 
 class RunFiles:
@@ -329,19 +339,37 @@ def load_tokenizer(files: RunFiles, settings: RunSettings):
 
 
 def make_optimizer(s: RunSettings) -> optim.GradientTransformation:
-    """Clipping then AdamW on a warmup + cosine schedule (nanoGPT's recipe).
+    """Clipping then AdamW (nanoGPT's recipe) or Muon, on a warmup + cosine (or + stable + decay)
+    schedule.
 
     The schedule spans ``s.schedule_steps`` (the run's first ``steps``): linear warmup to
-    ``lr`` over ``warmup`` steps, cosine to ``min_lr`` at step ``schedule_steps``, then
+    ``lr`` over ``warmup`` steps, down to ``min_lr`` at step ``schedule_steps``, then
     ``min_lr``. A run extended with ``--resume --steps`` therefore keeps the rates it already
     trained with, and trains the added steps at ``min_lr``: the schedule is never re-fitted to
-    the new total (which would raise the rate again from ``min_lr``, mid-run).
+    the new total (which would raise the rate again from ``min_lr``, mid-run). Muon's rate
+    follows the same shape from ``muon_lr``, ending at the same share of its peak.
     """
     total = s.steps if s.schedule_steps is None else s.schedule_steps
-    schedule = optim.warmup_cosine(s.lr, s.warmup, max(total, s.warmup + 1), end=s.min_lr)
-    return optim.chain(
-        optim.clip_by_global_norm(s.grad_clip), optim.adamw(schedule, b2=s.beta2, weight_decay=s.weight_decay)
-    )
+
+    def shape(peak: float) -> optim.Schedule:
+        end = peak * s.min_lr / s.lr
+        if s.schedule == "wsd":
+            decay = max(1, round(total * s.decay_fraction))
+            return optim.warmup_stable_decay(peak, s.warmup, max(total, s.warmup + decay), decay, end=end)
+        return optim.warmup_cosine(peak, s.warmup, max(total, s.warmup + 1), end=end)
+
+    if s.optimizer == "muon":
+        inner = optim.muon(
+            shape(s.muon_lr),
+            model=GPT(**s.model),
+            adam_learning_rate=shape(s.lr),
+            weight_decay=s.weight_decay * s.lr / s.muon_lr,  # matrices shrink by lr * weight_decay a step, as AdamW's
+            b2=s.beta2,
+            adam_weight_decay=s.weight_decay,
+        )
+    else:
+        inner = optim.adamw(shape(s.lr), b2=s.beta2, weight_decay=s.weight_decay)
+    return optim.chain(optim.clip_by_global_norm(s.grad_clip), inner)
 
 
 def save_settings(files: RunFiles, settings: RunSettings) -> None:
@@ -366,12 +394,18 @@ def load_settings(files: RunFiles) -> RunSettings:
 
 
 def load_run(root) -> tuple[RunSettings, GPT, Any, Any]:
-    """``(settings, model, params, tokenizer)`` of a trained run directory."""
+    """``(settings, model, params, tokenizer)`` of a trained run directory; of a LoRA run
+    (``lt train --lora``), the adapted model and its params: the adapters over the base they
+    record, read from its path and checked against its fingerprint (``lt.lora.store``)."""
     files = RunFiles(root)
     settings = load_settings(files)
-    if not files.checkpoint.is_file():
+    adapters = files.root / lora_store.ADAPTERS_FILE
+    if adapters.is_file():  # a LoRA run: the adapted model, its adapters joined to the base it records
+        model, params = lora_store.load_adapted(adapters)
+    elif not files.checkpoint.is_file():
         raise FileNotFoundError(f"{files.root} has no checkpoint yet ({files.checkpoint.name})")
-    model, params = checkpoint.load_model(files.checkpoint)
+    else:
+        model, params = checkpoint.load_model(files.checkpoint)
     tokenizer = load_tokenizer(files, settings)
     # A run trained from scratch has exactly its tokenizer's vocabulary; a fine-tuned checkpoint's
     # table may be padded past it (Qwen2's), but never smaller.

@@ -108,7 +108,7 @@ def test_info_lists_every_preset_with_its_parameter_count():
     (["info", "--run", "/no/such/run"], "not a run directory"),
     (["plot", "--run", "/no/such/run"], "not a run directory"),
     (["plot"], "the following arguments are required: --run"),
-    (["generate"], "or --hf DIR"), (["generate", "--run", "x", "--hf", "y"], "one of them"),
+    (["generate"], "or --hf DIR|NAME"), (["generate", "--run", "x", "--hf", "y"], "one of them"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(args, message, tmp_path):

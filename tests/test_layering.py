@@ -33,7 +33,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("built on a model", frozenset({"optim", "generate", "checkpoint", "testing"})),
     ("parallelism", frozenset({"parallel"})),
     ("training and Hugging Face", frozenset({"training", "hf"})),
+    ("fine-tuning adapters", frozenset({"lora"})),
+    ("GGUF files", frozenset({"gguf"})),
     ("run directories", frozenset({"runs"})),
+    ("serving", frozenset({"serve"})),
     ("the command", frozenset({"cli"})),
     ("python -m lt", frozenset({"__main__"})),
 )

@@ -396,11 +396,13 @@ def test_numpy_integer_bits_are_accepted():
         (["plot"], "lt: error: plot: the following arguments are required: --run"),
         (
             ["--nope"],
-            "lt: error: give a command: train, generate, quantize, eval, info, plot (lt --help says what each does)",
+            "lt: error: give a command: train, generate, quantize, eval, info, plot, export, chat, serve "
+            "(lt --help says what each does)",
         ),
         (
             ["generate"],
-            "lt: error: give --run DIR (a run of lt train) or --hf DIR|NAME (a Hugging Face model), one of them",
+            "lt: error: give --run DIR (a run of lt train), --gguf FILE or --hf DIR|NAME (a Hugging Face model), "
+            "one of them",
         ),
     ],
 )

@@ -25,9 +25,12 @@ import contextlib
 import os
 import sys
 
+from .chat_command import cmd_chat
 from .common import TRAIN_DEFAULTS, UsageError, build_parser
+from .export_command import cmd_export
 from .inference import cmd_eval, cmd_generate, cmd_info, cmd_quantize
 from .plot import cmd_plot
+from .serve_command import cmd_serve
 from .train_command import cmd_train
 
 __all__ = ["main", "build_parser", "TRAIN_DEFAULTS", "UsageError", "COMMANDS"]
@@ -39,6 +42,9 @@ COMMANDS = {
     "info": cmd_info,
     "quantize": cmd_quantize,
     "plot": cmd_plot,
+    "export": cmd_export,
+    "chat": cmd_chat,
+    "serve": cmd_serve,
 }
 
 

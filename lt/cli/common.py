@@ -41,6 +41,11 @@ NANOGPT = dict(
     eval_every=250,
     eval_batches=20,
     checkpoint_every=500,
+    optimizer="adamw",
+    muon_lr=0.02,
+    schedule="cosine",
+    decay_fraction=0.2,
+    model_option=(),  # (field, value) pairs set on the preset's lt.GPT
 )
 # `lt train`'s recipe: the winner of `python benchmarks/sweep_recipe.py` for five minutes on 2
 # cores (an Intel Xeon): llama-mini, the Llama-shaped model of mini's size, on byte-level BPE
@@ -143,6 +148,27 @@ def refuse_run_file(files, out) -> None:
             raise UsageError(f"--out {out} is the run's {what}: writing over it would {loss}; choose another --out")
 
 
+def model_option(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` as ``(field, value)``: VALUE read as JSON (true, 30, "x"), else as a string."""
+    import json
+
+    import attrs
+
+    from ..nn import GPT
+
+    field, sep, raw = text.partition("=")
+    names = [f.name for f in attrs.fields(GPT) if f.name != "parts"]
+    if not sep or field not in names:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=VALUE with FIELD one of lt.GPT's: {', '.join(names)}; got {text!r}"
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return field, value
+
+
 def _positive(kind):
     def parse(text):
         value = kind(text)
@@ -222,6 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="split the model over groups of K MPI ranks (Megatron-style), data-parallel with sharded "
         "optimizer state (ZeRO-1) across the groups; K must divide the number of ranks",
     )
+    t.add_argument(
+        "--optimizer",
+        choices=["adamw", "muon"],
+        help="AdamW for every weight (default), or Muon for the hidden matrices (orthogonalised momentum, "
+        "at --muon-lr) with AdamW at --lr for embeddings, head, norms and biases",
+    )
+    t.add_argument("--muon-lr", type=_positive(float), help="Muon's peak learning rate (default 0.02)")
+    t.add_argument(
+        "--schedule",
+        choices=["cosine", "wsd"],
+        help="after the warmup: a cosine down to --min-lr (default), or wsd: the peak rate, then a straight line "
+        "down over the last --decay-fraction of the run",
+    )
+    t.add_argument(
+        "--decay-fraction", type=_positive(float), help="wsd's share of the run spent decaying (default 0.2)"
+    )
+    t.add_argument(
+        "--model-option",
+        type=model_option,
+        action="append",
+        metavar="FIELD=VALUE",
+        help="set a field of the preset's lt.GPT, repeatable: qk_norm=true, activation=relu2, logit_softcap=30, "
+        "zero_init_projections=true, tie_embeddings=false (lt.GPT's docstring lists them)",
+    )
     t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (default 400)")
     t.add_argument(
         "--init-hf",
@@ -230,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of training a preset from scratch: a model directory, or a hub name (gpt2, org/name) "
         "read from the local Hugging Face cache, downloaded into it the first time (needs lt[hf])",
     )
+    t.add_argument(
+        "--lora",
+        type=_positive(int),
+        metavar="RANK",
+        help="with --init-hf: train LoRA adapters of this rank instead of every weight; the run holds the "
+        "adapters only (defaults then: --steps 300, --lr 1e-3, --weight-decay 0)",
+    )
+    t.add_argument("--lora-alpha", type=_positive(float), metavar="A", help="LoRA's alpha (default 2 x RANK)")
+    t.add_argument(
+        "--lora-targets",
+        metavar="LIST",
+        help="matrices to adapt, comma-separated: attn.q, attn.k, attn.v, attn.qkv, attn.proj, ffn, ffn.NAME, "
+        "PEFT's names (q_proj, c_attn, ...), attention or all-linear (default attn.q,attn.v)",
+    )
+    t.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input (default 0)")
+    t.add_argument("--quantize-base", choices=["int8", "int4"], help="with --lora: quantize the frozen base (QLoRA)")
 
     g = sub.add_parser("generate", help="continue a prompt with a trained run or a Hugging Face model")
     g.add_argument("--run", metavar="DIR", help="a run directory (lt train --out)")
@@ -238,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR|NAME",
         help="a Hugging Face model directory (gpt2, llama, qwen2, mistral), "
         "or a hub name such as gpt2 (downloaded once into the hub cache; needs lt[hf])",
+    )
+    g.add_argument(
+        "--gguf",
+        metavar="FILE",
+        help="a GGUF file (llama.cpp's gpt2, llama, qwen2; F32/F16/BF16, Q8_0 and Q4_0 load as they are, "
+        "other types dequantized with lt[gguf]) whose tokenizer lt runs (lt export --gguf writes one)",
     )
     g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     g.add_argument(
@@ -307,4 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--run", required=True, metavar="DIR")
     pl.add_argument("--out", metavar="FILE", help="default DIR/curves.png")
     pl.add_argument("--force", action="store_true", help="replace an existing --out that is not a plot lt wrote")
+
+    from .export_command import add_export_parser  # at call time: it imports this module
+
+    add_export_parser(sub)
+
+    from .chat_command import add_chat_parser  # at call time: they import this module
+    from .serve_command import add_serve_parser
+
+    add_chat_parser(sub)
+    add_serve_parser(sub)
     return p

@@ -53,11 +53,18 @@ def sample_text(model, params, tokenizer, prompt, n, temperature, top_k, top_p, 
 
 
 def _load_for_inference(args):
-    """``(model, params, tokenizer)`` of ``--run`` (from ``--checkpoint`` if given) or ``--hf``,
-    ``--quantize``d if asked."""
-    if (args.run is None) == (args.hf is None):
-        raise UsageError("give --run DIR (a run of lt train) or --hf DIR|NAME (a Hugging Face model), one of them")
-    if args.hf is not None:
+    """``(model, params, tokenizer)`` of ``--run`` (from ``--checkpoint`` if given), ``--hf`` or
+    ``--gguf``, ``--quantize``d if asked."""
+    gguf_file = getattr(args, "gguf", None)
+    if sum(x is not None for x in (args.run, args.hf, gguf_file)) != 1:
+        raise UsageError(
+            "give --run DIR (a run of lt train), --gguf FILE or --hf DIR|NAME (a Hugging Face model), one of them"
+        )
+    if gguf_file is not None:
+        if args.checkpoint:
+            raise UsageError("--checkpoint goes with --run, not --gguf")
+        model, params, tokenizer = _load_gguf(gguf_file)
+    elif args.hf is not None:
         if args.checkpoint:
             raise UsageError("--checkpoint goes with --run, not --hf")
         from .. import hf
@@ -73,6 +80,24 @@ def _load_for_inference(args):
                 f"({quant.describe(params)}); drop --quantize"
             )
         params = quant.quantize(params, bits=int(args.quantize[3:]), model=model)
+    return model, params, tokenizer
+
+
+def _load_gguf(path):
+    """``(model, params, tokenizer)`` of a GGUF file, its notes printed; a tokenizer lt cannot run is an error."""
+    import warnings
+
+    from .. import gguf
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gguf.GGUFWarning)
+        model, params, tokenizer = gguf.load(path)
+    for w in caught:
+        if tokenizer is not None or "no tokenizer" not in str(w.message):
+            print(f"note: {w.message}", file=sys.stderr)
+    if tokenizer is None:
+        why = next((str(w.message) for w in caught if "no tokenizer" in str(w.message)), f"{path}: no tokenizer")
+        raise UsageError(why)
     return model, params, tokenizer
 
 

@@ -22,6 +22,7 @@ from . import budget as _budget
 from .budget import parse_duration, size_steps
 from .common import UsageError, recipe_defaults
 from .inference import sample_text
+from .lora_run import check_lora_flags, cmd_train_lora
 from .schedule import default_log_every, fit_schedule, refit, warmup_note
 
 __all__ = ["cmd_train"]
@@ -30,6 +31,8 @@ __all__ = ["cmd_train"]
 # free to differ on --resume (a run's step count is fixed in run.json once --time has sized it)
 _NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "tensor_parallel", "sample_tokens", "time"}
 _NOT_SETTINGS |= {"recipe", "log_every"}  # run.json holds the recipe's values; logging changes no result
+# lt.GPT fields a run's --model-option usually sets on its preset (the speedrun's options)
+_OPTION_FIELDS = ("qk_norm", "logit_softcap", "zero_init_projections", "activation", "tie_embeddings")
 
 
 def _train_step_bytes(model: GPT, batch: int, seq: int) -> int:
@@ -67,7 +70,9 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
         raise UsageError(str(e)) from None
     if start is not None:
         given = [
-            f"--{f.replace('_', '-')}" for f in ("preset", "tokenizer", "vocab_size") if getattr(args, f) is not None
+            f"--{f.replace('_', '-')}"
+            for f in ("preset", "tokenizer", "vocab_size", "model_option")
+            if getattr(args, f, None) is not None
         ]
         if given:
             raise UsageError(
@@ -86,7 +91,8 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
     try:
         if start is None:
             # The context is the training window: positions past it would never have been trained.
-            model = GPT.preset(v["preset"], max_seq_len=v["seq_len"], dropout=v["dropout"])
+            options = dict(v["model_option"])
+            model = GPT.preset(v["preset"], **{"max_seq_len": v["seq_len"], "dropout": v["dropout"], **options})
         else:  # a checkpoint's context is its own (its positions were trained)
             model = attrs.evolve(start, dropout=v["dropout"])
         return RunSettings(
@@ -108,8 +114,12 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
             eval_every=v["eval_every"],
             eval_batches=v["eval_batches"],
             checkpoint_every=v["checkpoint_every"],
+            optimizer=v["optimizer"],
+            muon_lr=v["muon_lr"],
+            schedule=v["schedule"],
+            decay_fraction=v["decay_fraction"],
         )
-    except ValueError as e:  # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
+    except (ValueError, TypeError) as e:  # "RunSettings.min_lr must be ..." -> "--min-lr must be ..."
         raise UsageError(re.sub(r"RunSettings\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
 
 
@@ -120,11 +130,14 @@ def _default_out(args) -> pathlib.Path:
     return pathlib.Path("runs") / f"{name}-{args.tokenizer or recipe_defaults(args)['tokenizer']}"
 
 
-def _saved_flag(flag: str, saved: RunSettings, tokenizer):
+def _saved_flag(flag: str, saved: RunSettings, tokenizer, given=None):
     """The value of ``--flag`` that the saved run was made with (what the flag's own parse gives)."""
     model = GPT(**saved.model)
+    if flag == "model_option":  # the given fields, with the run's model's values
+        return [(field, getattr(model, field)) for field, _ in given]
     if flag == "preset":  # the preset whose layers, heads and widths the model has
         fixed = dict(vocab_size=model.vocab_size, max_seq_len=model.max_seq_len, dropout=model.dropout)
+        fixed |= {f: getattr(model, f) for f in _OPTION_FIELDS}  # what --model-option may have set
         return next((name for name in PRESETS if GPT.preset(name, **fixed) == model), "a custom model")
     if flag == "dropout":
         return model.dropout
@@ -150,7 +163,7 @@ def _check_resume_flags(args, saved: RunSettings, tokenizer) -> RunSettings:
         given.pop("vocab_size", None)  # a char run ignores --vocab-size, as when it was made
     changed = []
     for flag, value in sorted(given.items()):
-        was = _saved_flag(flag, saved, tokenizer)
+        was = _saved_flag(flag, saved, tokenizer, value)
         same = _same_path(str(value), was) if flag in ("data", "init_hf") else value == was
         if not same:
             changed.append(f"--{flag.replace('_', '-')} {value} (the run has {was})")
@@ -305,6 +318,10 @@ def _stopper(args, world: parallel.World, run: Run, deadline: _budget.Deadline |
 
 def cmd_train(args) -> int:
     started = _command_start()  # a --time budget counts from here
+    out = args.out or _default_out(args)
+    check_lora_flags(args, out)
+    if args.lora is not None:  # adapters over a frozen base: lora_run
+        return cmd_train_lora(args, _settings, out)
     tune_malloc()
     world = _world(args.mpi)
     _check_tensor_parallel(args, world)  # before the run directory is made

@@ -122,6 +122,8 @@ _GPT2_ONLY = (
     ("bias", True, "biases on every Linear (bias=True)"),
     ("qkv_bias", (None, True), "biases on q, k, v (qkv_bias=None or True)"),
     ("sliding_window", None, "full causal attention (sliding_window=None)"),
+    ("qk_norm", False, "queries and keys as projected (qk_norm=False)"),
+    ("logit_softcap", (None,), "logits without a cap (logit_softcap=None)"),
 )
 
 

@@ -289,6 +289,16 @@ def family(model: GPT) -> str:
                 f"GPT.{field}={_setting(model, field)!r} cannot be written as Llama, Qwen2 "
                 f"or Mistral, which need {field}={value!r}"
             )
+    options: tuple[tuple[str, object, str], ...] = (
+        ("qk_norm", False, "normalised queries and keys"),
+        ("logit_softcap", None, "capped logits"),
+    )
+    for option, plain, what in options:
+        if _setting(model, option, plain) != plain:
+            raise ValueError(
+                f"GPT.{option}={_setting(model, option)!r} cannot be written as Llama, Qwen2 or Mistral, "
+                f"which have no {what} ({option}={plain!r})"
+            )
     bias = _setting(model, "bias", True)
     qkv_bias = bias if _setting(model, "qkv_bias") is None else _setting(model, "qkv_bias")
     window = _setting(model, "sliding_window")
@@ -375,7 +385,7 @@ def sources(model: GPT):
 
     def source(lt_path: str) -> Source:
         decl = decls[lt_path]
-        shape, transpose = decl.shape, decl.role == "weight"
+        shape, transpose = decl.shape, decl.role in ("weight", "head")
         stored = shape[::-1] if transpose else shape
         if lt_path in _TOP:
             return Source(((_TOP[lt_path], stored),), transpose)

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..files import atomic_write_text
 from ..tokenizers import BPETokenizer, TokenizerFileError, decodable_ids
+from .chat_template import load_chat_template
 from .files import model_file, read_bounded, read_json
 
 __all__ = ["HFTokenizer", "load_tokenizer"]
@@ -62,9 +63,10 @@ def _panic_error(where: str, on: str, e: BaseException) -> TokenizerFileError:
 class HFTokenizer:
     """lt's tokenizer interface over a ``tokenizers.Tokenizer`` (see :func:`load_tokenizer`)."""
 
-    def __init__(self, tokenizer, where: str = "tokenizer"):
+    def __init__(self, tokenizer, where: str = "tokenizer", chat_template=None):
         self._tok = tokenizer
         self.where = where
+        self.chat_template = chat_template  # a ChatTemplate (lt.hf.chat_template) or None
 
     @classmethod
     def from_file(cls, path) -> HFTokenizer:
@@ -116,6 +118,17 @@ class HFTokenizer:
                 raise
             raise _panic_error(self.where, "these ids", e) from None
 
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tokenize: bool = True, **extra):
+        """``messages`` rendered by the model's chat template (see :mod:`lt.hf.chat_template`):
+        the prompt's ids (int32), or its text with ``tokenize=False``."""
+        if self.chat_template is None:
+            raise ValueError(
+                f"{self.where}: this tokenizer has no chat template (tokenizer_config.json has no "
+                "chat_template); give one, e.g. lt chat --chat-template FILE"
+            )
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+        return self.encode(text) if tokenize else text
+
     def to_json(self) -> str:
         """The tokenizer.json text (Hugging Face's format)."""
         return self._tok.to_str()
@@ -157,7 +170,9 @@ def load_tokenizer(path):
         ):
             return BPETokenizer.from_gpt2_files(model_file(path, vocab), model_file(path, merges))
     if has_json:
-        return HFTokenizer.from_file(model_file(path, "tokenizer.json"))
+        tokenizer = HFTokenizer.from_file(model_file(path, "tokenizer.json"))
+        tokenizer.chat_template = load_chat_template(path)
+        return tokenizer
     found = sorted(p.name for p in path.iterdir())
     raise FileNotFoundError(
         f"{path} has no tokenizer.json, encoder.json + vocab.bpe, or vocab.json + merges.txt (found {found})"

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _checks, ops, random, threads
 from .._checks import positive, probability
-from .layers import Linear, dropout
+from .layers import Linear, RMSNorm, dropout
 from .module import Module, Parts, Split, part
 from .rotary import RotaryEmbedding
 
@@ -110,6 +110,9 @@ class MultiHeadAttention(Module):
     Hkv = ``num_kv_heads`` < H, each key/value head serves H / Hkv consecutive query heads
     (grouped-query attention). ``head_dim`` d defaults to D / H. ``qkv`` may be cut by its
     heads' columns and ``proj`` by their rows (tensor parallelism deals heads among ranks).
+    With ``qk_norm``, each head's queries and keys are RMS-normalised over d (a learned scale
+    (d,) each, ``q_norm`` and ``k_norm``) before the rotation: attention logits stay bounded
+    (OLMo 2, Qwen3 and the NanoGPT speedrun do this).
     """
 
     hidden_dim: int = attrs.field(validator=positive)
@@ -125,6 +128,8 @@ class MultiHeadAttention(Module):
         validator=positive,
         kw_only=True,
     )
+    qk_norm: bool = attrs.field(default=False, kw_only=True)
+    norm_eps: float = attrs.field(default=1e-6, kw_only=True)
     parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     def __attrs_post_init__(self):
@@ -161,14 +166,23 @@ class MultiHeadAttention(Module):
         split = Split(0, (self.num_heads,), self.head_dim)
         return Linear(self.widths[0], self.hidden_dim, bias=self.out_bias, init_std=self.out_init_std, split=split)
 
-    def spec(self):
-        return {"qkv": self.qkv.spec(), "proj": self.proj.spec()}
+    @functools.cached_property
+    def head_norm(self) -> RMSNorm:
+        """The RMS norm of one head's queries or keys (over d), with ``qk_norm``."""
+        return RMSNorm(self.head_dim, self.norm_eps)
 
-    def project_qkv(self, params, query, key, value):
-        """Queries (B, H, T, d), keys and values (B, Hkv, S, d)."""
+    def spec(self):
+        spec = {"qkv": self.qkv.spec(), "proj": self.proj.spec()}
+        if self.qk_norm:
+            spec["q_norm"] = spec["k_norm"] = self.head_norm.spec()
+        return spec
+
+    def project_qkv(self, params, query, key, value, *, rng=None):
+        """Queries (B, H, T, d), keys and values (B, Hkv, S, d); ``rng`` is handed to the
+        projection (a plain Linear ignores it; a part swapped in from outside may use it)."""
         nq, nk, _ = self.widths
         if query is key and key is value:
-            qkv = self.qkv.apply(params["qkv"], query)  # (B, T, (H + 2 Hkv) d)
+            qkv = self.qkv.apply(params["qkv"], query, rng=random.fold_in(rng, "qkv"))  # (B, T, (H + 2 Hkv) d)
             q, k, v = ops.split(qkv, [nq, nq + nk], axis=-1)
         else:  # each from its column block
             q, k, v = (
@@ -205,7 +219,9 @@ class MultiHeadAttention(Module):
         With ``rope``, queries and keys are rotated by ``positions`` (B, T) before the hook,
         so a cache holds rotated keys (``rotary``: their precomputed ``rope.angles``).
         """
-        q, k, v = self.project_qkv(params, query, key, value)
+        q, k, v = self.project_qkv(params, query, key, value, rng=rng)
+        if self.qk_norm:  # (B, H, T, d) and (B, Hkv, S, d), normalised over d
+            q, k = self.head_norm.apply(params["q_norm"], q), self.head_norm.apply(params["k_norm"], k)
         if self.rope is not None:
             angles = rotary if rotary is not None else self.rope.angles(positions, q.dtype)
             q, k = self.rope.apply({}, q, positions, angles=angles), self.rope.apply({}, k, positions, angles=angles)
@@ -219,7 +235,7 @@ class MultiHeadAttention(Module):
         )
         out, weights = out if return_weights else (out, None)
         out, weights = self._ungrouped(out), None if weights is None else self._ungrouped(weights)
-        y = self.proj.apply(params["proj"], merge_heads(out))  # (B, T, D)
+        y = self.proj.apply(params["proj"], merge_heads(out), rng=random.fold_in(rng, "proj"))  # (B, T, D)
         y = dropout(y, self.dropout, random.fold_in(rng, "resid"))
         return (y, weights) if return_weights else y
 

@@ -2,19 +2,25 @@
 
 Shapes: ... any leading axes, D hidden (``dim``), F the inner width (``ffn_dim``). Hugging
 Face's Llama names in brackets. The first matrices (D, F) may be cut by their columns and
-the last (F, D) by its rows: F hidden units that tensor parallelism deals among ranks.
+the last (F, D) by its rows: F hidden units that tensor parallelism deals among ranks. Each
+Linear is handed a key of its own (``fold_in(rng, name)``): a plain one ignores it, a part
+swapped in from outside (``lt.lora``'s adapter dropout) may use it.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from .. import ops
+from .. import ops, random
 from .._checks import one_of, positive, probability
 from .layers import Linear, dropout
 from .module import Module, Parts, Split, part
 
 __all__ = ["FeedForward", "GatedFeedForward"]
+
+
+# The feed-forward's activations: GPT-2's tanh GELU, ReLU, and ReLU² (the NanoGPT speedrun's).
+_ACTIVATIONS = {"gelu": ops.gelu, "relu": ops.relu, "relu2": ops.relu_squared}
 
 
 @attrs.frozen
@@ -23,7 +29,7 @@ class FeedForward(Module):
 
     dim: int = attrs.field(validator=positive)
     ffn_dim: int = attrs.field(validator=positive)
-    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu"))
+    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu", "relu2"))
     dropout: float = attrs.field(default=0.0, validator=probability)
     out_init_std: float = 0.02
     bias: bool = True
@@ -43,9 +49,10 @@ class FeedForward(Module):
 
     def apply(self, params, x, *, rng=None):
         """(..., D) -> (..., F) -> (..., D)."""
-        h = self.fc.apply(params["fc"], x)  # (..., F)
-        h = ops.gelu(h) if self.activation == "gelu" else ops.relu(h)
-        return dropout(self.proj.apply(params["proj"], h), self.dropout, rng)  # (..., D)
+        h = self.fc.apply(params["fc"], x, rng=random.fold_in(rng, "fc"))  # (..., F)
+        h = _ACTIVATIONS[self.activation](h)
+        y = self.proj.apply(params["proj"], h, rng=random.fold_in(rng, "proj"))
+        return dropout(y, self.dropout, rng)  # (..., D)
 
 
 @attrs.frozen
@@ -76,5 +83,6 @@ class GatedFeedForward(Module):
 
     def apply(self, params, x, *, rng=None):
         """(..., D) -> (..., D)."""
-        h = ops.swiglu(self.gate.apply(params["gate"], x), self.up.apply(params["up"], x))  # (..., F)
-        return dropout(self.down.apply(params["down"], h), self.dropout, rng)
+        gate = self.gate.apply(params["gate"], x, rng=random.fold_in(rng, "gate"))
+        h = ops.swiglu(gate, self.up.apply(params["up"], x, rng=random.fold_in(rng, "up")))  # (..., F)
+        return dropout(self.down.apply(params["down"], h, rng=random.fold_in(rng, "down")), self.dropout, rng)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
-from .. import _checks, random, threads
+from .. import _checks, ops, random, threads
 from .._checks import number, one_of, positive, probability
 from .layers import (
     CrossEntropy,
@@ -64,6 +64,11 @@ class GPT(Module):
     attention); the Llama family is a setting of the same fields (``norm="rms"``,
     ``positional="rope"``, ``activation="swiglu"``, ``num_kv_heads``, ``bias=False``;
     Qwen2 adds ``qkv_bias=True``, Mistral ``sliding_window``), run by the same forward.
+
+    Options from the NanoGPT speedrun, off by default: ``qk_norm`` (RMS norm of each head's
+    queries and keys), ``activation="relu2"`` (ReLU² feed-forward), ``logit_softcap`` c
+    (logits ``c · tanh(logits / c)``), ``zero_init_projections`` (the attention and
+    feed-forward output projections start at zero, so every block starts as the identity).
     """
 
     vocab_size: int = attrs.field(validator=positive)
@@ -77,7 +82,7 @@ class GPT(Module):
     dropout: float = attrs.field(default=0.0, validator=probability)
     tie_embeddings: bool = True
     positional: str = attrs.field(default="learned", validator=one_of("learned", "sinusoidal", "rope"))
-    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu", "swiglu"))
+    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu", "relu2", "swiglu"))
     layer_norm_eps: float = attrs.field(default=1e-5, validator=number(0, low_open=True))
     norm: str = attrs.field(default="layer", validator=one_of("layer", "rms"))
     num_kv_heads: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
@@ -88,6 +93,11 @@ class GPT(Module):
     rope_theta: float = attrs.field(default=10000.0, validator=number(0, low_open=True))
     rope_scaling: RopeScaling | None = attrs.field(default=None, converter=_rope_scaling)
     sliding_window: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
+    qk_norm: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    logit_softcap: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(number(0, low_open=True))
+    )
+    zero_init_projections: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     def __attrs_post_init__(self):
@@ -161,13 +171,14 @@ class GPT(Module):
             self.ffn_dim,
             self.dropout,
             self.activation,
-            0.02 / math.sqrt(2 * self.num_layers),
+            0.0 if self.zero_init_projections else 0.02 / math.sqrt(2 * self.num_layers),
             self.layer_norm_eps,
             norm=self.norm,
             num_kv_heads=self.num_kv_heads,
             bias=self.bias,
             qkv_bias=self.qkv_bias,
             rope=rope,
+            qk_norm=self.qk_norm,
         )
 
     @functools.cached_property
@@ -179,7 +190,7 @@ class GPT(Module):
         """The untied LM head (D, V); None when the head is the token table (tied)."""
         if self.tie_embeddings:
             return None
-        return Linear(self.hidden_dim, self.vocab_size, bias=False, split=Split(1, (self.vocab_size,)))
+        return Linear(self.hidden_dim, self.vocab_size, bias=False, split=Split(1, (self.vocab_size,)), role="head")
 
     @part
     def criterion(self) -> CrossEntropy:
@@ -244,11 +255,11 @@ class GPT(Module):
         return self.embed_dropout.apply({}, x, rng=rng)
 
     def logits(self, params, h):
-        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``."""
+        """Final norm and LM head: (..., D) -> (..., V); the tied head is ``h @ wte.T``; soft-capped
+        with ``logit_softcap``."""
         h = self.ln_f.apply(params["ln_f"], h)
-        if self.head is None:
-            return self.wte.attend(params["wte"], h)
-        return self.head.apply(params["head"], h)
+        logits = self.wte.attend(params["wte"], h) if self.head is None else self.head.apply(params["head"], h)
+        return logits if self.logit_softcap is None else ops.softcap(logits, self.logit_softcap)
 
     @threads.adaptive  # BLAS threads: the free cores, decided per call
     def forward(

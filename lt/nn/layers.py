@@ -36,16 +36,18 @@ class Linear(Module):
 
     ``split`` declares where tensor parallelism may cut ``w``: its columns (axis 1, a
     column-parallel layer, whose bias is cut alike) or its rows (axis 0, row-parallel, whose
-    bias every rank holds whole); None: never cut."""
+    bias every rank holds whole); None: never cut. ``role`` is ``w``'s: ``"weight"``, or
+    ``"head"`` for the LM head."""
 
     in_dim: int = attrs.field(validator=positive)
     out_dim: int = attrs.field(validator=positive)
     bias: bool = True
     init_std: float = 0.02
     split: Split | None = attrs.field(default=None, kw_only=True)
+    role: str = attrs.field(default="weight", kw_only=True, validator=attrs.validators.in_(("weight", "head")))
 
     def spec(self):
-        spec = {"w": Param((self.in_dim, self.out_dim), "normal", self.init_std, role="weight", split=self.split)}
+        spec = {"w": Param((self.in_dim, self.out_dim), "normal", self.init_std, role=self.role, split=self.split)}
         if self.bias:
             columns = self.split is not None and self.split.axis == 1
             bias_split = attrs.evolve(self.split, axis=0) if columns else None

@@ -14,7 +14,7 @@ __all__ = ["decay_mask"]
 
 # Roles whose leaves weight decay shrinks: the matrices and tables (nanoGPT's choice: embeddings
 # decay too), never a norm's scale or a bias.
-DECAYED_ROLES = ("weight", "table", "positions")
+DECAYED_ROLES = ("weight", "head", "table", "positions")
 
 
 def decay_mask(model):

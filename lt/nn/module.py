@@ -42,10 +42,11 @@ __all__ = [
 PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-# What a leaf is. "weight": a linear map stored (in, out), ``x @ w``; "table": rows looked up by
-# integer id (a token embedding, and the tied LM head ``h @ table.T``); "positions": a learned
-# table looked up by position; "scale": a norm's per-feature gain; "bias": added to an output.
-ROLES = ("weight", "table", "positions", "scale", "bias")
+# What a leaf is. "weight": a hidden linear map stored (in, out), ``x @ w``; "head": the untied LM
+# head, a linear map (in, out) to the vocabulary's logits (Muon leaves it to AdamW); "table": rows
+# looked up by integer id (a token embedding, and the tied LM head ``h @ table.T``); "positions": a
+# learned table looked up by position; "scale": a norm's per-feature gain; "bias": added to an output.
+ROLES = ("weight", "head", "table", "positions", "scale", "bias")
 
 
 @attrs.frozen
@@ -90,7 +91,7 @@ class Param:
             )
 
     def sample(self, rng: random.Key, dtype) -> np.ndarray:
-        if self.init == "zeros":
+        if self.init == "zeros" or self.std == 0:  # a normal of std 0 is exact zeros (not -0.0)
             return np.zeros(self.shape, dtype)
         if self.init == "ones":
             return np.ones(self.shape, dtype)

@@ -34,13 +34,14 @@ def make_norm(kind: str, dim: int, eps: float) -> LayerNorm | RMSNorm:
 class TransformerBlock(Module):
     """Pre-norm block. ``out_init_std`` is the init std of the two residual projections
     (GPT-2 scales it by ``1/sqrt(2 * num_layers)``). ``bias`` puts biases on every linear
-    layer; ``qkv_bias`` (None: as ``bias``) on the query/key/value projection alone."""
+    layer; ``qkv_bias`` (None: as ``bias``) on the query/key/value projection alone; ``qk_norm``
+    RMS-normalises each head's queries and keys (with ``layer_norm_eps``)."""
 
     hidden_dim: int = attrs.field(validator=positive)
     num_heads: int = attrs.field(validator=positive)
     ffn_dim: int = attrs.field(validator=positive)
     dropout: float = attrs.field(default=0.0, validator=probability)
-    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu", "swiglu"))
+    activation: str = attrs.field(default="gelu", validator=one_of("gelu", "relu", "relu2", "swiglu"))
     out_init_std: float = 0.02
     layer_norm_eps: float = 1e-5
     norm: str = attrs.field(default="layer", validator=one_of("layer", "rms"))
@@ -48,6 +49,7 @@ class TransformerBlock(Module):
     bias: bool = True
     qkv_bias: bool | None = None
     rope: RotaryEmbedding | None = None
+    qk_norm: bool = attrs.field(default=False, kw_only=True)
     parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     @functools.cached_property
@@ -66,6 +68,8 @@ class TransformerBlock(Module):
             qkv_bias=qkv_bias,
             out_bias=self.bias,
             rope=self.rope,
+            qk_norm=self.qk_norm,
+            norm_eps=self.layer_norm_eps,
         )
 
     @part

@@ -38,7 +38,7 @@ from .basic import (
     unbroadcast,
 )
 from .blockwise import attention_kernel, blockwise_attention, dot_product_attention
-from .elementwise import dropout, gelu, relu
+from .elementwise import dropout, gelu, relu, relu_squared, softcap
 from .embedding import embedding, unembed
 from .gated import swiglu
 from .loss import cross_entropy
@@ -70,6 +70,8 @@ __all__ = [
     "layer_norm",
     "gelu",
     "relu",
+    "relu_squared",
+    "softcap",
     "softmax",
     "log_softmax",
     "attention",

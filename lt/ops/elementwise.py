@@ -81,6 +81,40 @@ def _relu_vjp(y, g):
     return (g * (y > 0),)
 
 
+@primitive
+def relu_squared(x):
+    """``max(x, 0)²`` (the speedrun's feed-forward activation); the VJP is ``2 g max(x, 0)``."""
+    r = np.maximum(x, 0)
+    return r * r, r
+
+
+@relu_squared.defvjp
+def _relu_squared_vjp(r, g):
+    d = g * r
+    d *= d.dtype.type(2)
+    return (d,)
+
+
+@primitive
+def softcap(x, cap):
+    """``cap · tanh(x / cap)``: logits squashed smoothly into (-cap, cap) (Gemma 2's soft-capping).
+    The VJP reuses the output ``y``: ``g (1 - (y / cap)²)``."""
+    c = x.dtype.type(cap)
+    y = np.tanh(x / c)
+    y *= c
+    return y, (y, c)
+
+
+@softcap.defvjp
+def _softcap_vjp(res, g):
+    y, c = res
+    t = y / c
+    np.multiply(t, t, out=t)
+    np.subtract(1, t, out=t)
+    t *= g
+    return (t, None)
+
+
 # ----------------------------------------------------------------- dropout
 
 

@@ -1,7 +1,17 @@
 """Optimizers and schedules in optax's vocabulary: each optimizer an ``(init, update)`` pair
 of pure functions over immutable trees."""
 
-from .schedules import Schedule, as_schedule, constant, cosine_decay, linear_warmup, warmup_cosine
+from .muon import NS_COEFFICIENTS, MuonState, muon, muon_labels, newton_schulz, scale_by_muon
+from .partition import add_decayed_weights, partition, scale_by_learning_rate
+from .schedules import (
+    Schedule,
+    as_schedule,
+    constant,
+    cosine_decay,
+    linear_warmup,
+    warmup_cosine,
+    warmup_stable_decay,
+)
 from .transforms import (
     AdamState,
     EmptyState,
@@ -39,5 +49,15 @@ __all__ = [
     "linear_warmup",
     "cosine_decay",
     "warmup_cosine",
+    "warmup_stable_decay",
     "as_schedule",
+    "partition",
+    "scale_by_learning_rate",
+    "add_decayed_weights",
+    "muon",
+    "scale_by_muon",
+    "muon_labels",
+    "newton_schulz",
+    "MuonState",
+    "NS_COEFFICIENTS",
 ]

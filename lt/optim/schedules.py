@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 from .._checks import integer, real
 
-__all__ = ["Schedule", "constant", "linear_warmup", "cosine_decay", "warmup_cosine", "as_schedule"]
+__all__ = [
+    "Schedule",
+    "constant",
+    "linear_warmup",
+    "cosine_decay",
+    "warmup_cosine",
+    "warmup_stable_decay",
+    "as_schedule",
+]
 
 Schedule = Callable[[int], float]
 
@@ -58,6 +66,30 @@ def warmup_cosine(peak: float, warmup: int, total: int, end: float = 0.0) -> Sch
     integer(total, "total", warmup + 1, hint=f" (it counts the {warmup} warmup steps too)")
     ramp, decay = linear_warmup(peak, warmup), cosine_decay(peak, total - warmup, end)
     return lambda step: ramp(step) if step < warmup else decay(step - warmup)
+
+
+def warmup_stable_decay(peak: float, warmup: int, total: int, decay: int, end: float = 0.0) -> Schedule:
+    """Warmup–stable–decay (a trapezoid): linear warmup to ``peak`` over ``warmup`` steps, ``peak``
+    until the last ``decay`` steps, then a straight line down to ``end`` at step ``total``.
+
+    ``total`` counts every step, warmup included. Until the decay begins, the rates do not
+    depend on ``total``: a run can be lengthened (or its budget re-sized) while it is stable,
+    and only the decay, taken at the end, needs to know where the end is.
+    """
+    integer(warmup, "warmup", 0)
+    integer(decay, "decay", 1)
+    integer(total, "total", warmup + decay, hint=f" (it counts the {warmup} warmup and {decay} decay steps)")
+    real(end, "end", 0)
+    ramp, start = linear_warmup(peak, warmup), total - decay
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return ramp(step)
+        if step <= start:  # the decay's first step is still at the peak
+            return float(peak)
+        return end + (peak - end) * max(total - step, 0) / decay
+
+    return schedule
 
 
 def as_schedule(learning_rate) -> Schedule:

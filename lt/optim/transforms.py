@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -317,8 +317,8 @@ def current_learning_rate(state) -> float | None:
     (Named apart from the ``learning_rate`` argument that every optimizer takes.)"""
     if isinstance(state, ScheduleState):
         return float(state.learning_rate)
-    if isinstance(state, tuple):
-        for sub in state:
+    if isinstance(state, (tuple, Mapping)):  # a chain's tuple, a partition's FrozenDict (its first group)
+        for sub in state.values() if isinstance(state, Mapping) else state:
             lr = current_learning_rate(sub)
             if lr is not None:
                 return lr

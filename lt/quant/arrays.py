@@ -24,28 +24,32 @@ Schemes (symmetric, no zero point; ``s`` the group's scale, ``c`` its integer co
   stored ``c + 8`` in a nibble, two to a byte: (R, Kp / 2) uint8. Byte j of a stored row
   holds code j in its low nibble and code j + Kp / 2 in its high one (llama.cpp pairs the
   two halves of each block the same way, per block of 32): unpacking is two contiguous
-  passes over bytes, the cheapest NumPy can do.
+  passes over bytes, the cheapest NumPy can do. A nibble holds -8 too: :func:`from_codes`
+  takes codes in [-8, 7], so llama.cpp's Q4_0 blocks (``d = max / -8``, codes -8..7, halves
+  paired per block) load as an int4 leaf of group size 32 with exactly their values.
 
 Dequantized ``c * s`` is within ``s / 2`` of ``w`` (plus float rounding); an all-zero group
-has ``s = 0`` and dequantizes to exact zeros. Scales are stored in the compute dtype.
+has ``s = 0`` and dequantizes to exact zeros. Scales are stored in the compute dtype, and are
+non-negative unless the leaf says ``signed_scales``: Q4_0's ``d = max / -8`` is negative
+wherever a block's largest weight is positive, and its codes cannot be flipped to fit (-(-8)
+is no int4), so such a leaf keeps the sign in its scales (c * s is the same product).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import tree
+from .. import tree
 
 __all__ = [
     "QuantizedArray",
     "quantize_array",
     "dequantize_array",
-    "quantize",
-    "dequantize",
+    "from_codes",
+    "integer_codes",
+    "signed_codes",
+    "dequantize_codes",
     "is_quantized",
-    "describe",
-    "plan",
-    "planned_nbytes",
     "SCHEMES",
     "DEFAULT_GROUP_SIZE",
 ]
@@ -86,19 +90,23 @@ class QuantizedArray:
 
     ``codes`` int8 (R, Kp) for 8 bits, uint8 (R, Kp / 2) for 4; ``scales`` (R, g) float32
     or float64 (the dtype the leaf computes in); ``axis`` the logical reduction axis (0 or 1);
-    ``shape`` the logical (float) shape. Arrays that may be held elsewhere are copied, and
-    all are made read-only: the leaf is as immutable as a float leaf.
+    ``shape`` the logical (float) shape; ``signed_scales`` allows negative scales (Q4_0's).
+    Arrays that may be held elsewhere are copied, and all are made read-only: the leaf is as
+    immutable as a float leaf.
     """
 
-    __slots__ = ("codes", "scales", "bits", "group_size", "axis", "shape")
+    __slots__ = ("codes", "scales", "bits", "group_size", "axis", "shape", "signed_scales")
     codes: np.ndarray
     scales: np.ndarray
     bits: int
     group_size: int
     axis: int
     shape: tuple[int, ...]
+    signed_scales: bool
 
-    def __init__(self, codes, scales, *, bits: int, group_size: int, axis: int, shape, copy: bool = True):
+    def __init__(
+        self, codes, scales, *, bits: int, group_size: int, axis: int, shape, copy: bool = True, signed_scales=False
+    ):
         bits = _int(bits, "bits", 1)
         if bits not in SCHEMES:
             raise ValueError(f"bits must be 8 or 4, got {bits}")
@@ -125,8 +133,14 @@ class QuantizedArray:
                 f"scales of a {shape} matrix (groups of {group_size} along axis {axis}) must be "
                 f"float32 or float64 of shape {[R, g]}, got {scales.dtype}{list(scales.shape)}"
             )
-        if not (np.isfinite(scales).all() and (scales >= 0).all()):
-            raise ValueError("scales must be finite and non-negative")
+        if not isinstance(signed_scales, (bool, np.bool_)):
+            raise ValueError(f"signed_scales must be True or False, got {signed_scales!r}")
+        if not np.isfinite(scales).all():
+            raise ValueError("scales must be finite" + ("" if signed_scales else " and non-negative"))
+        if not signed_scales and not (scales >= 0).all():
+            raise ValueError(
+                "scales must be finite and non-negative (give signed_scales=True for Q4_0's signed scales)"
+            )
         seal = tree.freeze_leaf if copy else tree.seal
         for name, value in (
             ("codes", seal(np.ascontiguousarray(codes))),
@@ -135,6 +149,7 @@ class QuantizedArray:
             ("group_size", group_size),
             ("axis", axis),
             ("shape", shape),
+            ("signed_scales", bool(signed_scales)),
         ):
             object.__setattr__(self, name, value)
 
@@ -147,8 +162,10 @@ class QuantizedArray:
 
     @property
     def scheme(self) -> dict:
-        """What a checkpoint header records: bits, group size and reduction axis."""
-        return {"bits": self.bits, "group_size": self.group_size, "axis": self.axis}
+        """What a checkpoint header records: bits, group size and reduction axis (and
+        ``signed_scales: True`` where set, so that a leaf without it is recorded as before)."""
+        scheme: dict = {"bits": self.bits, "group_size": self.group_size, "axis": self.axis}
+        return {**scheme, "signed_scales": True} if self.signed_scales else scheme
 
     def _refuse(self, *args, **kwargs):
         raise TypeError(
@@ -159,7 +176,15 @@ class QuantizedArray:
     __setattr__ = __delattr__ = _refuse
 
     def __reduce__(self):
-        return _rebuild, (self.codes, self.scales, self.bits, self.group_size, self.axis, self.shape)
+        return _rebuild, (
+            self.codes,
+            self.scales,
+            self.bits,
+            self.group_size,
+            self.axis,
+            self.shape,
+            self.signed_scales,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -186,13 +211,13 @@ class QuantizedArray:
             )
         shape = list(self.shape)
         shape[1 - self.axis] = len(range(*rows.indices(self.shape[1 - self.axis])))
-        return QuantizedArray(
-            self.codes[rows], self.scales[rows], bits=self.bits, group_size=self.group_size, axis=self.axis, shape=shape
-        )
+        return QuantizedArray(self.codes[rows], self.scales[rows], **self.scheme, shape=shape)
 
 
-def _rebuild(codes, scales, bits, group_size, axis, shape):
-    return QuantizedArray(codes, scales, bits=bits, group_size=group_size, axis=axis, shape=shape, copy=False)
+def _rebuild(codes, scales, bits, group_size, axis, shape, signed_scales=False):
+    return QuantizedArray(
+        codes, scales, bits=bits, group_size=group_size, axis=axis, shape=shape, copy=False, signed_scales=signed_scales
+    )
 
 
 def is_quantized(x) -> bool:
@@ -239,13 +264,57 @@ def quantize_array(w, bits: int = 8, group_size: int | str | None = None, axis: 
         s = scales[a:b].astype(np.float64)  # codes from the scale as stored
         c = np.rint(np.divide(block, s[:, :, None], out=np.zeros_like(block), where=s[:, :, None] > 0))
         c = np.clip(c, -SCHEMES[bits], SCHEMES[bits]).astype(np.int8)  # (n, g, G)
-        if bits == 8:
-            codes[a:b] = c.reshape(b - a, -1)
-        else:
-            u = (c + 8).astype(np.uint8).reshape(b - a, -1)  # (n, Kp)
-            half = u.shape[1] // 2
-            codes[a:b] = u[:, :half] | (u[:, half:] << 4)
+        codes[a:b] = c.reshape(b - a, -1) if bits == 8 else _pack4(c.reshape(b - a, -1))
     return QuantizedArray(codes, scales, bits=bits, group_size=G, axis=axis, shape=w.shape, copy=False)
+
+
+def _pack4(c: np.ndarray) -> np.ndarray:
+    """Signed int4 codes (n, Kp) in [-8, 7] -> stored bytes (n, Kp / 2): byte j holds code j + 8
+    in its low nibble and code j + Kp / 2 + 8 in its high one."""
+    u = (c + 8).astype(np.uint8)
+    half = u.shape[1] // 2
+    return u[:, :half] | (u[:, half:] << 4)
+
+
+def from_codes(codes, scales, *, bits: int, group_size: int, axis: int, shape, signed_scales=False) -> QuantizedArray:
+    """The leaf whose stored row r holds ``codes[r] * scales[r, j]`` in group j, exactly: a reader of
+    another block format (GGUF's Q8_0 and Q4_0) hands over integer codes and lt packs them.
+
+    ``codes`` (R, Kp) integers: int8 in [-128, 127] for 8 bits, [-8, 7] for 4 (Q4_0 uses -8);
+    ``scales`` (R, g) float32 or float64; ``shape`` the logical matrix, ``axis`` its reduction
+    axis (as :class:`QuantizedArray`, ``signed_scales`` too). A code outside the range raises."""
+    bits = _bits(bits)
+    codes = np.asarray(codes)
+    low, high = (-128, 127) if bits == 8 else (-8, 7)
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":
+        raise TypeError(f"from_codes needs an integer matrix of codes, got {codes.dtype}{list(codes.shape)}")
+    if codes.size and (int(codes.min()) < low or int(codes.max()) > high):
+        bad = int(codes.min()) if int(codes.min()) < low else int(codes.max())
+        raise ValueError(f"int{bits} codes must lie in [{low}, {high}], got {bad}")
+    if bits == 4 and codes.shape[1] % 2:
+        raise ValueError(f"int4 packs two codes to a byte: a stored row needs an even length, got {codes.shape[1]}")
+    packed = codes.astype(np.int8) if bits == 8 else _pack4(codes.astype(np.int8))
+    return QuantizedArray(
+        packed,
+        scales,
+        bits=bits,
+        group_size=group_size,
+        axis=axis,
+        shape=shape,
+        copy=False,
+        signed_scales=signed_scales,
+    )
+
+
+def integer_codes(q: QuantizedArray) -> np.ndarray:
+    """The signed integer codes of ``q``'s stored rows, (R, Kp) int8: :func:`from_codes`' inverse."""
+    if q.bits == 8:
+        return q.codes.copy()
+    half = q.codes.shape[1]
+    out = np.empty((q.codes.shape[0], 2 * half), np.int8)
+    out[:, :half] = q.codes & 15
+    out[:, half:] = q.codes >> 4
+    return out - np.int8(8)
 
 
 def signed_codes(
@@ -291,88 +360,3 @@ def dequantize_array(q: QuantizedArray) -> np.ndarray:
     """The float matrix ``q`` stands for (``shape``, ``dtype``), read-only."""
     rows = dequantize_codes(q.codes, q.scales, q.bits, q.group_size, q.shape[q.axis])  # (R, K)
     return tree.seal(np.ascontiguousarray(rows.T if q.axis == 0 else rows))
-
-
-# ----------------------------------------------------------------- trees
-
-
-def plan(param) -> int | None:
-    """The reduction axis :func:`quantize` groups the leaf declared by ``param`` (an
-    ``lt.nn.Param``) along: 0 for a Linear weight (in, out), 1 for a table (rows looked up by id,
-    and the tied head ``h @ table.T``); None where it stays float (position tables, norm
-    scales, biases, anything not a matrix)."""
-    if len(param.shape) != 2:
-        return None
-    return {"weight": 0, "table": 1}.get(param.role)
-
-
-def quantize(params, bits: int = 8, group_size: int | str | None = None, *, model):
-    """``params`` with every float matrix of ``model`` quantized (:func:`quantize_array`); a new frozen tree.
-
-    ``bits`` 8 or 4; ``group_size`` weights per scale along the reduction axis, ``"channel"``
-    for one scale per output channel, None for the default (int8 per channel, int4 32).
-    Which leaves, and along which axis, comes from ``model``'s parameter declarations (its
-    ``spec()``; :func:`plan`): Linear weights (in, out) are grouped along ``in`` (axis 0),
-    tables (the token table, also the tied LM head) along their rows (axis 1); position
-    tables, norms and biases stay float. A group larger than a matrix's rows is clamped to
-    one per row (as ``"channel"``). A leaf that is already quantized is refused: dequantize
-    the tree first to quantize it again.
-    """
-    bits = _bits(bits)
-    spec = model.spec()
-    flat, treedef = tree.flatten(params)
-    decls, spec_def = tree.flatten(spec)
-    if spec_def != treedef:
-        raise ValueError(
-            "lt.quantize: params do not fit the model's spec() "
-            + (tree.mismatch(params, spec) or "(a different structure)")
-        )
-
-    def one(path: str, x, param):
-        if is_quantized(x):
-            raise ValueError(
-                f"lt.quantize: {path} is already quantized (int{x.bits}); "
-                "quantize the float tree (lt.dequantize(params) gives one)"
-            )
-        axis = plan(param)
-        if axis is None or not (isinstance(x, np.ndarray) and x.dtype in _FLOATS):
-            return x
-        try:
-            return quantize_array(x, bits, group_size, axis=axis)
-        except ValueError as e:
-            raise ValueError(f"lt.quantize: {path}: {e}") from None
-
-    return tree.freeze(tree.unflatten(treedef, [one(p, x, d) for p, x, d in zip(tree.paths(params), flat, decls)]))
-
-
-def planned_nbytes(spec, bits: int | None, group_size: int | str | None = None, itemsize: int = 4) -> int:
-    """The bytes :func:`quantize` would make of params declared by ``spec`` (a model's ``spec()``:
-    nothing is allocated); ``bits=None`` is the float size."""
-    total = 0
-    for leaf in tree.leaves(spec):
-        shape = tuple(leaf.shape)
-        axis = None if bits is None else plan(leaf)
-        if bits is None or axis is None:
-            total += int(np.prod(shape)) * itemsize
-            continue
-        R, K = shape[1 - axis], shape[axis]
-        G = _group(K, bits, DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size)
-        g = -(-K // G)
-        total += R * g * G * bits // 8 + R * g * itemsize
-    return total
-
-
-def dequantize(params):
-    """``params`` with every quantized leaf replaced by its float matrix; a new frozen tree."""
-    if is_quantized(params):
-        return dequantize_array(params)
-    return tree.map(lambda x: dequantize_array(x) if is_quantized(x) else x, params)
-
-
-def describe(params) -> str:
-    """``"float32"``, ``"int8"``, ``"int4"`` or a mix such as ``"int4+int8"``: the tree's matrix formats."""
-    kinds = sorted({f"int{x.bits}" for x in tree.leaves(params) if is_quantized(x)})
-    if not kinds:
-        dtypes = sorted({str(getattr(x, "dtype", "")) for x in tree.leaves(params)} - {""})
-        return "+".join(dtypes) or "empty"
-    return "+".join(kinds)
