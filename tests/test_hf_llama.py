@@ -324,7 +324,7 @@ def edit_tensors(path, edit):
 
 
 @pytest.mark.parametrize("case, fields, message", [
-    ("llama", dict(model_type="gpt_neox"), r"model_type is 'gpt_neox'; lt reads 'gpt2', 'llama', 'qwen2', 'mistral'"),
+    ("llama", dict(model_type="gpt_neox"), r"model_type is 'gpt_neox'; lt reads 'gpt2', 'llama', 'qwen2', 'qwen3', 'mistral'"),
     ("llama", dict(hidden_act="gelu"), r"hidden_act='gelu' is not supported"),
     ("mistral-window-4", dict(hidden_act="relu"), r"hidden_act='relu'"),
     ("llama", dict(mlp_bias=True), r"mlp_bias=True is not supported"),

@@ -145,3 +145,28 @@ def test_training_time_counts_each_logged_period_at_its_rate():
                {"step": 40, "loss": 1.0, "tokens_per_s": 200.0}]     # 20 x 10 at 200/s: 1 s
     assert runlog._training_seconds(records, tokens_per_step=10) == pytest.approx(2 + 10 * 2 / 30)
     assert runlog._training_seconds([{"step": 5, "loss": 1.0}], 10) is None
+
+
+def test_lt_plot_overlays_several_runs_each_line_the_runs_own_series(run, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason='drawing needs matplotlib: pip install "lt[examples]"')
+    from lt.cli.plot import draw_overlay
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    log = raw_log(other)
+    (other / "log.jsonl").write_text("".join(json.dumps({**r, "loss": r["loss"] + 1} if "loss" in r else r) + "\n"
+                                             for r in log))
+    named = [(p.name, runlog.curves(runlog.read_log(p / "log.jsonl"))) for p in (run, other)]
+    fig = draw_overlay(named)
+    loss_lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in loss_lines] == [f"{n}: {k} loss" for n, _ in named
+                                                         for k in ("training", "validation")]
+    np.testing.assert_array_equal(loss_lines[2].get_ydata(), named[1][1].train_loss[1])
+    np.testing.assert_array_equal(loss_lines[0].get_ydata(), named[0][1].train_loss[1])
+    np.testing.assert_allclose(loss_lines[2].get_ydata() - 1, loss_lines[0].get_ydata(), rtol=1e-12)  # each its own
+
+    out = tmp_path / "both.png"
+    assert lt.cli.main(["plot", "--run", str(run), "--run", str(other), "--out", str(out)]) == 0
+    assert png_size(out) == (700, 800)
+    assert lt.cli.main(["plot", "--run", str(run), "--run", str(other)]) == 2
+    assert "--out FILE: where to write the overlay of the 2 runs" in capsys.readouterr().err

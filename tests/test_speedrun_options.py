@@ -118,8 +118,16 @@ def test_a_checkpoint_keeps_the_options(tmp_path):
     assert back.model == model
 
 
-@pytest.mark.parametrize("option", [dict(qk_norm=True), dict(logit_softcap=30.0), dict(activation="relu2")])
-@pytest.mark.parametrize("preset", ["tiny", "llama-tiny"])
+@pytest.mark.parametrize(
+    "option, preset",
+    [(dict(qk_norm=True), "tiny")]
+    + [(o, p) for o in (dict(logit_softcap=30.0), dict(activation="relu2")) for p in ("tiny", "llama-tiny")],
+)
 def test_hugging_face_export_refuses_what_no_family_computes(option, preset):
     with pytest.raises(ValueError, match=f"GPT.{next(iter(option))}=.* cannot be written"):
         lt.hf.config_from_gpt(lt.GPT.preset(preset, **option))
+
+
+def test_qk_norm_on_a_llama_shaped_model_exports_as_qwen3():
+    config = lt.hf.config_from_gpt(lt.GPT.preset("llama-tiny", qk_norm=True))
+    assert (config["model_type"], config["architectures"]) == ("qwen3", ["Qwen3ForCausalLM"])

@@ -57,11 +57,14 @@ def check_lora_flags(args, out) -> None:
         ("mpi", "a LoRA run trains in one process (no --mpi)"),
         ("tensor_parallel", "a LoRA run trains in one process (no --tensor-parallel)"),
         ("time", "a LoRA run is sized by --steps (default 300), not --time"),
+        ("model_option", "the model is the base's: no --model-option"),
     ):
         if getattr(args, flag, None):
             raise UsageError(f"--lora: {why}")
     if args.init_hf is None:
         raise UsageError("--lora fine-tunes a pretrained model: give --init-hf DIR|NAME (a Hugging Face model)")
+    if getattr(args, "optimizer", None) == "muon":
+        raise UsageError("--lora trains its adapters with AdamW: drop --optimizer muon")
 
 
 def _lora(args) -> lora.LoRA:

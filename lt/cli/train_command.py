@@ -91,7 +91,8 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
     try:
         if start is None:
             # The context is the training window: positions past it would never have been trained.
-            options = dict(v["model_option"])
+            # the recipe's model options, then the flags' (a flag's field wins)
+            options = {**dict(recipe_defaults(args)["model_option"]), **dict(args.model_option or ())}
             model = GPT.preset(v["preset"], **{"max_seq_len": v["seq_len"], "dropout": v["dropout"], **options})
         else:  # a checkpoint's context is its own (its positions were trained)
             model = attrs.evolve(start, dropout=v["dropout"])

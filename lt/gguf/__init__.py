@@ -7,7 +7,7 @@ tensors, each in a ggml type (F32, F16, or blocks of quantized weights)::
     model, params, tokenizer = lt.gguf.load("model.gguf")                  # NumPy alone
 
 - :func:`save` writes GGUF v3 with the ``gguf`` package (the ggml project's own writer) for
-  llama.cpp's ``gpt2``, ``llama`` (Mistral too) or ``qwen2`` architecture, with the tokenizer in
+  llama.cpp's ``gpt2``, ``llama`` (Mistral too), ``qwen2`` or ``qwen3`` architecture, with the tokenizer in
   the metadata; ``type`` ``f32``, ``f16``, ``q8_0`` or ``q4_0`` (ggml's own quantizer's bits).
 - :func:`load` reads F32, F16, BF16, Q8_0 and Q4_0 files with NumPy alone (Q8_0 and Q4_0 become
   lt quantized leaves with exactly the file's values, never a float copy) and dequantizes other

@@ -1,16 +1,17 @@
 """A model's hyperparameters as GGUF metadata, and back: the keys llama.cpp reads per architecture.
 
-Every architecture (``A`` = ``llama``, ``qwen2`` or ``gpt2``) has ``A.context_length`` (T),
+Every architecture (``A`` = ``llama``, ``qwen2``, ``qwen3`` or ``gpt2``) has ``A.context_length`` (T),
 ``A.embedding_length`` (D), ``A.block_count`` (L), ``A.feed_forward_length`` (F) and
 ``A.attention.head_count`` (H). The llama family adds ``A.attention.head_count_kv`` (Hkv),
 ``A.attention.layer_norm_rms_epsilon``, ``A.rope.freq_base`` (theta) and
-``A.rope.dimension_count`` (d, the whole head: lt rotates every feature); linear rope scaling is
+``A.rope.dimension_count`` (d, the whole head: lt rotates every feature); qwen3 also
+``A.attention.key_length`` and ``A.attention.value_length`` (d); linear rope scaling is
 ``A.rope.scaling.type`` + ``A.rope.scaling.factor``, llama 3's is the tensor ``rope_freqs.weight``
 (d/2 factors dividing the frequencies; written, not read back). GPT-2 adds
 ``A.attention.layer_norm_epsilon``. ``A.vocab_size`` (V) is written too, though readers take
 V from the token table's rows.
 
-llama.cpp's llama and qwen2 attend to the whole context, so a model with a sliding window is
+llama.cpp's llama, qwen2 and qwen3 attend to the whole context, so a model with a sliding window is
 written with ``context_length`` = the window: in every context llama.cpp accepts without a
 warning, both compute the same. Reading builds the Hugging Face ``config.json`` the metadata
 describes and hands it to :func:`lt.hf.gpt_from_config`, so a GGUF file gets the same checks
@@ -51,6 +52,8 @@ def model_metadata(model: GPT, arch: str) -> dict[str, Any]:
     out[f"{arch}.attention.layer_norm_rms_epsilon"] = float(model.layer_norm_eps)
     out[f"{arch}.rope.freq_base"] = float(model.rope_theta)
     out[f"{arch}.rope.dimension_count"] = model.head_dim
+    if arch == "qwen3":  # as convert_hf_to_gguf.py writes Qwen3's head_dim
+        out[f"{arch}.attention.key_length"] = out[f"{arch}.attention.value_length"] = model.head_dim
     scaling = model.rope_scaling
     if scaling is not None and scaling.kind == "linear":
         out[f"{arch}.rope.scaling.type"] = "linear"
@@ -90,8 +93,10 @@ def _get(meta: dict, key: str, kind: str, where: str, default: Any = ...) -> Any
 def model_from_metadata(meta: dict, tensors: dict, where: str) -> GPT:
     """The lt GPT a GGUF file's metadata and tensor table (name -> info with ``shape``) describe."""
     arch = _get(meta, "general.architecture", "str", where)
-    if arch not in ("llama", "qwen2", "gpt2"):
-        raise GGUFError(f"{where}: general.architecture is {arch!r}; lt reads 'llama', 'qwen2' and 'gpt2' files")
+    if arch not in ("llama", "qwen2", "qwen3", "gpt2"):
+        raise GGUFError(
+            f"{where}: general.architecture is {arch!r}; lt reads 'llama', 'qwen2', 'qwen3' and 'gpt2' files"
+        )
     if "token_embd.weight" not in tensors or len(tensors["token_embd.weight"].shape) != 2:
         raise GGUFError(f"{where}: no 2-D tensor token_embd.weight (the token table)")
     vocab = tensors["token_embd.weight"].shape[0]
@@ -134,6 +139,7 @@ def model_from_metadata(meta: dict, tensors: dict, where: str) -> GPT:
         intermediate_size=ffn,
         num_hidden_layers=layers,
         num_attention_heads=heads,
+        head_dim=head_dim,
         num_key_value_heads=_get(meta, f"{a}.attention.head_count_kv", "int", where, heads),
         max_position_embeddings=context,
         rms_norm_eps=_get(meta, f"{a}.attention.layer_norm_rms_epsilon", "number", where),

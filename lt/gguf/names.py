@@ -12,6 +12,7 @@ llama.cpp's (as its ``convert_hf_to_gguf.py`` names them)::
     blocks.i.ln1            layers.i.input_layernorm | h.i.ln_1         blk.i.attn_norm
     blocks.i.attn.qkv       self_attn.{q,k,v}_proj | attn.c_attn        blk.i.attn_{q,k,v} | blk.i.attn_qkv
     blocks.i.attn.proj      self_attn.o_proj | attn.c_proj              blk.i.attn_output
+    blocks.i.attn.q_norm    self_attn.q_norm (qwen3; k_norm likewise)    blk.i.attn_q_norm (d,)
     blocks.i.ln2            post_attention_layernorm | ln_2             blk.i.ffn_norm
     blocks.i.ffn.gate       mlp.gate_proj                               blk.i.ffn_gate
     blocks.i.ffn.{up, fc}   mlp.up_proj | mlp.c_fc                      blk.i.ffn_up
@@ -24,7 +25,7 @@ stored (out, in), its transpose (``rows`` below), and a table (V, D) as it is. A
 (q | k | v columns) is split into its parts' rows. llama.cpp's ``llama`` architecture rotates
 pairs of adjacent features, Hugging Face (and lt) the two halves of each head, so the rows of
 q and k (weight and bias) are permuted within each head: :func:`to_pairs` / :func:`to_halves`.
-Qwen2's architecture rotates halves, as lt does: no permutation.
+Qwen2's and Qwen3's architectures rotate halves, as lt does: no permutation.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 LINEAR = ("weight", "head")  # roles of Linear weights (in, out): GGUF stores their transpose
-ARCHS = ("llama", "qwen2", "gpt2")  # llama.cpp architectures lt writes and reads (mistral is written as llama)
+ARCHS = ("llama", "qwen2", "qwen3", "gpt2")  # llama.cpp architectures lt writes and reads (mistral is written as llama)
 _BLOCK = r"(?:layers|h)\.(\d+)\."
 GGUF_NAMES: tuple[tuple[str, str], ...] = (  # Hugging Face name (without its prefix) -> GGUF name
     (r"(?:embed_tokens|wte)\.weight", "token_embd.weight"),
@@ -63,6 +64,7 @@ GGUF_NAMES: tuple[tuple[str, str], ...] = (  # Hugging Face name (without its pr
     (_BLOCK + r"(?:input_layernorm|ln_1)\.(weight|bias)", r"blk.\1.attn_norm.\2"),
     (_BLOCK + r"self_attn\.([qkv])_proj\.(weight|bias)", r"blk.\1.attn_\2.\3"),
     (_BLOCK + r"attn\.c_attn\.(weight|bias)", r"blk.\1.attn_qkv.\2"),
+    (_BLOCK + r"self_attn\.([qk])_norm\.weight", r"blk.\1.attn_\2_norm.weight"),
     (_BLOCK + r"(?:self_attn\.o_proj|attn\.c_proj)\.(weight|bias)", r"blk.\1.attn_output.\2"),
     (_BLOCK + r"(?:post_attention_layernorm|ln_2)\.(weight|bias)", r"blk.\1.ffn_norm.\2"),
     (_BLOCK + r"mlp\.gate_proj\.weight", r"blk.\1.ffn_gate.weight"),
@@ -102,7 +104,8 @@ def gguf_name(hf_name: str) -> str:
 
 def architecture(model: GPT) -> str:
     """The llama.cpp architecture that computes what ``model`` does: ``gpt2`` (learned positions),
-    ``qwen2`` (biased q, k, v only) or ``llama``; a ValueError naming the field none can hold."""
+    ``qwen2`` (biased q, k, v only), ``qwen3`` (q/k norms, no biases) or ``llama``; a ValueError
+    naming the field none can hold."""
     if not isinstance(model, GPT):
         raise TypeError(f"GGUF export needs an lt.GPT, got {type(model).__name__}")
     if model.positional != "rope":
@@ -111,7 +114,12 @@ def architecture(model: GPT) -> str:
             raise ValueError(f"GPT.activation={model.activation!r}: llama.cpp's gpt2 computes GELU (activation='gelu')")
         return "gpt2"
     family = hf_llama.family(model)
-    return "qwen2" if family == "qwen2" else "llama"
+    if family == "qwen3" and model.bias:
+        raise ValueError(
+            "GPT.bias=True with qk_norm=True cannot be written as GGUF: llama.cpp's qwen3 has no "
+            "attention biases (export it with bias=False, or to Hugging Face with lt.hf.to_hf)"
+        )
+    return family if family in ("qwen2", "qwen3") else "llama"
 
 
 def placements(model: GPT, arch: str) -> list[Placement]:

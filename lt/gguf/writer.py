@@ -113,7 +113,7 @@ def save(path, model: GPT, params, *, tokenizer=None, type: str = "f32", name: s
     docstring). ``tokenizer``: an lt ``BPETokenizer`` or ``CharTokenizer`` written into the
     metadata (:mod:`lt.gguf.tokenizer`), so llama.cpp and Ollama encode text to lt's ids; without
     one the file holds no tokenizer (llama.cpp then cannot run it). ``name``: ``general.name``.
-    The architecture is llama.cpp's ``gpt2``, ``llama`` (Mistral too) or ``qwen2``, whichever
+    The architecture is llama.cpp's ``gpt2``, ``llama`` (Mistral too), ``qwen2`` or ``qwen3``, whichever
     computes what ``model`` does; a model none can express is refused, naming the field.
     """
     if type not in TYPES:

@@ -6,8 +6,8 @@ named by ``model.safetensors.index.json``). Both are read with NumPy alone, thro
 picks the family, each one setting of :class:`lt.GPT`:
 
 - ``gpt2`` (:mod:`lt.hf.gpt2`): learned positions, LayerNorm, GELU, biases everywhere;
-- ``llama``, ``qwen2``, ``mistral`` (:mod:`lt.hf.llama`): RoPE, RMSNorm, SwiGLU,
-  grouped-query attention; Qwen2's q/k/v biases; Mistral's sliding window.
+- ``llama``, ``qwen2``, ``qwen3``, ``mistral`` (:mod:`lt.hf.llama`): RoPE, RMSNorm, SwiGLU,
+  grouped-query attention; Qwen2's q/k/v biases; Qwen3's q/k norms; Mistral's sliding window.
 
 Files are input: :mod:`lt.hf.files` bounds the JSON it reads, keeps shards inside the
 directory, checks the layer count against the blocks present before building anything,
@@ -81,7 +81,7 @@ def _writer(model: GPT):
 
 
 def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
-    """The ``config.json`` dict of ``model``: a GPT2Config, or a Llama/Qwen2/Mistral config for
+    """The ``config.json`` dict of ``model``: a GPT2Config, or a Llama/Qwen2/Qwen3/Mistral config for
     rotary models; refuses settings the family cannot express, naming the field."""
     return _writer(model).config_from_gpt(model, dtype)
 
@@ -90,7 +90,7 @@ def from_hf(path, *, dtype=np.float32, dropout: float | None = None) -> tuple[GP
     """``(model, params)`` from a Hugging Face model directory (config.json + safetensors), or
     from a hub name such as ``"gpt2"`` (:func:`resolve`: downloaded once into the hub cache).
 
-    ``model_type`` ``gpt2``, ``llama``, ``qwen2`` or ``mistral``. Weights stored as F16,
+    ``model_type`` ``gpt2``, ``llama``, ``qwen2``, ``qwen3`` or ``mistral``. Weights stored as F16,
     BF16, F32 or F64 are converted to ``dtype`` (float32 or float64). Every tensor's
     presence, shape and dtype is checked against the config: a missing, wrong-shaped or
     unexpected tensor raises a ValueError naming it. ``dropout``: see :func:`gpt_from_config`.
@@ -129,7 +129,7 @@ def load_tokenizer(path):
 def to_hf(model: GPT, params, path, *, tokenizer=None) -> Path:
     """Write ``model`` and ``params`` as a Hugging Face model directory at ``path``.
 
-    ``config.json`` (GPT-2 for learned positions; Llama, Qwen2 or Mistral for rotary ones,
+    ``config.json`` (GPT-2 for learned positions; Llama, Qwen2, Qwen3 or Mistral for rotary ones,
     whichever computes what ``model`` does) and ``model.safetensors`` (tensors named as
     the family's ``save_pretrained`` names them, in the params' dtype, ``lm_head.weight``
     only for an untied head) are each written atomically; transformers'

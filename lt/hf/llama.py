@@ -1,12 +1,13 @@
-"""Llama, Qwen2 and Mistral (``model_type`` ``llama``, ``qwen2``, ``mistral``): one lt GPT setting each.
+"""Llama, Qwen2, Qwen3, Mistral (``model_type`` ``llama``, ``qwen2``, ``qwen3``, ``mistral``): one GPT setting each.
 
-All three are pre-RMSNorm decoders with rotary positions (Hugging Face's rotate-half
+All four are pre-RMSNorm decoders with rotary positions (Hugging Face's rotate-half
 layout, which is lt's, so q and k need no permutation), grouped-query attention and a
-SwiGLU feed-forward. They differ only in biases and attention span:
+SwiGLU feed-forward. They differ only in biases, q/k norms and attention span:
 
     family    lt.GPT settings (all: norm="rms", positional="rope", activation="swiglu")
     llama     bias=False                  (attention_bias=true: bias=True, q k v and o biased)
     qwen2     bias=False, qkv_bias=True   (use_sliding_window=true: every layer or none)
+    qwen3     qk_norm=True, bias=False    (attention_bias=true: bias=True; sliding window as qwen2)
     mistral   bias=False, sliding_window=config.sliding_window
 
 Shapes: D hidden, H heads, Hkv kv heads, d = D // H head size, F intermediate, V vocab.
@@ -18,7 +19,8 @@ Linear weights are torch's (out, in), transposed into lt's (in, out):
     blocks.i.attn.qkv.w         layers.i.self_attn.{q (H*d, D), k (Hkv*d, D), v (Hkv*d, D)}_proj.weight,
       (D, (H + 2 Hkv) d)          each transposed, side by side: columns [q | k | v]
     blocks.i.attn.qkv.b         layers.i.self_attn.{q, k, v}_proj.bias, joined   [qwen2; llama attention_bias]
-    blocks.i.attn.proj.{w, b}   layers.i.self_attn.o_proj.{weight (D, H*d) transposed, bias [llama attention_bias]}
+    blocks.i.attn.proj.{w, b}   layers.i.self_attn.o_proj.{weight (D, H*d) transposed, bias [attention_bias]}
+    blocks.i.attn.q_norm.scale  layers.i.self_attn.q_norm.weight (d,)   [qwen3; k_norm likewise]
     blocks.i.ln2.scale          layers.i.post_attention_layernorm.weight
     blocks.i.ffn.gate.w (D, F)  layers.i.mlp.gate_proj.weight (F, D), transposed; up likewise
     blocks.i.ffn.down.w (F, D)  layers.i.mlp.down_proj.weight (D, F), transposed
@@ -44,12 +46,17 @@ from .files import Source, check_types
 
 __all__ = ["MODEL_TYPES", "gpt_from_config", "config_from_gpt"]
 
-MODEL_TYPES = ("llama", "qwen2", "mistral")
+MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 PREFIX = "model."  # *ForCausalLM's prefix of every tensor but lm_head.weight
 BLOCKS = "layers"
 LAYERS_FIELD = "num_hidden_layers"
 KIND = "Llama-family LM"
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+}
 
 # Each config class's defaults (transformers 5), for fields a config.json leaves out.
 _COMMON = {
@@ -81,6 +88,22 @@ _DEFAULTS = {
         "num_attention_heads": 32,
         "num_key_value_heads": 32,
         "max_position_embeddings": 32768,
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": 28,
+        "layer_types": None,
+    },
+    "qwen3": {
+        **_COMMON,
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 22016,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "head_dim": 128,
+        "max_position_embeddings": 32768,
+        "attention_bias": False,
         "use_sliding_window": False,
         "sliding_window": 4096,
         "max_window_layers": 28,
@@ -141,6 +164,8 @@ _BLOCK = {
     "ffn.gate.w": "mlp.gate_proj.weight",
     "ffn.up.w": "mlp.up_proj.weight",
     "ffn.down.w": "mlp.down_proj.weight",
+    "attn.q_norm.scale": "self_attn.q_norm.weight",  # qwen3
+    "attn.k_norm.scale": "self_attn.k_norm.weight",
 }
 _QKV = ("q_proj", "k_proj", "v_proj")
 _TOP = {"wte.w": "embed_tokens.weight", "ln_f.scale": "norm.weight", "head.w": "lm_head.weight"}
@@ -189,7 +214,7 @@ def _sliding_window(model_type: str, c: dict, num_layers: int, where: str) -> in
     if model_type == "llama":
         return None
     window = c["sliding_window"]
-    if model_type == "qwen2":
+    if model_type in ("qwen2", "qwen3"):
         window = window if c["use_sliding_window"] else None
         types = c["layer_types"]
         if types is None:
@@ -216,7 +241,7 @@ def _sliding_window(model_type: str, c: dict, num_layers: int, where: str) -> in
 
 
 def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = "config") -> GPT:
-    """The lt GPT a ``LlamaConfig``, ``Qwen2Config`` or ``MistralConfig`` dict describes.
+    """The lt GPT a ``LlamaConfig``, ``Qwen2Config``, ``Qwen3Config`` or ``MistralConfig`` dict describes.
 
     ``dropout`` defaults to 0.0: these families have no residual or embedding dropout, and
     their ``attention_dropout`` (0 in released checkpoints) is not lt's kind; dropout does
@@ -230,7 +255,7 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
         _refuse(where, "hidden_act", act, "the gated feed-forward lt computes is SwiGLU: hidden_act 'silu'")
     if model_type == "llama" and c["mlp_bias"] is not False:
         _refuse(where, "mlp_bias", c["mlp_bias"], "lt's SwiGLU feed-forward has no biases")
-    attention_bias = model_type == "llama" and c["attention_bias"]  # a JSON boolean (check_types)
+    attention_bias = model_type in ("llama", "qwen3") and c["attention_bias"]  # a JSON boolean (check_types)
     hidden, heads = _int(c, "hidden_size", where), _int(c, "num_attention_heads", where)
     kv_heads = heads if c["num_key_value_heads"] is None else _int(c, "num_key_value_heads", where)
     if heads % kv_heads:
@@ -268,6 +293,7 @@ def gpt_from_config(config: dict, *, dropout: float | None = None, where: str = 
             bias=bool(attention_bias),
             qkv_bias=True if model_type == "qwen2" else None,
             sliding_window=window,
+            qk_norm=model_type == "qwen3",
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
@@ -281,24 +307,20 @@ def _setting(model: GPT, field: str, default=None):
 
 
 def family(model: GPT) -> str:
-    """``llama``, ``qwen2`` or ``mistral``: the family that computes what ``model`` does, else a
-    ValueError naming the field no family has."""
+    """``llama``, ``qwen2``, ``qwen3`` or ``mistral``: the family that computes what ``model``
+    does, else a ValueError naming the field no family has."""
     for field, value in (("norm", "rms"), ("positional", "rope"), ("activation", "swiglu")):
         if _setting(model, field) != value:
             raise ValueError(
-                f"GPT.{field}={_setting(model, field)!r} cannot be written as Llama, Qwen2 "
-                f"or Mistral, which need {field}={value!r}"
+                f"GPT.{field}={_setting(model, field)!r} cannot be written as Llama, Qwen2, "
+                f"Qwen3 or Mistral, which need {field}={value!r}"
             )
-    options: tuple[tuple[str, object, str], ...] = (
-        ("qk_norm", False, "normalised queries and keys"),
-        ("logit_softcap", None, "capped logits"),
-    )
-    for option, plain, what in options:
-        if _setting(model, option, plain) != plain:
-            raise ValueError(
-                f"GPT.{option}={_setting(model, option)!r} cannot be written as Llama, Qwen2 or Mistral, "
-                f"which have no {what} ({option}={plain!r})"
-            )
+    softcap = _setting(model, "logit_softcap")
+    if softcap is not None:
+        raise ValueError(
+            f"GPT.logit_softcap={softcap!r} cannot be written as Llama, Qwen2, Qwen3 or Mistral, "
+            "which have no capped logits (logit_softcap=None)"
+        )
     bias = _setting(model, "bias", True)
     qkv_bias = bias if _setting(model, "qkv_bias") is None else _setting(model, "qkv_bias")
     window = _setting(model, "sliding_window")
@@ -307,6 +329,13 @@ def family(model: GPT) -> str:
             "GPT.bias=True with qkv_bias=False (a biased output projection and unbiased "
             "q, k, v) is no Hugging Face family's attention"
         )
+    if _setting(model, "qk_norm", False):
+        if qkv_bias and not bias:
+            raise ValueError(
+                "GPT.qk_norm=True with qkv_bias=True and bias=False cannot be written: Qwen3 "
+                "(the family with q/k norms) biases q, k, v and o together (attention_bias) or none"
+            )
+        return "qwen3"
     if bias:
         if window is not None:
             raise ValueError(
@@ -365,7 +394,9 @@ def config_from_gpt(model: GPT, dtype=np.float32) -> dict:
         config.update(attention_bias=bool(_setting(model, "bias")), mlp_bias=False)
     elif model_type == "mistral":
         config.update(sliding_window=window)
-    else:
+    else:  # qwen2, qwen3
+        if model_type == "qwen3":
+            config.update(attention_bias=bool(_setting(model, "bias")))
         config.update(
             use_sliding_window=window is not None,
             sliding_window=window,
