@@ -14,7 +14,7 @@ import lt
 from lt.tokenizers import BPETokenizer
 
 openai = pytest.importorskip("openai", reason="drives the server with the openai client (pip install 'lt[serve-test]')")
-httpx = pytest.importorskip("httpx", reason="needs httpx (the openai client's)")
+httpx = pytest.importorskip("httpx", reason="sends raw requests with httpx (pip install 'lt[serve-test]')")
 for _name in ("starlette", "uvicorn", "jinja2", "tokenizers"):
     pytest.importorskip(_name, reason="lt serve needs pip install 'lt[serve]' and 'lt[hf]'")
 
