@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 import lt
 from lt import cli
 from lt.cli.budget import parse_duration
-from lt.cli.common import recipe_defaults
+from lt.cli.recipes import recipe_defaults
 
 
 @given(st.integers(1, 10**5), st.sampled_from(["", "s", "m", "h"]))

@@ -19,7 +19,7 @@ import pytest
 import lt
 import lt.runs
 from lt import cli
-from lt.cli.common import RECIPES, recipe_defaults
+from lt.cli.recipes import RECIPES, recipe_defaults
 from lt.cli.runlog import curves, read_log
 
 TEXT = (

@@ -26,10 +26,11 @@ import os
 import sys
 
 from .chat_command import cmd_chat
-from .common import TRAIN_DEFAULTS, UsageError, build_parser
+from .common import UsageError, build_parser
 from .export_command import cmd_export
 from .inference import cmd_eval, cmd_generate, cmd_info, cmd_quantize
 from .plot import cmd_plot
+from .recipes import TRAIN_DEFAULTS
 from .serve_command import cmd_serve
 from .train_command import cmd_train
 

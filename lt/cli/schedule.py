@@ -6,7 +6,8 @@ from __future__ import annotations
 import attrs
 
 from ..runs import RunSettings
-from .common import UsageError, recipe_defaults
+from .common import UsageError
+from .recipes import recipe_defaults
 
 __all__ = ["fit_schedule", "refit", "warmup_note", "default_log_every"]
 

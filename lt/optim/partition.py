@@ -16,7 +16,7 @@ import numpy as np
 from .. import tree
 from .._checks import real
 from .schedules import as_schedule
-from .transforms import EmptyState, GradientTransformation, _accepted, _schedule_init, _schedule_step
+from .transforms import EmptyState, GradientTransformation, accepted_extra, schedule_init, schedule_step
 
 __all__ = ["partition", "scale_by_learning_rate", "add_decayed_weights"]
 
@@ -60,7 +60,7 @@ def partition(transforms: Mapping[str, GradientTransformation], labels) -> Gradi
         for name in names:
             t = transforms[name]
             out[name], new_state[name] = t.update(
-                groups[name], state[name], param_groups[name], **_accepted(t.update, extra)
+                groups[name], state[name], param_groups[name], **accepted_extra(t.update, extra)
             )
         cursor = dict.fromkeys(names, 0)
         updates = []
@@ -78,10 +78,10 @@ def scale_by_learning_rate(learning_rate) -> GradientTransformation:
     schedule = as_schedule(learning_rate)
 
     def update(grads, state, params=None, **extra):
-        lr, sched = _schedule_step(schedule, state)
+        lr, sched = schedule_step(schedule, state)
         return tree.map(lambda g: g * np.asarray(g).dtype.type(-lr), grads), sched
 
-    return GradientTransformation(lambda params: _schedule_init(schedule), update)
+    return GradientTransformation(lambda params: schedule_init(schedule), update)
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:

@@ -51,10 +51,10 @@ class GradientTransformation(NamedTuple):
     def update_with(self, grads, state, params=None, **extra):
         """``update`` with the ``extra`` values it accepts (all of them for lt's transforms, none
         for a hand-written ``update(grads, state, params)``)."""
-        return self.update(grads, state, params, **_accepted(self.update, extra))
+        return self.update(grads, state, params, **accepted_extra(self.update, extra))
 
 
-def _accepted(fn: Callable, extra: dict) -> dict:
+def accepted_extra(fn: Callable, extra: dict) -> dict:
     if not extra:
         return extra
     names = _keywords(fn)
@@ -92,11 +92,11 @@ def _scalar(x, dtype) -> np.ndarray:
     return tree.seal(np.asarray(x, dtype))
 
 
-def _schedule_init(schedule) -> ScheduleState:
+def schedule_init(schedule) -> ScheduleState:
     return ScheduleState(_scalar(0, np.int64), _scalar(schedule(0), np.float64))
 
 
-def _schedule_step(schedule, state: ScheduleState) -> tuple[float, ScheduleState]:
+def schedule_step(schedule, state: ScheduleState) -> tuple[float, ScheduleState]:
     """The rate for this update, and the state after it."""
     count = int(state.count)
     lr = float(schedule(count))
@@ -119,10 +119,10 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> Gradien
     schedule = as_schedule(learning_rate)
 
     def init(params):
-        return MomentumState(_schedule_init(schedule), _zeros_like(params) if momentum else None)
+        return MomentumState(schedule_init(schedule), _zeros_like(params) if momentum else None)
 
     def update(grads, state, params=None, **extra):
-        lr, sched = _schedule_step(schedule, state.schedule)
+        lr, sched = schedule_step(schedule, state.schedule)
         if not momentum:
             return tree.map(lambda g: g * g.dtype.type(-lr), grads), MomentumState(sched, None)
         buf = tree.map(lambda b, g: b * b.dtype.type(momentum) + g, state.momentum, grads)
@@ -148,10 +148,10 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
     schedule = as_schedule(learning_rate)
 
     def init(params):
-        return AdamState(_schedule_init(schedule), _zeros_like(params), _zeros_like(params))
+        return AdamState(schedule_init(schedule), _zeros_like(params), _zeros_like(params))
 
     def update(grads, state, params=None, **extra):
-        lr, sched = _schedule_step(schedule, state.schedule)
+        lr, sched = schedule_step(schedule, state.schedule)
         t = int(sched.count)
         step_size = lr / (1.0 - b1**t)  # bias corrections, as torch applies them
         root_correction = np.sqrt(1.0 - b2**t)
@@ -274,7 +274,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         for t, s in zip(transforms, state):
             if grads is not given:
                 extra.pop("grad_norm", None)
-            grads, s = t.update(grads, s, params, **_accepted(t.update, extra))
+            grads, s = t.update(grads, s, params, **accepted_extra(t.update, extra))
             new_states.append(s)
         return grads, tuple(new_states)
 

@@ -59,7 +59,7 @@ SCHEMES = {8: 127, 4: 7}  # bits -> the largest code magnitude
 # as bitsandbytes; the fastest to decode, since scales then multiply whole dot products), int4
 # one per 32 weights (Q4_0's block: 4 bits alone are too coarse for a whole row).
 DEFAULT_GROUP_SIZE: dict[int, int | str] = {8: "channel", 4: 32}
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _int(value, name: str, low: int) -> int:
@@ -68,18 +68,20 @@ def _int(value, name: str, low: int) -> int:
     return int(value)
 
 
-def _bits(bits) -> int:
+def check_bits(bits) -> int:
     """``bits`` as the int 8 or 4 (a NumPy integer too), or a ValueError naming it."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in SCHEMES:
         raise ValueError(f"bits must be 8 or 4 (an int), got {bits!r}")
     return int(bits)
 
 
-def _group(K: int, bits: int, group_size: int | str) -> int:
-    """The group size G used for rows of K weights: ``"channel"`` is one group per row; a larger
-    group than a row is clamped to one (it would only pad the row with zeros). For int4 a row's
-    group is K rounded up to even (two codes to a byte); an empty row still gets G >= 1 (2)."""
+def group_size_for(K: int, bits: int, group_size: int | str | None) -> int:
+    """The group size G used for rows of K weights: None is the scheme's default
+    (:data:`DEFAULT_GROUP_SIZE`), ``"channel"`` one group per row; a larger group than a row is
+    clamped to one (it would only pad the row with zeros). For int4 a row's group is K rounded
+    up to even (two codes to a byte); an empty row still gets G >= 1 (2)."""
     row = max(K + (K % 2 if bits == 4 else 0), 2 if bits == 4 else 1)
+    group_size = DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size
     if group_size == "channel":
         return row
     return min(_int(group_size, "group_size", 1), row)
@@ -128,7 +130,7 @@ class QuantizedArray:
                 f"int{bits} codes of a {shape} matrix (groups of {group_size} along axis {axis}) "
                 f"must be {want_dtype}{list(want_codes)}, got {codes.dtype}{list(codes.shape)}"
             )
-        if scales.dtype not in _FLOATS or scales.shape != (R, g):
+        if scales.dtype not in FLOAT_DTYPES or scales.shape != (R, g):
             raise ValueError(
                 f"scales of a {shape} matrix (groups of {group_size} along axis {axis}) must be "
                 f"float32 or float64 of shape {[R, g]}, got {scales.dtype}{list(scales.shape)}"
@@ -238,15 +240,15 @@ def quantize_array(w, bits: int = 8, group_size: int | str | None = None, axis: 
     as ``"channel"`` (a larger one would only pad with zeros). An empty matrix ((0, n) or
     (n, 0)) quantizes to an empty leaf of its shape."""
     w = np.asarray(w)
-    if w.ndim != 2 or w.dtype not in _FLOATS:
+    if w.ndim != 2 or w.dtype not in FLOAT_DTYPES:
         raise TypeError(f"quantize_array needs a float32 or float64 matrix, got {w.dtype}{list(w.shape)}")
-    bits = _bits(bits)
+    bits = check_bits(bits)
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 or 1, got {axis!r}")
     if not np.isfinite(w).all():
         raise ValueError("cannot quantize a matrix holding NaN or inf")
     K = w.shape[axis]
-    G = _group(K, bits, DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size)
+    G = group_size_for(K, bits, group_size)
     if bits == 4 and G % 2:
         raise ValueError(f"int4 packs two codes to a byte: group_size must be even, got {G}")
     rows = w.T if axis == 0 else w  # (R, K)
@@ -283,7 +285,7 @@ def from_codes(codes, scales, *, bits: int, group_size: int, axis: int, shape, s
     ``codes`` (R, Kp) integers: int8 in [-128, 127] for 8 bits, [-8, 7] for 4 (Q4_0 uses -8);
     ``scales`` (R, g) float32 or float64; ``shape`` the logical matrix, ``axis`` its reduction
     axis (as :class:`QuantizedArray`, ``signed_scales`` too). A code outside the range raises."""
-    bits = _bits(bits)
+    bits = check_bits(bits)
     codes = np.asarray(codes)
     low, high = (-128, 127) if bits == 8 else (-8, 7)
     if codes.ndim != 2 or codes.dtype.kind not in "iu":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tree
-from .arrays import _FLOATS, DEFAULT_GROUP_SIZE, _bits, _group, dequantize_array, is_quantized, quantize_array
+from .arrays import FLOAT_DTYPES, check_bits, dequantize_array, group_size_for, is_quantized, quantize_array
 
 __all__ = ["plan", "quantize", "planned_nbytes", "dequantize", "describe"]
 
@@ -36,7 +36,7 @@ def quantize(params, bits: int = 8, group_size: int | str | None = None, *, mode
     one per row (as ``"channel"``). A leaf that is already quantized is refused: dequantize
     the tree first to quantize it again.
     """
-    bits = _bits(bits)
+    bits = check_bits(bits)
     spec = model.spec()
     flat, treedef = tree.flatten(params)
     decls, spec_def = tree.flatten(spec)
@@ -53,7 +53,7 @@ def quantize(params, bits: int = 8, group_size: int | str | None = None, *, mode
                 "quantize the float tree (lt.dequantize(params) gives one)"
             )
         axis = plan(param)
-        if axis is None or not (isinstance(x, np.ndarray) and x.dtype in _FLOATS):
+        if axis is None or not (isinstance(x, np.ndarray) and x.dtype in FLOAT_DTYPES):
             return x
         try:
             return quantize_array(x, bits, group_size, axis=axis)
@@ -74,7 +74,7 @@ def planned_nbytes(spec, bits: int | None, group_size: int | str | None = None, 
             total += int(np.prod(shape)) * itemsize
             continue
         R, K = shape[1 - axis], shape[axis]
-        G = _group(K, bits, DEFAULT_GROUP_SIZE[bits] if group_size is None else group_size)
+        G = group_size_for(K, bits, group_size)
         g = -(-K // G)
         total += R * g * G * bits // 8 + R * g * itemsize
     return total
