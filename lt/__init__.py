@@ -2,7 +2,8 @@
 
 Parameters are immutable pytrees (``lt.tree``), randomness comes from explicit keys
 (``lt.random``), components are pure (``lt.nn``), and gradients come from
-``lt.value_and_grad`` over lt's own primitives (``lt.ops``).
+``lt.value_and_grad`` over lt's own primitives (``lt.ops``), as do JAX's other transforms:
+``lt.vmap``, ``lt.jvp``, ``lt.hvp`` and ``lt.remat``.
 
 Importing lt changes nothing process-wide. :func:`tune_malloc` (glibc keeps freed pages for
 the next training step) is an explicit call, made by :func:`train`, the ``lt`` command and
@@ -13,6 +14,7 @@ from . import (
     checkpoint,
     corpus,
     data,
+    ensemble,
     files,
     generate,
     gguf,
@@ -31,7 +33,7 @@ from . import (
 )
 from ._allocator import tune_malloc
 from ._version import __version__ as __version__
-from .autodiff import grad, value_and_grad, vjp
+from .autodiff import grad, hvp, jvp, remat, value_and_grad, vjp, vmap
 from .generate import beam_search
 from .nn import GPT
 from .quant import QuantizedArray, dequantize, quantize
@@ -40,12 +42,17 @@ from .training import NonFiniteError, TrainState, evaluate, make_train_step, tra
 
 __all__ = [
     "GPT",
+    "vmap",
+    "jvp",
+    "hvp",
+    "remat",
     "BPETokenizer",
     "CharTokenizer",
     "beam_search",
     "checkpoint",
     "corpus",
     "data",
+    "ensemble",
     "files",
     "generate",
     "gguf",

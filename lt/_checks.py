@@ -93,7 +93,12 @@ def choice(value, name: str, choices) -> object:
 def index_array(values, size: int, name: str, within: str = "the vocabulary") -> np.ndarray:
     """``values`` as an integer array inside ``[0, size)``: a TypeError for another dtype, a
     ValueError naming ``name``, the first offending value, its position and the range
-    (``within`` says what the range is: the vocabulary, the positions, ...)."""
+    (``within`` says what the range is: the vocabulary, the positions, ...). A value batched by
+    ``lt.vmap`` is checked member by member and returned as it is."""
+    plain = getattr(values, "plain_values", None)
+    if plain is not None:
+        index_array(plain(), size, name, within)
+        return values
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {values.dtype}")

@@ -37,6 +37,8 @@ __all__ = [
     "set",
     "size",
     "nbytes",
+    "stack",
+    "unstack",
 ]
 
 
@@ -431,3 +433,32 @@ def nbytes(tree) -> int:
     """Bytes held by all leaves: arrays by their ``nbytes``, quantized leaves (``lt.quant``) by
     their codes and scales, scalars by their NumPy size."""
     return int(sum(x.nbytes if hasattr(x, "nbytes") else np.asarray(x).nbytes for x in leaves(tree)))
+
+
+def stack(trees) -> Any:
+    """Trees of one structure as one tree whose leaves have a new leading axis, one entry per
+    tree (an ensemble's params for ``lt.vmap``); frozen. Scalars become (n,) arrays."""
+    trees = list(trees)
+    if not trees:
+        raise ValueError("lt.tree.stack needs at least one tree")
+    first = structure(trees[0])
+    for i, t in enumerate(trees[1:], 1):
+        if structure(t) != first:
+            raise ValueError(f"lt.tree.stack: tree {i} differs in structure from tree 0: {mismatch(trees[0], t)}")
+    flat = [leaves(t) for t in trees]
+    for k, column in enumerate(zip(*flat)):
+        shapes = {np.shape(x) for x in column}
+        if len(shapes) > 1:
+            raise ValueError(f"lt.tree.stack: leaf {paths(trees[0])[k]} has different shapes {sorted(shapes)}")
+    return freeze(unflatten(first, [np.stack([np.asarray(x) for x in column]) for column in zip(*flat)]))
+
+
+def unstack(tree) -> list:
+    """The inverse of :func:`stack`: one frozen tree per entry of the leaves' leading axis."""
+    flat, treedef = flatten(tree)
+    if not flat:
+        raise ValueError("lt.tree.unstack: the tree has no leaves")
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in flat}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(f"lt.tree.unstack: the leaves' leading axes differ or are missing: {sorted(sizes)}")
+    return [freeze(unflatten(treedef, [np.asarray(x)[i] for x in flat])) for i in range(sizes.pop())]

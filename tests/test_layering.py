@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("components", frozenset({"nn"})),
     ("built on a model", frozenset({"optim", "generate", "checkpoint", "testing"})),
     ("parallelism", frozenset({"parallel"})),
-    ("training and Hugging Face", frozenset({"training", "hf"})),
+    ("training and Hugging Face", frozenset({"training", "ensemble", "hf"})),
     ("fine-tuning adapters", frozenset({"lora"})),
     ("GGUF files", frozenset({"gguf"})),
     ("run directories", frozenset({"runs"})),

@@ -191,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (default 400)")
     t.add_argument(
+        "--remat",
+        action="store_true",
+        help="recompute each block's activations in the backward pass instead of keeping them: less memory "
+        "for longer contexts, about one more forward pass per step; the same numbers",
+    )
+    t.add_argument(
+        "--ensemble",
+        type=_positive(int),
+        metavar="N",
+        help="train N seeds at once (seed, seed+1, ...; one batched step for all; needs --steps) and report "
+        "the spread of their validation losses; every member is saved under the run's members/",
+    )
+    t.add_argument(
         "--init-hf",
         metavar="DIR|NAME",
         help="fine-tune a Hugging Face checkpoint (gpt2, llama, qwen2, qwen3, mistral) with its tokenizer "

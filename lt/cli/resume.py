@@ -17,6 +17,7 @@ __all__ = ["check_resume_flags"]
 # once --time has sized it)
 _NOT_SETTINGS = {"command", "steps", "out", "resume", "mpi", "tensor_parallel", "sample_tokens", "time"}
 _NOT_SETTINGS |= {"recipe", "log_every"}  # run.json holds the recipe's values; logging changes no result
+_NOT_SETTINGS |= {"remat", "ensemble"}  # remat changes no number; an ensemble is refused on resume
 # lt.GPT fields a run's --model-option usually sets on its preset (the speedrun's options)
 _OPTION_FIELDS = ("qk_norm", "logit_softcap", "zero_init_projections", "activation", "tie_embeddings")
 

@@ -21,6 +21,7 @@ from ..training import TrainState, train
 from . import budget as _budget
 from .budget import parse_duration, size_steps
 from .common import UsageError
+from .ensemble_run import check_ensemble_flags, cmd_train_ensemble
 from .inference import sample_text
 from .lora_run import check_lora_flags, cmd_train_lora
 from .recipes import recipe_defaults
@@ -265,6 +266,7 @@ def cmd_train(args) -> int:
     started = _command_start()  # a --time budget counts from here
     out = args.out or _default_out(args)
     check_lora_flags(args, out)
+    check_ensemble_flags(args)
     if args.lora is not None:  # adapters over a frozen base: lora_run
         return cmd_train_lora(args, _settings, out)
     tune_malloc()
@@ -272,6 +274,8 @@ def cmd_train(args) -> int:
     _check_tensor_parallel(args, world)  # before the run directory is made
     run, optimizer, lock, deadline = _shared_run(args, world, started)
     try:
+        if args.ensemble is not None:  # several seeds at once: ensemble_run
+            return cmd_train_ensemble(args, run, optimizer)
         return _train(args, world, run, optimizer, _stopper(args, world, run, deadline))
     finally:
         if lock is not None:
@@ -280,7 +284,7 @@ def cmd_train(args) -> int:
 
 def _train(args, world, run, optimizer, stop=None) -> int:
     files, settings, state = run.files, run.settings, run.state
-    model = GPT(**settings.model)
+    model = attrs.evolve(GPT(**settings.model), remat=bool(getattr(args, "remat", False)))
     tp = getattr(args, "tensor_parallel", None)
     if world.is_root:
         ranks = f" on {world.size} MPI ranks" if world.size > 1 else ""

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import _checks, ops, random, threads
 from .._checks import number, one_of, positive, probability
+from ..autodiff import remat
 from .layers import (
     CrossEntropy,
     Dropout,
@@ -69,6 +70,10 @@ class GPT(Module):
     queries and keys), ``activation="relu2"`` (ReLU² feed-forward), ``logit_softcap`` c
     (logits ``c · tanh(logits / c)``), ``zero_init_projections`` (the attention and
     feed-forward output projections start at zero, so every block starts as the identity).
+
+    ``remat`` (a way of computing, not of the model: the params and numbers are the same)
+    recomputes each block's activations in the backward pass instead of keeping them
+    (``lt.remat``): a gradient then holds one (B, T, D) input per block, for one more forward.
     """
 
     vocab_size: int = attrs.field(validator=positive)
@@ -98,6 +103,7 @@ class GPT(Module):
         default=None, validator=attrs.validators.optional(number(0, low_open=True))
     )
     zero_init_projections: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    remat: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     parts: Parts = attrs.field(factory=Parts, kw_only=True, repr=False)
 
     def __attrs_post_init__(self):
@@ -294,8 +300,9 @@ class GPT(Module):
         blocks_rng = random.fold_in(rng, "blocks")
         rope = self.block.rope  # rotary angles: once, for every layer
         rotary = None if rope is None else rope.angles(positions, self.compute_dtype(params))
+        apply_block = remat(self.block.apply) if self.remat else self.block.apply
         for i, block_params in enumerate(params["blocks"]):  # a loop over layers
-            x = self.block.apply(
+            x = apply_block(
                 block_params,
                 x,
                 mask,

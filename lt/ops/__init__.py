@@ -8,6 +8,7 @@ Model code is written once on these; outside ``lt.value_and_grad`` they are plai
 - ``embedding``: the token-table gather and the tied LM head (``unembed``).
 - ``softmax``: the primitive and the one in-place kernel of fused attention, the loss and sampling.
 - ``attention``: fused scaled dot-product attention.  ``loss``: cross-entropy.
+- ``attention_rules``: the ``lt.vmap`` and ``lt.jvp`` rules of both attention kernels.
 - ``blockwise``: the same attention tile by tile (no (T, S) matrix), and the one
   policy (``attention_kernel``) that ``dot_product_attention`` uses to pick a kernel.
 - ``rotary``: the rotary position embedding (RoPE).  ``gated``: the SwiGLU gate.
@@ -15,6 +16,7 @@ Model code is written once on these; outside ``lt.value_and_grad`` they are plai
 - ``primitive``: what makes them differentiable (``primitive``, ``Tracer``, ``Tape``).
 """
 
+from . import attention_rules  # noqa: F401  (the vmap and jvp rules of both attention kernels)
 from .attention import attention
 from .basic import (
     add,

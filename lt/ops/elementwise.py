@@ -12,9 +12,22 @@ import numpy as np
 
 from .. import random as lrandom
 from .. import threads
+from .basic import add, mul, sub, tanh
 from .primitive import primitive
+from .traces import constant_map, shape_of
 
 __all__ = ["gelu", "relu", "dropout"]
+
+
+def _unary_batch(prim):
+    """vmap of a primitive elementwise in its one array argument: one call, the batch left on its axis."""
+
+    def rule(args, dims, **options):
+        if any(d is not None for d in dims[1:]):
+            raise NotImplementedError(f"lt.vmap: {prim.__name__} batches its array argument only")
+        return prim(*args, **options), dims[0]
+
+    return rule
 
 
 # ----------------------------------------------------------------- activations
@@ -69,6 +82,23 @@ def _gelu_vjp_into(x, t, g, d) -> None:
     d *= g
 
 
+gelu.defbatch(_unary_batch(gelu))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    """dy = dx (0.5 (1 + t) + 0.5 x (1 - t²) √(2/π) (1 + 3·0.044715 x²)), t = tanh(u), in primitives."""
+    (x,), (dx,) = primals, tangents
+    y = gelu(x)
+    if dx is None:
+        return y, None
+    x2 = mul(x, x)
+    t = tanh(mul(x, add(mul(x2, _GELU_C * _GELU_A), _GELU_C)))
+    slope = mul(mul(x, sub(1.0, mul(t, t))), add(mul(x2, 3 * _GELU_A * _GELU_C), _GELU_C))
+    d = mul(add(add(t, 1.0), slope), 0.5)
+    return y, mul(dx, d)
+
+
 @primitive
 def relu(x):
     """``max(x, 0)``."""
@@ -79,6 +109,19 @@ def relu(x):
 @relu.defvjp
 def _relu_vjp(y, g):
     return (g * (y > 0),)
+
+
+relu.defbatch(_unary_batch(relu))
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+    """dy = dx where x > 0 (the step is a constant: no second derivative)."""
+    (x,), (dx,) = primals, tangents
+    y = relu(x)
+    if dx is None:
+        return y, None
+    return y, mul(dx, constant_map(lambda v: (v > 0).astype(v.dtype), x))
 
 
 @primitive
@@ -93,6 +136,17 @@ def _relu_squared_vjp(r, g):
     d = g * r
     d *= d.dtype.type(2)
     return (d,)
+
+
+relu_squared.defbatch(_unary_batch(relu_squared))
+
+
+@relu_squared.defjvp
+def _relu_squared_jvp(primals, tangents):
+    """dy = 2 max(x, 0) dx."""
+    (x,), (dx,) = primals, tangents
+    y = relu_squared(x)
+    return y, None if dx is None else mul(dx, mul(relu(x), 2.0))
 
 
 @primitive
@@ -115,6 +169,21 @@ def _softcap_vjp(res, g):
     return (t, None)
 
 
+softcap.defbatch(_unary_batch(softcap))
+
+
+@softcap.defjvp
+def _softcap_jvp(primals, tangents, **options):
+    """dy = dx (1 - (y / cap)²) (``cap`` a constant)."""
+    x, cap = primals
+    dx = tangents[0]
+    y = softcap(x, cap, **options)
+    if dx is None:
+        return y, None
+    t = mul(y, 1.0 / float(cap))
+    return y, mul(dx, sub(1.0, mul(t, t)))
+
+
 # ----------------------------------------------------------------- dropout
 
 
@@ -133,3 +202,26 @@ def _dropout_vjp(res, g):
     dx = g * keep
     dx *= scale
     return dx, None, None
+
+
+@dropout.defbatch
+def _dropout_batch(args, dims, **options):
+    """One multiply by the mask drawn for one member's shape, so every member is dropped as alone."""
+    x, rate, rng = args
+    if any(d is not None for d in dims[1:]):
+        raise NotImplementedError("lt.vmap: dropout batches x only (the rate and the key are shared)")
+    d = dims[0]
+    shape = list(shape_of(x))
+    del shape[d]
+    keep = lrandom.bernoulli(rng, 1.0 - rate, tuple(shape))
+    dtype = x.dtype
+    scaled = np.expand_dims(keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate)), d)
+    return mul(x, scaled), d
+
+
+@dropout.defjvp
+def _dropout_jvp(primals, tangents):
+    """The tangent dropped by the same mask (same key, same shape): dropout is linear in x."""
+    x, rate, rng = primals
+    dx = tangents[0]
+    return dropout(x, rate, rng), None if dx is None else dropout(dx, rate, rng)

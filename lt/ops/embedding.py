@@ -9,7 +9,9 @@ import numpy as np
 
 from ..quant import QuantizedArray
 from . import quantized
+from .basic import add, index, matmul, reshape, transpose
 from .primitive import primitive
+from .traces import add_tangents, ndim_of, shape_of, to_front
 
 __all__ = ["embedding", "unembed"]
 
@@ -31,6 +33,31 @@ def _embedding_vjp(res, g):
     dw = np.zeros(shape, dtype)
     np.add.at(dw, np.ravel(ids), g.reshape(-1, shape[1]))  # scatter-add: repeated ids sum
     return dw, None
+
+
+@embedding.defbatch
+def _embedding_batch(args, dims):
+    """One gather; from a batched table (B, V, D) at ``[b, ids_b]`` (no copy of a broadcast table)."""
+    w, ids = args
+    dw, di = dims
+    if dw is None:
+        return embedding(w, ids), di
+    w = to_front(w, dw)
+    size, vocab, width = shape_of(w)
+    rank = ndim_of(ids) - (di is not None)
+    members = np.arange(size).reshape((size,) + (1,) * rank)
+    if isinstance(ids, np.ndarray):
+        return index(w, (members, ids if di is None else np.moveaxis(ids, di, 0))), 0
+    # ids traced by an enclosing vmap: they must reach a primitive as an argument
+    return embedding(reshape(w, (size * vocab, width)), add(to_front(ids, di), members * vocab)), 0
+
+
+@embedding.defjvp
+def _embedding_jvp(primals, tangents):
+    """The tangent table's rows at the same ids (the gather is linear in the table)."""
+    w, ids = primals
+    dw = tangents[0]
+    return embedding(w, ids), None if dw is None else embedding(dw, ids)
 
 
 @primitive
@@ -58,3 +85,34 @@ def _unembed_vjp(res, g):
     if type(w) is QuantizedArray:  # a constant: dh only
         return quantized.matmul(g2, w).reshape(h_shape), None
     return (g2 @ w).reshape(h_shape), g2.T @ h2  # (N, D) -> (..., D); (V, D)
+
+
+@unembed.defbatch
+def _unembed_batch(args, dims):
+    """One call; a batched table (B, V, D) as one batched product ``h (B, N, D) @ wᵀ (B, D, V)``."""
+    h, w = args
+    dh, dw = dims
+    if dw is None:
+        if dh == ndim_of(h) - 1:
+            h, dh = to_front(h, dh), 0
+        return unembed(h, w), dh
+    w = to_front(w, dw)
+    size, vocab, width = shape_of(w)
+    member = list(shape_of(h))
+    if dh is not None:
+        del member[dh]
+    lead = tuple(member[:-1])
+    rows = int(np.prod(lead, dtype=np.int64))
+    h = reshape(h, (rows, width)) if dh is None else reshape(to_front(h, dh), (size, rows, width))
+    scores = matmul(h, transpose(w, (0, 2, 1)))  # (B, N, V)
+    return reshape(scores, (size, *lead, vocab)), 0
+
+
+@unembed.defjvp
+def _unembed_jvp(primals, tangents):
+    """``unembed(dh, w) + unembed(h, dw)``: the product is bilinear."""
+    h, w = primals
+    dh, dw = tangents
+    out = unembed(h, w)
+    t = None if dh is None else unembed(dh, w)
+    return out, add_tangents(t, None if dw is None else unembed(h, dw))

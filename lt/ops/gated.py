@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .basic import add, mul, sub, tanh
 from .primitive import primitive
+from .traces import add_tangents, batch_size, broadcast_front, shape_of
 
 __all__ = ["swiglu"]
 
@@ -41,3 +43,28 @@ def _swiglu_vjp(res, g):
     dgate *= up
     dgate *= g
     return dgate, dup
+
+
+@swiglu.defbatch
+def _swiglu_batch(args, dims):
+    """One call on the batch: gate and up batched alike (the forward and VJP want one shape)."""
+    if dims[0] == dims[1]:
+        return swiglu(*args), dims[0]
+    size = batch_size(args, dims)
+    return swiglu(*(broadcast_front(a, d, size) for a, d in zip(args, dims))), 0
+
+
+@swiglu.defjvp
+def _swiglu_jvp(primals, tangents):
+    """``dh = dgate · up · (σ + silu (1 - σ)) + dup · silu``, σ = sigmoid(gate) as ½(1 + tanh(gate/2))."""
+    gate, up = primals
+    dgate, dup = tangents
+    h = swiglu(gate, up)
+    if dgate is None and dup is None:
+        return h, None
+    silu = swiglu(gate, np.ones(shape_of(gate), gate.dtype))
+    dh = None if dup is None else mul(dup, silu)
+    if dgate is not None:
+        sig = mul(add(tanh(mul(gate, 0.5)), 1.0), 0.5)
+        dh = add_tangents(dh, mul(mul(dgate, up), add(sig, mul(silu, sub(1.0, sig)))))
+    return h, dh

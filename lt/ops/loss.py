@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from .. import _checks, threads
+from .basic import div, mul, sub
+from .basic import sum as sum_
 from .primitive import primitive
-from .softmax import exp_normalize_
+from .softmax import exp_normalize_, softmax
+from .traces import batch_size, broadcast_front, constant_map, ndim_of, shape_of
 
 __all__ = ["cross_entropy"]
 
 
 @primitive
-def cross_entropy(logits, targets, ignore_index=-100):
+def cross_entropy(logits, targets, ignore_index=-100, batch_dims=0):
     """Mean softmax cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).
 
     Positions whose target is ``ignore_index`` count for nothing; with no position left
     the loss is 0. The targets are checked here (integers in [0, V) or ``ignore_index``),
-    once. Keeps the softmax for the fused backward.
+    once. Keeps the softmax for the fused backward. With ``batch_dims`` k > 0 (lt.vmap's rule)
+    the first k axes index independent members: one mean per member, shaped like those axes.
     """
     V = logits.shape[-1]
     x = logits.reshape(-1, V)  # (N, V)
@@ -35,6 +40,13 @@ def cross_entropy(logits, targets, ignore_index=-100):
         ]
     )
     nll = np.log(total[:, 0]) - picked
+    if batch_dims:
+        lead = logits.shape[:batch_dims]
+        members = math.prod(lead)
+        rows = len(t) // members if members else 0
+        counts = kept.reshape(members, rows).sum(axis=1)
+        means = (nll * kept).reshape(members, rows).sum(axis=1) / np.maximum(counts, 1).astype(x.dtype)
+        return means.astype(logits.dtype, copy=False).reshape(lead), (p, safe_t, kept, counts, logits.shape)
     n = int(kept.sum())
     loss = logits.dtype.type((nll * kept).sum() / n) if n else logits.dtype.type(0.0)
     return np.asarray(loss), (p, safe_t, kept, n, logits.shape)
@@ -51,7 +63,12 @@ def _softmax_rows(x, safe_t, p, picked, total, rows: slice) -> None:
 @cross_entropy.defvjp
 def _cross_entropy_vjp(res, g):
     p, safe_t, kept, n, shape = res
-    weight = (kept * (g / max(n, 1))).astype(p.dtype)[:, None]  # (N, 1): 0 where ignored
+    if isinstance(n, np.ndarray):  # one mean per member (batch_dims): n counts each member's rows
+        rows = len(kept) // len(n) if len(n) else 0
+        scale = np.reshape(g, -1) / np.maximum(n, 1)
+        weight = (kept.reshape(len(n), rows) * scale[:, None]).astype(p.dtype).reshape(-1, 1)
+    else:
+        weight = (kept * (g / max(n, 1))).astype(p.dtype)[:, None]  # (N, 1): 0 where ignored
     d = np.empty_like(p)
     threads.run(
         [
@@ -61,3 +78,46 @@ def _cross_entropy_vjp(res, g):
     )
     d[np.arange(len(safe_t)), safe_t] -= weight[:, 0]
     return d.reshape(shape), None
+
+
+def _ce_options(args, options) -> tuple:
+    """(ignore_index, batch_dims) of a cross_entropy call, given by position or by name."""
+    ignore = args[2] if len(args) > 2 else options.get("ignore_index", -100)
+    batch_dims = args[3] if len(args) > 3 else options.get("batch_dims", 0)
+    return ignore, batch_dims
+
+
+@cross_entropy.defbatch
+def _cross_entropy_batch(args, dims, **options):
+    """One call, the batch in front as one more ``batch_dims`` axis: each member's own mean loss."""
+    if any(d is not None for d in dims[2:]):
+        raise NotImplementedError("lt.vmap: cross_entropy's ignore_index cannot be batched")
+    ignore, batch_dims = _ce_options(args, options)
+    size = batch_size(args, dims)
+    logits, targets = (broadcast_front(a, d, size) for a, d in zip(args[:2], dims[:2]))
+    return cross_entropy(logits, targets, ignore_index=ignore, batch_dims=batch_dims + 1), 0
+
+
+def _one_hot(t, ignore, size: int, dtype) -> np.ndarray:
+    """(...) integer targets -> (..., size) one-hot rows, zero rows where the target is ``ignore``."""
+    t = np.asarray(t)
+    return ((t[..., None] == np.arange(size)) & (t != ignore)[..., None]).astype(dtype)
+
+
+@cross_entropy.defjvp
+def _cross_entropy_jvp(primals, tangents, **options):
+    """Mean over counted positions of ``(softmax(x) - onehot(t)) · dx``, per member (``batch_dims``)."""
+    logits, targets = primals[:2]
+    dx = tangents[0]
+    loss = cross_entropy(*primals, **options)
+    if dx is None:
+        return loss, None
+    ignore, batch_dims = _ce_options(primals, options)
+    dtype, size = logits.dtype, shape_of(logits)[-1]
+    kept = constant_map(lambda t: (np.asarray(t) != ignore).astype(dtype), targets)  # (...)
+    onehot = constant_map(lambda t: _one_hot(t, ignore, size, dtype), targets)  # (..., V)
+    rows = sub(mul(sum_(mul(softmax(logits), dx), -1), kept), sum_(mul(onehot, dx), -1))  # (...)
+    axes = tuple(range(batch_dims, ndim_of(targets)))
+    if axes:
+        rows, kept = sum_(rows, axes), sum_(kept, axes)
+    return loss, div(rows, constant_map(lambda n: np.maximum(n, 1), kept))

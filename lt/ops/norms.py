@@ -8,9 +8,42 @@ from __future__ import annotations
 
 import numpy as np
 
+from .basic import add, exp, log, mean, mul, sub
 from .primitive import primitive
+from .traces import add_tangents, align_front, ndim_of, shape_of, to_front
 
 __all__ = ["layer_norm", "rms_norm", "rows"]
+
+
+def _norm_batch(prim, n_params, args, dims, options):
+    """vmap of ``prim(x, scale[, bias])``: one call; batched parameters applied after a unit norm."""
+    x, params, rest = args[0], args[1 : 1 + n_params], args[1 + n_params :]
+    dx, pdims = dims[0], dims[1 : 1 + n_params]
+    if any(d is not None for d in dims[1 + n_params :]):
+        raise NotImplementedError(f"lt.vmap: {prim.__name__}'s eps cannot be batched")
+    if all(d is None for d in pdims):
+        if dx is not None and dx == ndim_of(x) - 1:
+            x, dx = to_front(x, dx), 0
+        return prim(x, *params, *rest, **options), dx
+    rank = ndim_of(x) - (dx is not None)
+    x = align_front(x, dx, rank)
+    size, dtype = shape_of(x)[-1], x.dtype
+    unit = [np.ones(size, dtype)] + [np.zeros(size, dtype)] * (n_params - 1)
+    y = prim(x, *unit, *rest, **options)
+    for i, (p, d) in enumerate(zip(params, pdims)):
+        p = align_front(p, d, rank)
+        y = mul(y, p) if i == 0 else add(y, p)
+    return y, 0
+
+
+def _inv_rms(c, eps):
+    """``1 / sqrt(mean(c²) + eps)`` over the last axis, kept (..., 1), in primitives."""
+    return exp(mul(log(add(mean(mul(c, c), -1, True), eps)), -0.5))
+
+
+def _normalised_tangent(xhat, rstd, dc):
+    """The tangent of ``xhat = c · rstd`` along ``dc``: ``rstd (dc - xhat · mean(dc · xhat))``."""
+    return mul(sub(dc, mul(xhat, mean(mul(dc, xhat), -1, True))), rstd)
 
 
 def rows(a: np.ndarray) -> np.ndarray:
@@ -53,6 +86,34 @@ def _layer_norm_vjp(res, g):
     return dx, dscale, dbias
 
 
+@layer_norm.defbatch
+def _layer_norm_batch(args, dims, **options):
+    """One layer norm over the batch; per member scale and bias where those are batched."""
+    return _norm_batch(layer_norm, 2, args, dims, options)
+
+
+@layer_norm.defjvp
+def _layer_norm_jvp(primals, tangents, **options):
+    """``dy = dxhat · scale + xhat · dscale + dbias``, ``dxhat`` from the centred tangent."""
+    x, scale, bias, *rest = primals
+    dx, dscale, dbias = tangents[:3]
+    y = layer_norm(x, scale, bias, *rest, **options)
+    if dx is None and dscale is None and dbias is None:
+        return y, None
+    eps = options.get("eps", rest[0] if rest else 1e-5)
+    size, dtype = shape_of(x)[-1], x.dtype
+    xhat = layer_norm(x, np.ones(size, dtype), np.zeros(size, dtype), eps=eps)
+    dy = None
+    if dx is not None:
+        rstd = _inv_rms(sub(x, mean(x, -1, True)), eps)
+        dy = mul(_normalised_tangent(xhat, rstd, sub(dx, mean(dx, -1, True))), scale)
+    if dscale is not None:
+        dy = add_tangents(dy, mul(xhat, dscale))
+    if dbias is not None:
+        dy = add(dbias, np.zeros(shape_of(x), dtype)) if dy is None else add(dy, dbias)
+    return y, dy
+
+
 # ----------------------------------------------------------------- RMS norm
 
 
@@ -79,3 +140,27 @@ def _rms_norm_vjp(res, g):
     dx -= xhat * (np.einsum("...d,...d->...", dx, xhat)[..., None] * inv_d)
     dx *= rstd
     return dx, dscale
+
+
+@rms_norm.defbatch
+def _rms_norm_batch(args, dims, **options):
+    """One RMS norm over the batch; per member scale where it is batched."""
+    return _norm_batch(rms_norm, 1, args, dims, options)
+
+
+@rms_norm.defjvp
+def _rms_norm_jvp(primals, tangents, **options):
+    """``dy = rstd (dx - xhat · mean(dx · xhat)) · scale + xhat · dscale``."""
+    x, scale, *rest = primals
+    dx, dscale = tangents[:2]
+    y = rms_norm(x, scale, *rest, **options)
+    if dx is None and dscale is None:
+        return y, None
+    eps = options.get("eps", rest[0] if rest else 1e-6)
+    xhat = rms_norm(x, np.ones(shape_of(x)[-1], x.dtype), eps=eps)
+    dy = None
+    if dx is not None:
+        dy = mul(_normalised_tangent(xhat, _inv_rms(x, eps), dx), scale)
+    if dscale is not None:
+        dy = add_tangents(dy, mul(xhat, dscale))
+    return y, dy

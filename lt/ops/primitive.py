@@ -15,10 +15,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Tracer", "Tape", "Primitive", "primitive", "value_of"]
+__all__ = ["ArrayMethods", "Tracer", "Tape", "Primitive", "primitive", "value_of", "registry", "TRANSFORM_TRACERS"]
 
 
 _registry: dict[str, Primitive] = {}  # every primitive by "module.name", filled as they are defined
+
+# The tracer types of lt.vmap and lt.jvp (``lt.ops.traces``), registered there: a primitive that
+# sees one hands the call to that tracer's trace (the one of the highest level among its arguments).
+TRANSFORM_TRACERS: set[type] = set()
+
+
+def registry() -> dict[str, Primitive]:
+    """Every primitive defined so far, by ``"module.name"`` (a copy)."""
+    return dict(_registry)
 
 
 def _op(name: str) -> Primitive:
@@ -27,16 +36,16 @@ def _op(name: str) -> Primitive:
     return _registry["lt.ops.basic." + name]
 
 
-class Tracer:
-    """An array recorded on a tape. Supports shape queries and arithmetic through lt.ops.
+class ArrayMethods:
+    """The array interface model code writes (arithmetic, ``@``, indexing, reshape, sum, ...),
+    each one primitive of lt.ops: shared by every traced value (:class:`Tracer` for gradients,
+    and the tracers of ``lt.vmap`` and ``lt.jvp``)."""
 
-    NumPy ufuncs that lt has a primitive for (add, multiply, exp, ...) dispatch to it; other
-    NumPy functions refuse it (they would silently drop the gradient): use :mod:`lt.ops`,
-    or ``float(t)`` for a value that needs no gradient.
-    """
-
-    __slots__ = ("value", "tape", "id")
+    __slots__ = ()
     __array_priority__ = 1000
+    shape: Any  # each tracer type gives these (one member's shape under lt.vmap)
+    dtype: Any
+    ndim: Any
     _ufuncs: ClassVar[dict] = {
         np.add: "add",
         np.subtract: "sub",
@@ -49,38 +58,19 @@ class Tracer:
         np.matmul: "matmul",
     }
 
-    def __init__(self, value: np.ndarray, tape: Tape, id_: int):
-        self.value, self.tape, self.id = value, tape, id_
-
-    shape = property(lambda self: self.value.shape)
-    dtype = property(lambda self: self.value.dtype)
-    ndim = property(lambda self: self.value.ndim)
-    size = property(lambda self: self.value.size)
-
     def __len__(self) -> int:
-        return len(self.value)
-
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def __repr__(self) -> str:
-        return f"Tracer(shape={self.shape}, dtype={self.dtype})"
-
-    def __array__(self, *args, **kwargs):
-        raise TypeError(
-            "a traced value reached a NumPy function inside lt.value_and_grad; "
-            "use the operations in lt.ops (or float(x) for a value without gradient)"
-        )
+        return self.shape[0]
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         """``ndarray + tracer``, ``np.exp(tracer)``, ...: the lt primitive, where there is one."""
         name = self._ufuncs.get(ufunc)
         if name is None or method != "__call__" or kwargs:
-            raise TypeError(
-                f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
-                "gradient; use the operations in lt.ops"
-            )
+            return self.other_ufunc(ufunc, method, inputs, kwargs)
         return _op(name)(*inputs)
+
+    def other_ufunc(self, ufunc, method, inputs, kwargs):
+        """A NumPy ufunc without an lt primitive: refused (it would drop the derivative)."""
+        raise TypeError(f"np.{ufunc.__name__} on a traced value has no derivative rule; use the operations in lt.ops")
 
     # The arithmetic and methods model code writes, each one primitive of lt.ops.
     def __add__(self, other):
@@ -137,6 +127,43 @@ class Tracer:
         return _op("astype")(self, dtype)
 
 
+class Tracer(ArrayMethods):
+    """An array recorded on a tape (inside ``lt.value_and_grad``).
+
+    NumPy ufuncs that lt has a primitive for (add, multiply, exp, ...) dispatch to it; other
+    NumPy functions refuse it (they would silently drop the gradient): use :mod:`lt.ops`,
+    or ``float(t)`` for a value that needs no gradient.
+    """
+
+    __slots__ = ("value", "tape", "id")
+
+    def __init__(self, value: np.ndarray, tape: Tape, id_: int):
+        self.value, self.tape, self.id = value, tape, id_
+
+    shape = property(lambda self: self.value.shape)
+    dtype = property(lambda self: self.value.dtype)
+    ndim = property(lambda self: self.value.ndim)
+    size = property(lambda self: self.value.size)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __repr__(self) -> str:
+        return f"Tracer(shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(
+            "a traced value reached a NumPy function inside lt.value_and_grad; "
+            "use the operations in lt.ops (or float(x) for a value without gradient)"
+        )
+
+    def other_ufunc(self, ufunc, method, inputs, kwargs):
+        raise TypeError(
+            f"np.{ufunc.__name__} on a traced value inside lt.value_and_grad has no "
+            "gradient; use the operations in lt.ops"
+        )
+
+
 def value_of(x):
     """The plain array behind ``x`` (``x`` itself when it is not traced)."""
     return x.value if type(x) is Tracer else x
@@ -150,6 +177,18 @@ class _Node:
         self.outputs, self.out_meta = outputs, out_meta
 
 
+class _Call:
+    """A recorded call's stand-in for a primitive: its VJP ignores the (empty) residual."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def vjp(self, residual, gs):
+        return self.fn(gs)
+
+
 class Tape:
     """The record of one differentiated call: nodes in the order they ran."""
 
@@ -161,6 +200,16 @@ class Tape:
         """A fresh traced value (an input of the differentiated function, or an output)."""
         self._count += 1
         return Tracer(value, self, self._count)
+
+    def record_call(self, vjp: Callable, inputs: list[Tracer], outputs: list[np.ndarray]) -> list[Tracer]:
+        """Record a whole call as one node (``lt.remat``, a gradient inside a gradient): its
+        ``inputs`` (tracers on this tape) gave ``outputs`` (plain arrays, returned traced);
+        ``vjp(gs) -> cotangents`` maps a tuple of output cotangents to one per input."""
+        outs = [self.new(o) for o in outputs]
+        meta = tuple((o.shape, o.dtype) for o in outputs)
+        call = _Call(vjp)
+        self.nodes.append(_Node(call, tuple(t.id for t in inputs), None, tuple(t.id for t in outs), meta))
+        return outs
 
     def record(self, prim: Primitive, args: tuple, residual, out):
         inputs = tuple(a.id if type(a) is Tracer else None for a in args)
@@ -181,8 +230,21 @@ def _tape_of(args) -> Tape | None:
             if tape is None:
                 tape = a.tape
             elif a.tape is not tape:
-                raise NotImplementedError("nested lt.value_and_grad is not supported")
+                raise NotImplementedError(
+                    "values traced by two different lt.value_and_grad calls met in one operation: an "
+                    "inner gradient reached an outer one's traced value through a closure; pass that "
+                    "value to the inner function as an argument instead"
+                )
     return tape
+
+
+def _top_trace(args):
+    """The trace of highest level among the lt.vmap / lt.jvp tracers in ``args`` (None if none)."""
+    top = None
+    for a in args:
+        if type(a) in TRANSFORM_TRACERS and (top is None or a.trace.level > top.level):
+            top = a.trace
+    return top
 
 
 class Primitive:
@@ -192,6 +254,16 @@ class Primitive:
     tuple for several outputs. ``vjp(residual, g) -> cotangents``, one per positional
     argument (``None`` where there is none), with ``g`` a tuple when ``out`` is. The VJP
     must not modify ``g`` or the residual in place.
+
+    The other transforms need two more rules, each written with lt.ops primitives so that it
+    composes with every transform (``lt.ops.traces`` has the helpers):
+
+    - ``batch(args, dims, **options) -> (out, out_dim)`` (``lt.vmap``): ``dims[i]`` is the
+      axis of ``args[i]`` that is batched, or None; ``out_dim`` the batched axis of ``out``
+      (a tuple of them for several outputs; None for an output the batch does not reach).
+    - ``jvp(primals, tangents, **options) -> (out, out_tangent)`` (``lt.jvp``): ``tangents[i]``
+      is None where the tangent is zero (or the argument is not differentiable); so may the
+      output tangent be.
     """
 
     __name__: str  # the forward's, set by functools.update_wrapper
@@ -199,6 +271,8 @@ class Primitive:
     def __init__(self, forward: Callable):
         self.forward = forward
         self.vjp: Callable | None = None
+        self.batch: Callable | None = None
+        self.jvp: Callable | None = None
         functools.update_wrapper(self, forward)
         _registry[f"{forward.__module__}.{forward.__name__}"] = self
 
@@ -207,8 +281,24 @@ class Primitive:
         self.vjp = vjp
         return vjp
 
+    def defbatch(self, rule: Callable) -> Callable:
+        """Decorator: register the batching rule (``lt.vmap``)."""
+        self.batch = rule
+        return rule
+
+    def defjvp(self, rule: Callable) -> Callable:
+        """Decorator: register the forward-mode rule (``lt.jvp``)."""
+        self.jvp = rule
+        return rule
+
     def __call__(self, *args, **options) -> Any:
-        tape = _tape_of(args)
+        traced = False
+        for a in args:
+            kind = type(a)
+            if kind in TRANSFORM_TRACERS:
+                return _top_trace(args).process(self, args, options)
+            traced = traced or kind is Tracer
+        tape = _tape_of(args) if traced else None
         if tape is None:
             return self.forward(*args, **options)[0]
         values = tuple(a.value if type(a) is Tracer else a for a in args)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .basic import unbroadcast
 from .primitive import primitive
+from .traces import align_front, batch_size, broadcast_front, ndim_of
 
 __all__ = ["rope", "rotate_half"]
 
@@ -48,3 +49,20 @@ def _rope_vjp(res, g):
     dx = g * cos
     dx += _rotate_half_transposed(g * sin)
     return unbroadcast(dx, shape), None, None
+
+
+@rope.defbatch
+def _rope_batch(args, dims):
+    """One call with the batches first; x always carries the batch (the forward adds into x · cos)."""
+    rank = max(ndim_of(a) - (d is not None) for a, d in zip(args, dims))
+    x = align_front(broadcast_front(args[0], dims[0], batch_size(args, dims)), 0, rank)
+    cos, sin = (align_front(a, d, rank) for a, d in zip(args[1:], dims[1:]))
+    return rope(x, cos, sin), 0
+
+
+@rope.defjvp
+def _rope_jvp(primals, tangents):
+    """``rope(dx, cos, sin)``: linear in x; the angles are constants, as in the VJP."""
+    x, cos, sin = primals
+    dx = tangents[0]
+    return rope(x, cos, sin), None if dx is None else rope(dx, cos, sin)

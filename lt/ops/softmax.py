@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .basic import mul, sub
+from .basic import sum as sum_
 from .primitive import primitive
+from .traces import align_front, batch_size, broadcast_front, ndim_of, shape_of
 
 __all__ = ["masked_fill_value", "row_sums", "exp_normalize_", "softmax_", "log_softmax", "dead_rows_mask", "softmax"]
 
@@ -90,3 +93,37 @@ def _softmax_vjp(res, g):
     if dead_rows_mask is not None:
         dx *= dead_rows_mask
     return dx, None, None
+
+
+def _softmax_options(args, options) -> tuple:
+    """(mask, axis) of a softmax call, given by position or by name."""
+    mask = args[1] if len(args) > 1 else options.get("mask")
+    axis = args[2] if len(args) > 2 else options.get("axis", -1)
+    return mask, axis
+
+
+@softmax.defbatch
+def _softmax_batch(args, dims, **options):
+    """One softmax over the batch moved to the front; a batched mask aligned with it."""
+    x, dx = args[0], dims[0]
+    mask, axis = _softmax_options(args, options)
+    dmask = dims[1] if len(dims) > 1 else None
+    rank = ndim_of(x) - (dx is not None)
+    x = broadcast_front(x, dx, batch_size(args, dims))
+    if dmask is not None:
+        mask = align_front(mask, dmask, rank)
+    elif isinstance(mask, np.ndarray) and mask.ndim < rank:  # one member's shape: the axis counts from the end
+        mask = np.broadcast_to(mask, shape_of(x)[1:])
+    return softmax(x, mask, axis % rank - rank), 0
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents, **options):
+    """``dy = y (dx - Σ y dx)`` along the axis; 0 where masked (fully masked rows are constants)."""
+    x, dx = primals[0], tangents[0]
+    mask, axis = _softmax_options(primals, options)
+    y = softmax(x, mask, axis)
+    if dx is None:
+        return y, None
+    dy = mul(y, sub(dx, sum_(mul(y, dx), axis, True)))
+    return y, dy if mask is None else mul(dy, mask)

@@ -27,6 +27,7 @@ from .transforms import (
     decay_mask,
     global_norm,
     sgd,
+    traced_global_norm,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "chain",
     "clip_by_global_norm",
     "global_norm",
+    "traced_global_norm",
     "apply_updates",
     "decay_mask",
     "current_learning_rate",

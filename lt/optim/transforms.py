@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import threads, tree
 from .._checks import real
+from ..ops.primitive import ArrayMethods
 from .schedules import as_schedule
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "apply_updates",
     "decay_mask",
     "current_learning_rate",
+    "traced",
+    "traced_global_norm",
 ]
 
 
@@ -164,6 +167,13 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
         flat_g, treedef = tree.flatten(grads)
         flat_p = tree.leaves(params) if params is not None else [None] * len(flat_g)
         hyper = (b1, b2, eps, step_size, root_correction)
+        if traced(flat_g):  # under lt.vmap (an ensemble): the same arithmetic, one primitive at a time
+            moments = [
+                _adam_traced(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
+                for g, m, v, p, d in zip(flat_g, tree.leaves(state.mu), tree.leaves(state.nu), flat_p, decays)
+            ]
+            mu, nu, updates = (tree.unflatten(treedef, [s[i] for s in moments]) for i in range(3))
+            return updates, AdamState(sched, mu, nu)
         steps, tasks = [], []
         for g, m, v, p, d in zip(flat_g, tree.leaves(state.mu), tree.leaves(state.nu), flat_p, decays):
             leaf_step, leaf_tasks = _adam_leaf(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
@@ -220,6 +230,26 @@ def _adam_block(g1, m1, v1, p1, outs, sl, hyper, decay_rate) -> None:
         un -= p1[sl] * dt(decay_rate)
 
 
+def traced(leaves) -> bool:
+    """Whether any leaf is traced by a transform (``lt.vmap`` of an optimizer step): the
+    update then takes its path of lt.ops arithmetic instead of NumPy's in-place blocks."""
+    return any(isinstance(x, ArrayMethods) for x in leaves)
+
+
+def _adam_traced(g, m, v, p, hyper, decay_rate) -> tuple:
+    """:func:`_adam_block`'s rule on whole (traced) leaves, operation for operation."""
+    b1, b2, eps, step_size, root_correction = hyper
+    dt = m.dtype.type
+    if g.dtype != m.dtype:
+        g = g.astype(m.dtype)
+    mn = (g - m) * dt(1.0 - b1) + m
+    vn = (g * g - v) * dt(1.0 - b2) + v
+    un = mn / (np.sqrt(vn) * dt(1.0 / root_correction) + dt(eps)) * dt(-step_size)
+    if decay_rate:
+        un = un - p * dt(decay_rate)
+    return mn, vn, un
+
+
 def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
     """Adam (Kingma & Ba), ``torch.optim.Adam``'s rule with bias correction; no weight decay."""
     return _adam(learning_rate, b1, b2, eps, 0.0, None)
@@ -242,6 +272,16 @@ def global_norm(updates) -> float:
     return float(np.sqrt(sum(float(np.vdot(x, x)) for x in tree.leaves(updates))))
 
 
+def traced_global_norm(updates):
+    """:func:`global_norm` as an lt.ops value (under ``lt.vmap``, one norm per member), in float64."""
+    total = None
+    for x in tree.leaves(updates):
+        x64 = x.astype(np.float64)
+        sq = (x64 * x64).sum()
+        total = sq if total is None else total + sq
+    return np.sqrt(total)
+
+
 class EmptyState(NamedTuple):
     pass
 
@@ -252,6 +292,10 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     real(max_norm, "max_norm", 0, low_open=True)
 
     def update(grads, state, params=None, *, grad_norm: float | None = None, **extra):
+        if traced(tree.leaves(grads)) or isinstance(grad_norm, ArrayMethods):  # under lt.vmap: no branch
+            norm = traced_global_norm(grads) if grad_norm is None else grad_norm
+            scale = max_norm / np.maximum(norm, max_norm)  # 1 when within the bound
+            return tree.map(lambda g: g * scale.astype(g.dtype), grads), state
         norm = global_norm(grads) if grad_norm is None else float(grad_norm)
         if norm <= max_norm or not np.isfinite(norm):
             return grads, state
@@ -284,6 +328,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 def apply_updates(params, updates):
     """``params + updates``, each leaf cast back to its parameter's dtype; a new frozen tree.
     Big leaves are added block by block on the free cores (``lt.threads``)."""
+    if traced(tree.leaves(updates)):  # under lt.vmap
+        return tree.map(lambda p, u: p + (u if u.dtype == p.dtype else u.astype(p.dtype)), params, updates)
     if threads.bytes_us(3 * tree.nbytes(params)) < threads.MIN_PARALLEL_US:  # small: leaf by leaf, inline
         return tree.map(lambda p, u: np.add(p, u, dtype=p.dtype), params, updates)
     flat_p, treedef = tree.flatten(params)

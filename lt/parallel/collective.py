@@ -18,13 +18,16 @@ With a group of one rank every one of them is the plain operation and MPI is nev
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import numpy as np
 
 from .. import _checks
+from ..ops import basic as ops
 from ..ops.primitive import primitive
+from ..ops.traces import batch_size, broadcast_front, shape_of
 
 __all__ = [
     "Group",
@@ -101,6 +104,23 @@ def _copy_to_group_vjp(group, g):
     return (allreduce(g, group),)
 
 
+def _linear_rules(prim) -> None:
+    """Rules of a collective linear in ``x``: the batch stays in place; the tangent takes the same
+    call, so a gradient through the tangent is communicated as the value's is."""
+
+    @prim.defbatch
+    def _batch(args, dims, **options):
+        return prim(args[0], **options), dims[0]
+
+    @prim.defjvp
+    def _jvp(primals, tangents, **options):
+        t = tangents[0]
+        return prim(primals[0], **options), None if t is None else prim(t, **options)
+
+
+_linear_rules(copy_to_group)
+
+
 def sum_over_replicas(x: np.ndarray, group: Group, blocks: int, owner_only: bool = False) -> np.ndarray:
     """``x`` summed over the ranks of this rank's block (the group's ranks dealt into ``blocks``
     blocks of consecutive ranks, each block holding copies of one thing); with ``owner_only``,
@@ -127,6 +147,9 @@ def _copy_to_replicas_vjp(res, g):
     return (sum_over_replicas(g, *res),)
 
 
+_linear_rules(copy_to_replicas)
+
+
 @primitive
 def reduce_from_group(x, *, group: Group):
     """ "g": ``x`` summed over the group forward; the gradient passes through backward."""
@@ -138,8 +161,13 @@ def _reduce_from_group_vjp(_, g):
     return (g,)
 
 
+_linear_rules(reduce_from_group)
+
+
 @primitive
-def parallel_cross_entropy(logits, targets, *, group: Group, vocab_size: int, ignore_index: int = -100):
+def parallel_cross_entropy(
+    logits, targets, *, group: Group, vocab_size: int, ignore_index: int = -100, batch_dims: int = 0
+):
     """Mean cross-entropy of logits split along the vocabulary: this rank's ``logits``
     (..., V_r) are the columns ``group.part(vocab_size)`` of the full (..., V).
 
@@ -147,6 +175,9 @@ def parallel_cross_entropy(logits, targets, *, group: Group, vocab_size: int, ig
     on every rank. Two allreduces of (N,) and (N, 2) numbers: the row max, then the sum of
     exponentials with the target's logit (held by one rank, 0 on the others). Keeps the
     local softmax for the backward, which needs no communication.
+
+    ``batch_dims``: the leading axes of ``logits`` and ``targets`` that index separate members
+    (``lt.vmap``'s batch): the loss is then one mean per member, shaped like those axes.
     """
     lo, hi = group.part(vocab_size)
     if logits.shape[-1] != hi - lo:
@@ -167,8 +198,17 @@ def parallel_cross_entropy(logits, targets, *, group: Group, vocab_size: int, ig
     sums = np.stack([p.sum(axis=-1), np.where(local, x[rows, local_t] - m if x.shape[1] else 0, 0)], axis=-1)
     total, picked = allreduce(sums, group).T  # (N,) sum of exp; shifted target logit
     nll = np.log(total) - picked
-    n = int(kept.sum())
-    loss = logits.dtype.type((nll * kept).sum() / n) if n else logits.dtype.type(0.0)
+    if batch_dims:  # one mean per member: n is then the (M,) counts of kept rows
+        if not 0 < batch_dims < logits.ndim:
+            raise ValueError(f"parallel_cross_entropy: batch_dims {batch_dims} for logits of shape {logits.shape}")
+        members = logits.shape[:batch_dims]
+        shape = (math.prod(members), len(t) // max(math.prod(members), 1))  # (M, rows of a member)
+        n = kept.reshape(shape).sum(axis=1)
+        sums = (nll * kept).reshape(shape).sum(axis=1)
+        loss = (sums / np.maximum(n, 1).astype(sums.dtype)).astype(logits.dtype).reshape(members)
+    else:
+        n = int(kept.sum())
+        loss = logits.dtype.type((nll * kept).sum() / n) if n else logits.dtype.type(0.0)
     p /= total[:, None].astype(p.dtype)  # the local softmax columns
     return np.asarray(loss), (p, local, local_t, kept, n, logits.shape)
 
@@ -176,8 +216,54 @@ def parallel_cross_entropy(logits, targets, *, group: Group, vocab_size: int, ig
 @parallel_cross_entropy.defvjp
 def _parallel_cross_entropy_vjp(res, g):
     p, local, local_t, kept, n, shape = res  # d = (softmax - onehot) g / n
-    weight = (kept * (g / max(n, 1))).astype(p.dtype)[:, None]  # (N, 1): 0 where ignored
+    if np.ndim(n):  # batch_dims: each member's rows scaled by its own g and count
+        per_row = np.repeat(np.reshape(g, -1) / np.maximum(n, 1), len(kept) // max(len(n), 1))
+        weight = (kept * per_row).astype(p.dtype)[:, None]
+    else:
+        weight = (kept * (g / max(n, 1))).astype(p.dtype)[:, None]  # (N, 1): 0 where ignored
     d = p * weight
     rows = np.flatnonzero(local)
     d[rows, local_t[rows]] -= weight[rows, 0]
     return d.reshape(shape), None
+
+
+@parallel_cross_entropy.defbatch
+def _parallel_cross_entropy_batch(args, dims, *, batch_dims: int = 0, **options):
+    """Each member its own mean: the batch leads both arguments and joins the member axes."""
+    size = batch_size(args, dims)
+    logits, targets = (broadcast_front(a, d, size) for a, d in zip(args, dims))
+    return parallel_cross_entropy(logits, targets, batch_dims=batch_dims + 1, **options), 0
+
+
+@parallel_cross_entropy.defjvp
+def _parallel_cross_entropy_jvp(primals, tangents, **options):
+    """``Σ_rows kept / n · Σ_v (softmax - onehot) dx``, with the log-normaliser from the primitive
+    itself (each row a member against target 0, plus x[..., 0]): stable, and composes with every transform."""
+    (logits, targets), t = primals, tangents[0]
+    out = parallel_cross_entropy(logits, targets, **options)
+    if t is None:
+        return out, None
+    group, vocab_size = options["group"], options["vocab_size"]
+    ignore_index, batch_dims = options.get("ignore_index", -100), options.get("batch_dims", 0)
+    lead = shape_of(logits)[:-1]
+    lo, hi = group.part(vocab_size)
+    every_row = {**options, "ignore_index": -1, "batch_dims": len(lead)}
+    row_loss = parallel_cross_entropy(logits, np.zeros(lead, np.int64), **every_row)  # lse - x[..., 0]
+    column0 = ops.index(logits, (Ellipsis, slice(0, 1 if lo == 0 else 0)))  # (..., 1) on rank 0, (..., 0) elsewhere
+    lse = ops.add(row_loss, _summed(ops.sum(column0, axis=-1), group))
+    # shared values enter the local columns through "f" and leave through "g" (as in a tensor-parallel
+    # layer), so that a gradient of this tangent (a Hessian-vector product) is summed over the ranks
+    lse = lse if group.size == 1 else copy_to_group(lse, group=group)
+    p = ops.exp(ops.sub(logits, ops.reshape(lse, (*lead, 1))))  # this rank's columns of the softmax
+    targets = ops.reshape(targets, (*lead, 1))
+    onehot = ops.astype(np.equal(targets, np.arange(lo, hi)), p.dtype)
+    per_row = _summed(ops.sum(ops.mul(ops.sub(p, onehot), t), axis=-1), group)  # (...) d nll of each row
+    kept = ops.astype(np.not_equal(ops.reshape(targets, lead), ignore_index), p.dtype)
+    rows = tuple(range(batch_dims, len(lead)))
+    weight = ops.mul(kept, 1.0 / np.maximum(ops.sum(kept, axis=rows, keepdims=True), 1))
+    return out, ops.astype(ops.sum(ops.mul(per_row, weight), axis=rows), p.dtype)
+
+
+def _summed(x, group: Group):
+    """``x`` summed over the group's ranks (itself alone)."""
+    return x if group.size == 1 else reduce_from_group(x, group=group)

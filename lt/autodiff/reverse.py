@@ -1,4 +1,5 @@
-"""Reverse-mode differentiation over lt's primitives: ``value_and_grad``, ``grad``, ``vjp``.
+"""Reverse-mode differentiation over lt's primitives, on plain arrays: the tape walk behind
+``value_and_grad`` and ``grad`` (``lt.autodiff.gradients``), and ``vjp``.
 
 The differentiated arguments' floating-point leaves become tracers on a fresh tape; the
 function runs once, recording each primitive; the tape is then walked backwards, each
@@ -10,19 +11,19 @@ structure of its argument.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from . import threads, tree
-from .ops.primitive import Tape, Tracer, value_of
-from .quant import QuantizedArray
+from .. import tree
+from ..ops.primitive import TRANSFORM_TRACERS, Tape, Tracer, value_of
+from ..quant import QuantizedArray
 
-__all__ = ["value_and_grad", "grad", "vjp"]
+__all__ = ["gradient_call", "argnums_tuple", "ClosedOverTrace", "vjp", "is_float_array", "backward"]
 
 
-def _is_float_array(x) -> bool:
+def is_float_array(x) -> bool:
     return isinstance(x, (np.ndarray, np.floating, float)) and np.issubdtype(np.asarray(x).dtype, np.floating)
 
 
@@ -36,7 +37,7 @@ def _trace(tape: Tape, arg):
     def trace(x):
         if type(x) is QuantizedArray:
             raise _QuantizedLeaf
-        return tape.new(np.asarray(x)) if _is_float_array(x) else x
+        return tape.new(np.asarray(x)) if is_float_array(x) else x
 
     try:
         return tree.map(trace, arg)
@@ -53,7 +54,7 @@ class _QuantizedLeaf(Exception):
     """Raised inside :func:`_trace`'s walk at a quantized leaf; reported with its path."""
 
 
-def _backward(tape: Tape, seeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+def backward(tape: Tape, seeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Cotangents of every traced value, from the cotangents of the outputs in ``seeds``."""
     cts = dict(seeds)
     owned: set[int] = set()  # ids whose cotangent is a sum made here: added to in place
@@ -100,7 +101,17 @@ def _gradient_tree(traced_arg, original_arg, cts: dict):
     return tree.map(leaf_grad, traced_arg, original_arg)
 
 
-def _argnums(argnums, n_args: int) -> tuple[int, ...]:
+class ClosedOverTrace(Exception):
+    """The differentiated function's value came out traced by an enclosing ``lt.vmap`` or
+    ``lt.jvp`` it reached through a closure; the caller redoes the gradient under that trace."""
+
+    def __init__(self, trace):
+        super().__init__("closed-over trace")
+        self.trace = trace
+
+
+def argnums_tuple(argnums, n_args: int) -> tuple[int, ...]:
+    """``argnums`` (an int or a sequence) as non-negative positions, each checked."""
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     for i in nums:
         if not -n_args <= i < n_args:
@@ -108,51 +119,26 @@ def _argnums(argnums, n_args: int) -> tuple[int, ...]:
     return tuple(i % n_args for i in nums)
 
 
-def value_and_grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
-    """A function returning ``(fn(...), gradient of fn)`` with respect to ``argnums``.
-
-    ``fn`` must return a scalar (or ``(scalar, aux)`` with ``has_aux``). The gradient is a
-    tree shaped like the argument (a tuple of trees when ``argnums`` is a sequence), frozen.
-    """
-
-    @functools.wraps(fn)
-    @threads.adaptive  # BLAS threads: the free cores, decided per call
-    def wrapped(*args, **kwargs):
-        return _value_and_grad(fn, argnums, has_aux, args, kwargs)
-
-    return wrapped
-
-
-def _value_and_grad(fn, argnums, has_aux, args, kwargs):
-    """value_and_grad's call: trace, run, walk the tape back, gather the gradient trees."""
-    nums = _argnums(argnums, len(args))
+def gradient_call(fn, nums: tuple[int, ...], has_aux: bool, args, kwargs):
+    """One reverse-mode gradient over plain arrays: trace the arguments at ``nums``, run ``fn``,
+    walk the tape back. Returns ``(value or (value, aux), tuple of gradient trees)``."""
     tape = Tape()
     traced = list(args)
     for i in nums:
         traced[i] = _trace(tape, args[i])
     out = fn(*traced, **kwargs)
     value, aux = out if has_aux else (out, None)
+    if type(value) in TRANSFORM_TRACERS:
+        raise ClosedOverTrace(value.trace)
     if np.ndim(value_of(value)) != 0:
         raise TypeError(f"value_and_grad needs a function with a scalar output, got shape {np.shape(value_of(value))}")
     seeds = {value.id: np.ones((), value.dtype)} if type(value) is Tracer else {}
-    cts = _backward(tape, seeds)
+    cts = backward(tape, seeds)
     grads = tuple(_gradient_tree(traced[i], args[i], cts) for i in nums)
-    result = np.asarray(value_of(value))
+    result: Any = np.asarray(value_of(value))
     if has_aux:
         result = (result, _untrace(aux))
-    return result, (grads[0] if isinstance(argnums, int) else grads)
-
-
-def grad(fn: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
-    """The gradient of scalar ``fn`` with respect to ``argnums`` (JAX's ``grad``)."""
-    vg = value_and_grad(fn, argnums, has_aux)
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        value, g = vg(*args, **kwargs)
-        return (g, value[1]) if has_aux else g
-
-    return wrapped
+    return result, grads
 
 
 def vjp(fn: Callable, *primals):
@@ -169,7 +155,7 @@ def vjp(fn: Callable, *primals):
         cotangent = np.asarray(cotangent, dtype=value.dtype)
         if cotangent.shape != value.shape:
             raise ValueError(f"cotangent shape {cotangent.shape} != output shape {value.shape}")
-        cts = _backward(tape, {out.id: cotangent} if type(out) is Tracer else {})
+        cts = backward(tape, {out.id: cotangent} if type(out) is Tracer else {})
         return tuple(_gradient_tree(t, p, cts) for t, p in zip(traced, primals))
 
     return value, pullback
