@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import data, optim, random, tree
+from ._allocator import tune_malloc
 from .autodiff import value_and_grad, vmap
 from .nn import GPT
 from .training import NonFiniteError, TrainState, batch_sampler, due
@@ -132,6 +133,7 @@ def train_ensemble(
     n = len(tree.leaves(state.params)[0])
     if len(rngs) != n:
         raise ValueError(f"train_ensemble: {len(rngs)} keys for {n} members")
+    tune_malloc()  # glibc keeps a step's freed pages for the next step (as lt.train)
     samplers = [batch_sampler(train_tokens, random.fold_in(r, "data"), batch_size, seq_len) for r in rngs]
     step = make_ensemble_step(model, optimizer)
     log, losses, start = [], [], time.perf_counter()

@@ -8,7 +8,9 @@ Model code is written once on these; outside ``lt.value_and_grad`` they are plai
 - ``embedding``: the token-table gather and the tied LM head (``unembed``).
 - ``softmax``: the primitive and the one in-place kernel of fused attention, the loss and sampling.
 - ``attention``: fused scaled dot-product attention.  ``loss``: cross-entropy.
-- ``attention_rules``: the ``lt.vmap`` and ``lt.jvp`` rules of both attention kernels.
+- ``basic_rules``, ``attention_rules``: the ``lt.vmap`` and ``lt.jvp`` rules of ``basic``'s primitives
+  and of both attention kernels (the others keep theirs beside the primitive).
+- ``traces``: the tracers of ``lt.vmap`` and ``lt.jvp``, and the helpers their rules use.
 - ``blockwise``: the same attention tile by tile (no (T, S) matrix), and the one
   policy (``attention_kernel``) that ``dot_product_attention`` uses to pick a kernel.
 - ``rotary``: the rotary position embedding (RoPE).  ``gated``: the SwiGLU gate.
@@ -16,7 +18,7 @@ Model code is written once on these; outside ``lt.value_and_grad`` they are plai
 - ``primitive``: what makes them differentiable (``primitive``, ``Tracer``, ``Tape``).
 """
 
-from . import attention_rules  # noqa: F401  (the vmap and jvp rules of both attention kernels)
+from . import attention_rules, basic_rules  # noqa: F401  (the vmap and jvp rules kept apart from their primitives)
 from .attention import attention
 from .basic import (
     add,

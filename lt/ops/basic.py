@@ -318,8 +318,3 @@ def mean(a, axis=None, keepdims=False):
 def _mean_vjp(res, g):
     shape, axis, keepdims, n = res
     return (_expand(g / n, shape, axis, keepdims),)
-
-
-# The batching (lt.vmap) and forward-mode (lt.jvp) rules of the primitives above: kept in their own
-# module, imported last because it decorates these primitives.
-from . import basic_rules as _basic_rules  # noqa: E402, F401

@@ -3,7 +3,7 @@
 Written with the primitives themselves, never NumPy on the values (a value may be another
 transform's tracer), so that the rules compose; NumPy touches only shapes, axes and index arrays.
 A batching rule makes one call for the whole batch, leaving the batch axis in place where it can.
-Imported by :mod:`lt.ops.basic` once its primitives exist.
+Imported by :mod:`lt.ops` once the primitives exist.
 """
 
 from __future__ import annotations

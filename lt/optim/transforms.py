@@ -20,6 +20,7 @@ import numpy as np
 from .. import threads, tree
 from .._checks import real
 from ..ops.primitive import ArrayMethods
+from ..ops.traces import BatchTracer
 from .schedules import as_schedule
 
 __all__ = [
@@ -167,9 +168,9 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
         flat_g, treedef = tree.flatten(grads)
         flat_p = tree.leaves(params) if params is not None else [None] * len(flat_g)
         hyper = (b1, b2, eps, step_size, root_correction)
-        if traced(flat_g):  # under lt.vmap (an ensemble): the same arithmetic, one primitive at a time
+        if traced(flat_g):  # under lt.vmap (an ensemble): see _adam_batched
             moments = [
-                _adam_traced(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
+                _adam_batched(g, m, v, p, hyper, lr * weight_decay if d else 0.0)
                 for g, m, v, p, d in zip(flat_g, tree.leaves(state.mu), tree.leaves(state.nu), flat_p, decays)
             ]
             mu, nu, updates = (tree.unflatten(treedef, [s[i] for s in moments]) for i in range(3))
@@ -234,6 +235,28 @@ def traced(leaves) -> bool:
     """Whether any leaf is traced by a transform (``lt.vmap`` of an optimizer step): the
     update then takes its path of lt.ops arithmetic instead of NumPy's in-place blocks."""
     return any(isinstance(x, ArrayMethods) for x in leaves)
+
+
+def _adam_batched(g, m, v, p, hyper, decay_rate) -> tuple:
+    """Adam's rule on traced leaves. When all of them are plain stacks batched by one
+    ``lt.vmap`` along one axis (an ensemble's), the rule is elementwise, so the members are
+    updated at once by the same in-place blocks on the stacks (bit for bit each member's own
+    update); otherwise, :func:`_adam_traced`."""
+    leaves = (g, m, v) if p is None else (g, m, v, p)
+    first = leaves[0]
+    if all(
+        isinstance(x, BatchTracer)
+        and x.trace is first.trace
+        and x.bdim == first.bdim
+        and isinstance(x.value, np.ndarray)
+        and x.value.shape == first.value.shape
+        for x in leaves
+    ):
+        stacks = g.value, m.value, v.value, None if p is None else p.value
+        outs, tasks = _adam_leaf(*stacks, hyper, decay_rate)
+        threads.run(tasks, threads.bytes_us(7 * outs[0].nbytes))
+        return tuple(BatchTracer(tree.seal(o), first.bdim, first.trace) for o in outs)
+    return _adam_traced(g, m, v, p, hyper, decay_rate)
 
 
 def _adam_traced(g, m, v, p, hyper, decay_rate) -> tuple:
