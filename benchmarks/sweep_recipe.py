@@ -8,7 +8,8 @@ Measured on 2026-12-06, one quiet 2-core AMD EPYC, five minutes each (bits per c
 validation text; steps the budget fitted): baseline 2.133 (1,623), muon 2.111 (1,476), wsd 2.139
 (1,544), qk-norm 2.077 (1,536), relu2 2.121 (1,838), softcap 2.138 (1,576), zero-init 2.136
 (1,577), untied 2.151 (1,526), speedrun 2.124 (1,393); then on QK-norm: qk-relu2 2.114 (1,936),
-qk-muon 2.145 (1,202). QK-norm became `lt train`'s default.
+qk-muon 2.145 (1,202). QK-norm became `lt train`'s default. Later (same machine, same day):
+qk-bpe1024 2.119 (1,477), qk-bpe2048 2.095 (1,401), qk-muon-lr0.01 2.087 (1,067): none beats it.
 
 Each row is one `lt train --time BUDGET ...` command (printed, so it can be rerun alone;
 seeds are fixed, and the step count it measured is in the run's run.json), run in its own
@@ -53,6 +54,9 @@ CANDIDATES = {
                  "qk_norm=true", "--model-option", "zero_init_projections=true"],
     "qk-relu2": ["--model-option", "activation=relu2"],       # the default plus ReLU²
     "qk-muon": ["--optimizer", "muon"],                       # the default plus Muon
+    "qk-bpe1024": ["--vocab-size", "1024"],                   # the default on a larger BPE vocabulary
+    "qk-bpe2048": ["--vocab-size", "2048"],
+    "qk-muon-lr0.01": ["--optimizer", "muon", "--muon-lr", "0.01"],
 }
 
 

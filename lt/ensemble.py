@@ -57,30 +57,27 @@ def member_states(state: TrainState) -> list[TrainState]:
     return [TrainState(p, o, state.step) for p, o in zip(params, opt_states)]
 
 
-def _check_model(model: GPT, optimizer) -> None:
-    if model.dropout:
-        raise ValueError(f"an ensemble needs dropout 0 (the model has {model.dropout}): random keys cannot be batched")
-
-
 def make_ensemble_step(model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100) -> Callable:
-    """``step(state, batch) -> (state, metrics)`` for a stacked ensemble ``state``: ``batch`` is
-    ``(inputs, targets)`` of shape (N, B, T), member i's batch at [i]; ``metrics`` holds
-    ``loss`` and ``grad_norm`` of shape (N,), ``lr`` and ``tokens``. A member whose loss or
-    gradient is not finite raises :class:`lt.NonFiniteError` naming it, before the update."""
-    _check_model(model, optimizer)
+    """``step(state, batch, rngs=None) -> (state, metrics)`` for a stacked ensemble ``state``:
+    ``batch`` is ``(inputs, targets)`` of shape (N, B, T), member i's batch at [i]; ``rngs``
+    drive dropout, member i's at [i] (``lt.random.stack``; as ``lt.train`` gives a lone step
+    ``fold_in(rng, step)``). ``metrics`` holds ``loss`` and ``grad_norm`` of shape (N,), ``lr``
+    and ``tokens``. A member whose loss or gradient is not finite raises
+    :class:`lt.NonFiniteError` naming it, before the update."""
     loss_and_grad = value_and_grad(model.loss)
 
-    def member_step(params, opt_state, inputs, targets):
-        loss, grads = loss_and_grad(params, inputs, targets, ignore_index=ignore_index)
+    def member_step(params, opt_state, inputs, targets, rng):
+        loss, grads = loss_and_grad(params, inputs, targets, rng=rng, ignore_index=ignore_index)
         norm = optim.traced_global_norm(grads)
         updates, opt_state = optimizer.update_with(grads, opt_state, params, grad_norm=norm)
         return optim.apply_updates(params, updates), opt_state, loss, norm
 
-    batched = vmap(member_step)
+    with_keys, without_keys = vmap(member_step), vmap(member_step, in_axes=(0, 0, 0, 0, None))
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, rngs=None):
         inputs, targets = batch
-        params, opt_state, loss, norm = batched(state.params, state.opt_state, inputs, targets)
+        batched = without_keys if rngs is None else with_keys
+        params, opt_state, loss, norm = batched(state.params, state.opt_state, inputs, targets, rngs)
         bad = [i for i, (l_i, n_i) in enumerate(zip(loss, norm)) if not (math.isfinite(l_i) and math.isfinite(n_i))]
         if bad:
             raise NonFiniteError(
@@ -140,7 +137,8 @@ def train_ensemble(
     while state.step < steps:
         draws = [sample(state.step) for sample in samplers]
         batch = np.stack([d[0] for d in draws]), np.stack([d[1] for d in draws])
-        state, metrics = step(state, batch)
+        keys = random.stack([random.fold_in(r, state.step) for r in rngs]) if model.dropout else None
+        state, metrics = step(state, batch, keys)
         losses.append(metrics["loss"])
         if due(state.step, max(log_every, 1), steps):
             mean = np.mean(losses, axis=0)

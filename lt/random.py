@@ -25,6 +25,7 @@ __all__ = [
     "key",
     "fold_in",
     "split",
+    "stack",
     "bits",
     "bits_at",
     "uniform",
@@ -59,6 +60,11 @@ def _philox(k: Key, counter: tuple[int, int, int, int], n: int) -> np.ndarray:
 
 def _check_key(rng) -> Key:
     if not isinstance(rng, Key):
+        if hasattr(rng, "map_keys"):
+            raise TypeError(
+                "a batch of keys (lt.random.stack under lt.vmap) reached a sampler; under lt.vmap only "
+                "fold_in, split and lt.ops.dropout take one: fold_in each member's key outside, or share one key"
+            )
         raise TypeError(f"expected an lt.random.Key (from lt.random.key(seed)), got {type(rng).__name__}")
     return rng
 
@@ -85,6 +91,9 @@ def fold_in(rng: Key | None, data) -> Key | None:
     """
     if rng is None:
         return None
+    batched = getattr(rng, "map_keys", None)
+    if batched is not None:  # a batch of keys under lt.vmap: each member's own
+        return batched(lambda k: fold_in(k, data))
     _check_key(rng)
     if isinstance(data, str):
         h = int.from_bytes(hashlib.blake2b(data.encode("utf-8"), digest_size=16).digest(), "little")
@@ -97,6 +106,17 @@ def fold_in(rng: Key | None, data) -> Key | None:
         raise TypeError(f"fold_in data must be an int or a str, got {type(data).__name__}")
     w = _philox(rng, (h & _MASK64, h >> 64, 0, tag), 2)
     return Key((w[0], w[1]))
+
+
+def stack(keys) -> np.ndarray:
+    """Keys as one batch (a read-only object array, one key per entry) for ``lt.vmap``: inside
+    the mapped function each member sees its own key, through ``fold_in``, ``split`` and the
+    dropout of ``lt.ops`` (the samplers refuse a batch of keys)."""
+    keys = [_check_key(k) for k in keys]
+    out = np.empty(len(keys), dtype=object)
+    out[:] = keys
+    out.flags.writeable = False
+    return out
 
 
 def split(rng: Key, n: int = 2) -> tuple[Key, ...]:

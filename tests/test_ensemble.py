@@ -84,9 +84,33 @@ def test_a_member_that_diverges_is_named():
         step(lt.TrainState(broken, state.opt_state, 0), batch)
 
 
-def test_an_ensemble_refuses_dropout():
-    with pytest.raises(ValueError, match="dropout"):
-        ensemble.make_ensemble_step(tiny(dropout=0.1), lt.optim.adamw(1e-3))
+def test_members_with_dropout_equal_their_runs_alone():
+    model = tiny(dropout=0.2)
+    optimizer = lt.optim.adamw(3e-3)
+    keys = [lt.random.key(s) for s in (7, 8)]
+    params = [lt.tree.map(lambda p: p.astype(np.float64), model.init(k)) for k in keys]
+    state = ensemble.stack_states([lt.TrainState.create(p, optimizer) for p in params])
+    text = corpus()
+    trained, _ = ensemble.train_ensemble(
+        model, optimizer, state, text, rngs=keys, steps=3, batch_size=2, seq_len=8, verbose=False
+    )
+    for member, p, k in zip(ensemble.member_states(trained), params, keys):
+        alone, _ = lt.train(
+            model, optimizer, lt.TrainState.create(p, optimizer), text, steps=3, batch_size=2, seq_len=8,
+            rng=k, verbose=False,
+        )
+        for (path, a), (_, b) in zip(lt.tree.items(member.params), lt.tree.items(alone.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=path)
+
+
+def test_a_batch_of_keys_gives_each_member_its_own_dropout():
+    keys = [lt.random.key(i) for i in range(3)]
+    xs = lt.random.normal(lt.random.key(9), (3, 4, 5), np.float64)
+    f = lambda x, k: lt.ops.dropout(x, 0.5, lt.random.fold_in(k, "drop"))  # noqa: E731
+    got = lt.vmap(f)(xs, lt.random.stack(keys))
+    np.testing.assert_array_equal(got, np.stack([f(x, k) for x, k in zip(xs, keys)]))
+    with pytest.raises(TypeError, match="batch of keys"):
+        lt.vmap(lambda k: lt.random.normal(k, (2,)))(lt.random.stack(keys))
 
 
 TINY_RUN = ["--recipe", "nanogpt", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--sample-tokens", "0"]

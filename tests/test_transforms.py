@@ -81,7 +81,7 @@ def test_vmap_refuses_what_it_cannot_batch():
         lt.vmap(lambda a, b: a + b)(np.ones((2, 3)), np.ones((3, 3)))
     with pytest.raises(ValueError, match="no argument is batched"):
         lt.vmap(mlp, in_axes=None)(params, np.ones((2, 3)))
-    with pytest.raises(TypeError, match="random key"):
+    with pytest.raises(TypeError, match="one random key"):
         lt.vmap(lambda k, x: x, in_axes=(0, 0))(lt.random.key(0), np.ones(2))
     with pytest.raises(ValueError, match="has no axis 2"):
         lt.vmap(mlp, in_axes=(None, 2))(params, np.ones((2, 3)))
@@ -228,3 +228,14 @@ def test_tree_stack_refuses_mismatched_trees():
         lt.tree.stack([{"w": np.ones(2)}, {"w": np.ones(3)}])
     with pytest.raises(ValueError, match="structure"):
         lt.tree.stack([{"w": np.ones(2)}, {"v": np.ones(2)}])
+
+
+def test_a_gpt_with_dropout_under_vmap_draws_each_members_masks_from_its_own_key():
+    model = tiny(dropout=0.2)  # embedding, attention weights and residual dropout
+    params = model.init(lt.random.key(0))
+    ids = tokens(model, (3, 2, 8), 1)
+    keys = [lt.random.key(i) for i in range(3)]
+    got = lt.vmap(lambda i, k: model.loss(params, i, rng=k))(ids, lt.random.stack(keys))
+    assert got.tolist() == [float(model.loss(params, i, rng=k)) for i, k in zip(ids, keys)]
+    shared = lt.vmap(lambda i: model.loss(params, i, rng=keys[0]))(ids)
+    assert shared.tolist() == [float(model.loss(params, i, rng=keys[0])) for i in ids]

@@ -75,7 +75,9 @@ def _batch_size(args: tuple, axes: list) -> int:
                 continue
             name = f"argument {i}" + (f" leaf {path}" if path else "")
             if isinstance(leaf, Key):
-                raise TypeError(f"lt.vmap: {name} is a random key, which cannot be batched; give it in_axes None")
+                raise TypeError(
+                    f"lt.vmap: {name} is one random key; batch keys as lt.random.stack(keys), or give it in_axes None"
+                )
             if not _is_array(leaf):
                 raise TypeError(f"lt.vmap: {name} ({type(leaf).__name__}) is not an array; give it in_axes None")
             shape = shape_of(leaf)
@@ -110,8 +112,9 @@ def vmap(fn: Callable, in_axes=0, out_axes=0) -> Callable:
     equals ``stack([f(x) for x in xs])``, computed as one batched call.
 
     Composes with ``lt.value_and_grad`` both ways (``vmap(grad(loss), in_axes=(None, 0, 0))``
-    gives per-example gradients), with ``lt.jvp`` and with itself. Random keys cannot be
-    batched (pass them with in_axes None)."""
+    gives per-example gradients), with ``lt.jvp`` and with itself. Random keys are batched as
+    ``lt.random.stack(keys)``: each member then draws from its own key (``fold_in``, ``split``,
+    dropout), as it would alone."""
 
     @functools.wraps(fn)
     def batched(*args):

@@ -55,8 +55,6 @@ def cmd_train_ensemble(args, run, optimizer) -> int:
     model = GPT(**settings.model)
     if getattr(args, "remat", False):
         model = attrs.evolve(model, remat=True)
-    if model.dropout:
-        raise UsageError(f"--ensemble needs dropout 0 (the model has {model.dropout}): keys cannot be batched")
     seeds = [settings.seed + i for i in range(args.ensemble)]
     keys = [random.key(s) for s in seeds]
     states = [TrainState.create(model.init(random.fold_in(k, "init")), optimizer) for k in keys]

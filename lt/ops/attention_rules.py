@@ -45,10 +45,14 @@ class _Shaped:
         self.shape, self.dtype = _member(shape_of(a), dim), a.dtype
 
 
-def _keep_scale(q, k, v, rate, rng):
-    """One member's dropout multiplier (..., T, S), 0 or 1/(1 - rate), as the kernels draw it; or None."""
+def _keep_scale(q, k, v, rate, rng, key_dim=None):
+    """One member's dropout multiplier (..., T, S), 0 or 1/(1 - rate), as the kernels draw it; or None.
+    With ``key_dim`` (a batch of keys under lt.vmap, along that axis of ``rng``), every member's,
+    stacked: (members, ..., T, S)."""
     if not rate > 0.0 or rng is None:
         return None
+    if key_dim is not None:
+        return np.stack([_keep_scale(q, k, v, rate, key) for key in np.moveaxis(np.asarray(rng), key_dim, 0)])
     q_shape, k_shape, v_shape = shape_of(q), shape_of(k), shape_of(v)
     T, S = q_shape[-2], k_shape[-2]
     lead = np.broadcast_shapes(q_shape[:-2], k_shape[:-2], v_shape[:-2])
@@ -104,12 +108,13 @@ def _attention_tangents(q, k, v, p, mask, keep, dq, dk, dv):
 def _attention_batch(args, dims, **options):
     """One call, batch in front; with dropout its weights times each member's own mask, then ``@ v``."""
     o = _options(args, options, _ATTENTION)
-    if any(d is not None for d in dims[4:]):
-        raise NotImplementedError("lt.vmap: attention batches q, k, v and mask only")
+    key_dim = options.pop("key_dim", dims[5] if len(dims) > 5 else None)
+    if any(d is not None for i, d in enumerate(dims[4:], 4) if i != 5):
+        raise NotImplementedError("lt.vmap: attention batches q, k, v, mask and the key only")
     mask_dim = dims[3] if len(dims) > 3 else None
     rw = o["return_weights"]
     members = [_Shaped(a, d) for a, d in zip(args[:3], dims)]
-    keep = _keep_scale(*members, o["dropout"], o["rng"])
+    keep = _keep_scale(*members, o["dropout"], o["rng"], key_dim)
     # where the kernel returns its weights, q carries a batch that only v has: its VJP would count
     # the weights' cotangent once per member of v's batch
     weighted = rw or keep is not None
@@ -118,6 +123,8 @@ def _attention_batch(args, dims, **options):
         return attention(q, k, v, mask), 0
     out, p = attention(q, k, v, mask, return_weights=True)
     if keep is not None:
+        if key_dim is not None:  # (members, ...): align it with the weights' rank
+            keep = keep.reshape(keep.shape[:1] + (1,) * (ndim_of(p) - keep.ndim) + keep.shape[1:])
         out = matmul(mul(p, keep), v)
     if not rw:
         return out, 0
@@ -150,8 +157,9 @@ def _attention_jvp(primals, tangents, **options):
 def _blockwise_batch(args, dims, **options):
     """One blockwise call, batch in front; with dropout the full kernel's rule (it holds (T, S) weights)."""
     o = _options(args, options, _BLOCKWISE)
-    if any(d is not None for d in dims[4:]):
-        raise NotImplementedError("lt.vmap: blockwise_attention batches q, k, v and mask only")
+    key_dim = dims[5] if len(dims) > 5 else None
+    if any(d is not None for i, d in enumerate(dims[4:], 4) if i != 5):
+        raise NotImplementedError("lt.vmap: blockwise_attention batches q, k, v, mask and the key only")
     mask, mask_dim = o["mask"], (dims[3] if len(dims) > 3 else None)
     if o["dropout"] > 0.0 and o["rng"] is not None:
         mask = to_front(mask, mask_dim)
@@ -160,7 +168,7 @@ def _blockwise_batch(args, dims, **options):
             mask = _causal(mask, q_shape[-2], k_shape[-2])
         mask_dim = None if mask_dim is None else 0
         full = (*args[:3], mask)
-        return _attention_batch(full, (*dims[:3], mask_dim), dropout=o["dropout"], rng=o["rng"])
+        return _attention_batch(full, (*dims[:3], mask_dim), dropout=o["dropout"], rng=o["rng"], key_dim=key_dim)
     q, k, v, mask, _ = _front(args[:3], dims[:3], mask, mask_dim, scores_batched=True)
     return blockwise_attention(q, k, v, mask, causal=o["causal"], block=o["block"]), 0
 

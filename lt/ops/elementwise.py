@@ -14,7 +14,7 @@ from .. import random as lrandom
 from .. import threads
 from .basic import add, mul, sub, tanh
 from .primitive import primitive
-from .traces import constant_map, shape_of
+from .traces import broadcast_front, constant_map, shape_of
 
 __all__ = ["gelu", "relu", "dropout"]
 
@@ -206,16 +206,23 @@ def _dropout_vjp(res, g):
 
 @dropout.defbatch
 def _dropout_batch(args, dims, **options):
-    """One multiply by the mask drawn for one member's shape, so every member is dropped as alone."""
+    """One multiply by the mask drawn for one member's shape, so every member is dropped as alone
+    (a shared key: every member's mask is the same; a batch of keys: each member's its own)."""
     x, rate, rng = args
-    if any(d is not None for d in dims[1:]):
-        raise NotImplementedError("lt.vmap: dropout batches x only (the rate and the key are shared)")
+    if dims[1] is not None:
+        raise NotImplementedError("lt.vmap: dropout's rate cannot be batched")
+    dtype, scale = x.dtype, x.dtype.type(1.0 / (1.0 - rate))
+    if dims[2] is not None:  # a batch of keys: each member's mask from its own key, as alone
+        keys = np.moveaxis(np.asarray(rng), dims[2], 0)
+        x = broadcast_front(x, dims[0], len(keys))
+        member = shape_of(x)[1:]
+        keep = np.stack([lrandom.bernoulli(key, 1.0 - rate, member) for key in keys])
+        return mul(x, keep.astype(dtype) * scale), 0
     d = dims[0]
     shape = list(shape_of(x))
     del shape[d]
     keep = lrandom.bernoulli(rng, 1.0 - rate, tuple(shape))
-    dtype = x.dtype
-    scaled = np.expand_dims(keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate)), d)
+    scaled = np.expand_dims(keep.astype(dtype) * scale, d)
     return mul(x, scaled), d
 
 

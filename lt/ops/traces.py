@@ -126,6 +126,14 @@ class BatchTracer(ArrayMethods):
     def __repr__(self) -> str:
         return f"BatchTracer(shape={self.shape}, dtype={self.dtype}, batch={self.trace.size})"
 
+    def map_keys(self, fn: Callable) -> BatchTracer:
+        """A batch of random keys (an object array of ``lt.random.Key``, from ``lt.random.stack``):
+        ``fn`` applied to each member's key (how ``lt.random.fold_in`` and ``split`` batch)."""
+        keys = np.moveaxis(np.asarray(self.value), self.bdim, 0)
+        out = np.empty(len(keys), dtype=object)
+        out[:] = [fn(k) for k in keys]
+        return BatchTracer(out, 0, self.trace)
+
     def plain_values(self) -> np.ndarray:
         """Every member's plain values (batch first), for checks of ids and masks."""
         return self._members()
