@@ -172,3 +172,34 @@ def test_unembed(lead, v, d, seed):
     h, w = normal(lead + (d,), seed), normal((v, d), seed + 1)
     assert np.allclose(ops.unembed(h, w), h @ w.T)
     check_grads(ops.unembed, [h, w], argnums=(0, 1))
+
+
+def test_softmax_of_a_fully_masked_column_has_no_gradient_whatever_the_masks_rank():
+    """A mask of lower rank broadcast along a non-negative axis: the dead rows are x's, not the mask's."""
+    x = normal((3, 4), 1)
+    mask = np.array([True, False, True, True])  # (4,): column 1 is masked along axis 0
+    w = normal((3, 4), 2)
+    g = lt.grad(lambda x: ops.sum(ops.mul(ops.softmax(x, mask, axis=0), w)))(x)
+    np.testing.assert_array_equal(g[:, 1], 0.0)
+    check_grads(lambda x: ops.softmax(x, mask, axis=0), [x])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_attention_gradient_when_v_has_more_leading_axes_than_the_weights(rate):
+    """q, k (T, d), v (N, S, dv): the weights are shared by the N outputs and counted once."""
+    q, k, v = normal((3, 4), 1), normal((5, 4), 2), normal((2, 5, 3), 3)
+    w_out, w_p = normal((2, 3, 3), 4), normal((3, 5), 5)
+    rng = random.key(6)
+
+    def f(q, k, v):
+        out, p = ops.attention(q, k, v, None, rate, rng, return_weights=True)
+        return ops.add(ops.sum(ops.mul(out, w_out)), ops.sum(ops.mul(p, w_p)))
+
+    check_grads(f, [q, k, v], argnums=(0, 1, 2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_blockwise_attention_gradient_when_v_has_more_leading_axes(causal):
+    """q, k (T, d), v (N, S, dv): every tile broadcast to the output's leading axes, then summed back."""
+    q, k, v = normal((3, 4), 1), normal((5, 4), 2), normal((2, 5, 3), 3)
+    check_grads(lambda q, k, v: ops.blockwise_attention(q, k, v, causal=causal, block=(2, 2)), [q, k, v], argnums=(0, 1, 2))

@@ -70,6 +70,8 @@ def _attention_vjp(res, g):
     if keep is not None:
         dp *= keep
         dp *= p.dtype.type(1.0 / (1.0 - dropout))
+    if dp.shape != p.shape:  # v had leading axes the weights do not: the weights' share of them
+        dp = unbroadcast(dp, p.shape)
     if g_weights is not None:
         dp += g_weights
     dp -= np.einsum("...j,...j->...", dp, p)[..., None]  # softmax backward: ds = p (dp - Σ dp·p)

@@ -283,6 +283,8 @@ def _forward_rows(q, k, v, out, lse, tiles, scale, qbound, kbound, ones, i0, i1)
 @blockwise_attention.defvjp
 def _blockwise_attention_vjp(res, g):
     q, k, v, out, lse, tiles, scale = res
+    shapes = q.shape, k.shape, v.shape
+    q, k, v = (x if x.shape[:-2] == tiles.lead else np.broadcast_to(x, tiles.lead + x.shape[-2:]) for x in (q, k, v))
     dtype = q.dtype
     D = np.einsum("...i,...i->...", g, out)[..., None, :]  # (..., 1, T): Σ_j dp·p per row
     lse = np.swapaxes(lse, -1, -2)  # (..., 1, T)
@@ -313,7 +315,7 @@ def _blockwise_attention_vjp(res, g):
     if tiles.alive is not None:  # uniform rows: dv gets g/S
         dv += tiles.uniform_rows(v, g)
     dq *= scale
-    return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
+    return unbroadcast(dq, shapes[0]), unbroadcast(dk, shapes[1]), unbroadcast(dv, shapes[2])
 
 
 def _backward_rows(q, k, v, g, lse, D, tiles, scale, dq, sums, blocks) -> None:

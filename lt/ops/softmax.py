@@ -82,7 +82,8 @@ def softmax(x, mask=None, axis=-1):
     m = None if mask is None else np.moveaxis(np.broadcast_to(np.asarray(mask, bool), np.shape(x)), axis, -1)
     softmax_(s, m)
     y = np.moveaxis(s, -1, axis)
-    return y, (y, axis, dead_rows_mask(None if mask is None else np.asarray(mask, bool), axis))
+    full = None if mask is None else np.broadcast_to(np.asarray(mask, bool), np.shape(x))  # axis counts in x's axes
+    return y, (y, axis, dead_rows_mask(full, axis))
 
 
 @softmax.defvjp
