@@ -161,3 +161,14 @@ def test_lt_train_remat_trains_the_same_run(tmp_path):
     b = lt.checkpoint.load(tmp_path / "remat" / "checkpoint.safetensors")
     for (path, x), (_, y) in zip(lt.tree.items(a.params), lt.tree.items(b.params)):
         np.testing.assert_array_equal(x, y, err_msg=path)
+
+
+def test_remat_shrinks_the_memory_lt_train_asks_for():
+    from lt.cli.memory import train_step_bytes
+
+    model = lt.GPT.preset("gpt2")
+    plain, remat = train_step_bytes(model, 4, 1024), train_step_bytes(model, 4, 1024, remat=True)
+    weights = 16 * model.num_params()
+    assert weights < remat < plain
+    one_layer = lt.GPT.preset("gpt2", num_layers=1)
+    assert train_step_bytes(one_layer, 4, 1024, remat=True) > train_step_bytes(one_layer, 4, 1024)  # nothing to save

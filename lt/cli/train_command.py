@@ -24,33 +24,12 @@ from .common import UsageError
 from .ensemble_run import check_ensemble_flags, cmd_train_ensemble
 from .inference import sample_text
 from .lora_run import check_lora_flags, cmd_train_lora
+from .memory import available_bytes, train_step_bytes
 from .recipes import recipe_defaults
 from .resume import check_resume_flags
 from .schedule import default_log_every, fit_schedule, refit, warmup_note
 
 __all__ = ["cmd_train"]
-
-
-def _train_step_bytes(model: GPT, batch: int, seq: int) -> int:
-    """A rough size of one float32 training step: weights, gradients and AdamW's two moments
-    (16 bytes a parameter) and the activations kept for the backward pass, per token about
-    12 D + 3 F a layer and 3 V for the logits and their gradient (no T x T term: attention
-    past a few hundred positions is blockwise)."""
-    D, F, L, V = model.hidden_dim, model.ffn_dim, model.num_layers, model.vocab_size
-    params = L * (4 * D * D + 2 * D * F) + (V + model.max_seq_len) * D
-    return 16 * params + 4 * batch * seq * (L * (12 * D + 3 * F) + 3 * V)
-
-
-def _available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where there is no such file (no check then)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None) -> RunSettings:
@@ -77,12 +56,14 @@ def _settings(args, start: GPT | None = None, tokenizer_kind: str | None = None)
     sized = GPT.preset(v["preset"]) if start is None else start
     # Any --seq-len, also past the preset's context (attention is blockwise, memory O(T) per
     # layer): refused, before anything is allocated or written, only when a step would not fit.
-    need, have = _train_step_bytes(sized, v["batch_size"], v["seq_len"]), _available_bytes()
+    remat = bool(getattr(args, "remat", False))
+    need, have = train_step_bytes(sized, v["batch_size"], v["seq_len"], remat=remat), available_bytes()
     if have is not None and need > have:
         raise UsageError(
             f"--seq-len {v['seq_len']} needs about {need / 2**30:.1f} GiB for a training step of "
             f"preset {v['preset']} at --batch-size {v['batch_size']}, more than the "
             f"{have / 2**30:.1f} GiB available; lower --seq-len or --batch-size"
+            + ("" if remat else ", or add --remat (each layer's activations recomputed)")
         )
     try:
         if start is None:
