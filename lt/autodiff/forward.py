@@ -10,18 +10,25 @@ from .. import tree
 from ..ops.primitive import ArrayMethods
 from ..ops.traces import JVPTrace, JVPTracer, shape_of
 
-__all__ = ["jvp"]
+__all__ = ["jvp", "is_float"]
 
 
-def _is_float(x) -> bool:
-    return isinstance(x, (np.ndarray, np.generic, float, ArrayMethods)) and np.issubdtype(
-        np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype), np.floating
+def is_float(x) -> bool:
+    """Whether ``x`` is a floating-point array or scalar, plain or traced (what takes a tangent,
+    or a gradient)."""
+    dtype = (
+        x.dtype
+        if isinstance(x, ArrayMethods)
+        else np.asarray(x).dtype
+        if isinstance(x, (np.ndarray, np.generic, float))
+        else None
     )
+    return dtype is not None and bool(np.issubdtype(dtype, np.floating))
 
 
 def _pair(trace: JVPTrace, primal, tangent, where: str):
     """A primal leaf and its tangent as one traced value (the primal alone for a zero tangent)."""
-    if tangent is None or not _is_float(primal):
+    if tangent is None or not is_float(primal):
         return primal
     if not isinstance(tangent, ArrayMethods):
         tangent = np.asarray(tangent)
@@ -36,7 +43,7 @@ def _split(trace: JVPTrace, x):
     """An output leaf as ``(primal, tangent)``: zeros where the inputs' tangents do not reach."""
     if type(x) is JVPTracer and x.trace is trace:
         return x.primal, x.tangent
-    if _is_float(x):
+    if is_float(x):
         return x, np.zeros(shape_of(x), x.dtype)
     return x, None
 

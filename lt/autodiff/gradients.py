@@ -27,16 +27,10 @@ from .. import ops, threads, tree
 from ..ops.primitive import TRANSFORM_TRACERS, ArrayMethods, Tracer, value_of
 from ..ops.traces import BatchTrace, BatchTracer, JVPTrace, JVPTracer, broadcast_front, shape_of, zeros_like
 from .batching import unbatch
-from .forward import jvp
+from .forward import is_float, jvp
 from .reverse import ClosedOverTrace, argnums_tuple, gradient_call
 
 __all__ = ["value_and_grad", "grad", "hvp", "gradient_under_transforms"]
-
-
-def _is_float(x) -> bool:
-    if isinstance(x, ArrayMethods):
-        return bool(np.issubdtype(x.dtype, np.floating))
-    return isinstance(x, (np.ndarray, np.generic, float)) and np.issubdtype(np.asarray(x).dtype, np.floating)
 
 
 def _value(out, has_aux: bool):
@@ -79,10 +73,10 @@ def gradient_under_transforms(fn, nums: tuple[int, ...], has_aux: bool, args, kw
 def _under_batch(fn, nums, has_aux, args, kwargs, trace: BatchTrace):
     """Per-member gradients under ``lt.vmap``: the gradient of the members' summed values with
     respect to the batched leaves (see the module's docstring)."""
-    floats = [tree.map(_is_float, args[i]) for i in nums]
+    floats = [tree.map(is_float, args[i]) for i in nums]
 
     def lift(x):
-        if not _is_float(x):
+        if not is_float(x):
             return 0  # a placeholder: the leaf itself reaches fn through `summed`'s closure
         if type(x) is BatchTracer and x.trace is trace:
             return broadcast_front(x.value, x.bdim, trace.size)
@@ -119,7 +113,7 @@ def _under_batch(fn, nums, has_aux, args, kwargs, trace: BatchTrace):
 def _split_jvp(x, trace: JVPTrace):
     if type(x) is JVPTracer and x.trace is trace:
         return x.primal, x.tangent
-    return x, (zeros_like(x) if _is_float(x) else x)
+    return x, (zeros_like(x) if is_float(x) else x)
 
 
 def _under_jvp(fn, nums, has_aux, args, kwargs, trace: JVPTrace):
@@ -135,7 +129,7 @@ def _under_jvp(fn, nums, has_aux, args, kwargs, trace: JVPTrace):
     t_value, t_grads = gradient_under_transforms(directional, nums, False, primals, {})
     value = trace.wrap(_value(out, has_aux), t_value)
     grads = tuple(
-        tree.map(lambda g, tg: trace.wrap(g, tg) if _is_float(g) else g, g_i, tg_i) for g_i, tg_i in zip(grads, t_grads)
+        tree.map(lambda g, tg: trace.wrap(g, tg) if is_float(g) else g, g_i, tg_i) for g_i, tg_i in zip(grads, t_grads)
     )
     return ((value, out[1]) if has_aux else value), grads
 
@@ -149,7 +143,7 @@ def _on_outer_tape(fn, nums, has_aux, args, kwargs):
     value = _value(out, has_aux)
     flat_g, g_def = tree.flatten(list(grads))
     plain_g = list(flat_g)  # kept for the VJP (flat_g gets the traced outputs below)
-    outputs = [k for k, g in enumerate(flat_g) if _is_float(g)]
+    outputs = [k for k, g in enumerate(flat_g) if is_float(g)]
     inputs = [(i, p) for i, a in enumerate(args) for p, x in enumerate(tree.leaves(a)) if type(x) is Tracer]
     positions = sorted({i for i, _ in inputs})
     tape = next(x.tape for a in args for x in tree.leaves(a) if type(x) is Tracer)

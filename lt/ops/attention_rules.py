@@ -115,10 +115,9 @@ def _attention_batch(args, dims, **options):
     rw = o["return_weights"]
     members = [_Shaped(a, d) for a, d in zip(args[:3], dims)]
     keep = _keep_scale(*members, o["dropout"], o["rng"], key_dim)
-    # where the kernel returns its weights, q carries a batch that only v has: its VJP would count
-    # the weights' cotangent once per member of v's batch
-    weighted = rw or keep is not None
-    q, k, v, mask, weights_batched = _front(args[:3], dims[:3], o["mask"], mask_dim, scores_batched=weighted)
+    # each member's own dropout mask (a batch of keys) needs each member's weights
+    own_masks = keep is not None and key_dim is not None
+    q, k, v, mask, weights_batched = _front(args[:3], dims[:3], o["mask"], mask_dim, scores_batched=own_masks)
     if keep is None and not rw:
         return attention(q, k, v, mask), 0
     out, p = attention(q, k, v, mask, return_weights=True)
@@ -169,7 +168,7 @@ def _blockwise_batch(args, dims, **options):
         mask_dim = None if mask_dim is None else 0
         full = (*args[:3], mask)
         return _attention_batch(full, (*dims[:3], mask_dim), dropout=o["dropout"], rng=o["rng"], key_dim=key_dim)
-    q, k, v, mask, _ = _front(args[:3], dims[:3], mask, mask_dim, scores_batched=True)
+    q, k, v, mask, _ = _front(args[:3], dims[:3], mask, mask_dim)
     return blockwise_attention(q, k, v, mask, causal=o["causal"], block=o["block"]), 0
 
 

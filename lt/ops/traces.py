@@ -49,55 +49,64 @@ def _basic(name: str) -> Primitive:
 # ----------------------------------------------------------------- traces
 
 
-class BatchTrace:
-    """One ``lt.vmap`` call: a level and the batch size."""
+class _Trace:
+    """A transform call: its level, and how it applies a primitive's rule to its tracers."""
 
-    def __init__(self, size: int):
+    rule: str  # the Primitive attribute holding this transform's rule
+    name: str
+    tracer: Any  # the tracer type
+
+    def __init__(self):
         self.level = next(_levels)
-        self.size = size
+
+    @staticmethod
+    def parts(t) -> tuple:
+        """A tracer's value and its extra (batched axis, tangent)."""
+        raise NotImplementedError
+
+    def wrap(self, value, extra):
+        raise NotImplementedError
 
     def process(self, prim: Primitive, args: tuple, options: dict):
-        vals: list = []
-        dims: list[int | None] = []
-        for a in args:
-            if type(a) is BatchTracer and a.trace is self:
-                vals.append(a.value)
-                dims.append(a.bdim)
-            else:
-                vals.append(a)
-                dims.append(None)
-        if prim.batch is None:
-            raise NotImplementedError(f"lt.vmap: the primitive {prim.__name__} has no batching rule")
-        out, out_dim = prim.batch(vals, dims, **options)
+        """``prim(*args)``: this trace's tracers unwrapped (the others are constants here), the
+        rule applied, the results wrapped again."""
+        mine = [type(a) is self.tracer and getattr(a, "trace", None) is self for a in args]
+        values = [self.parts(a)[0] if m else a for a, m in zip(args, mine)]
+        extras = [self.parts(a)[1] if m else None for a, m in zip(args, mine)]
+        rule = getattr(prim, self.rule)
+        if rule is None:
+            raise NotImplementedError(f"{self.name}: the primitive {prim.__name__} has no {self.rule} rule")
+        out, extra = rule(values, extras, **options)
         if isinstance(out, tuple):
-            return tuple(self.wrap(o, d) for o, d in zip(out, out_dim))
-        return self.wrap(out, out_dim)
+            return tuple(self.wrap(o, e) for o, e in zip(out, extra))
+        return self.wrap(out, extra)
+
+
+class BatchTrace(_Trace):
+    """One ``lt.vmap`` call: a level and the batch size. A tracer's extra is its batched axis."""
+
+    rule, name = "batch", "lt.vmap"
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    @staticmethod
+    def parts(t):
+        return t.value, t.bdim
 
     def wrap(self, value, bdim):
         return value if bdim is None else BatchTracer(value, bdim, self)
 
 
-class JVPTrace:
-    """One ``lt.jvp`` call: a level."""
+class JVPTrace(_Trace):
+    """One ``lt.jvp`` call: a level. A tracer's extra is its tangent."""
 
-    def __init__(self):
-        self.level = next(_levels)
+    rule, name = "jvp", "lt.jvp"
 
-    def process(self, prim: Primitive, args: tuple, options: dict):
-        primals, tangents = [], []
-        for a in args:
-            if type(a) is JVPTracer and a.trace is self:
-                primals.append(a.primal)
-                tangents.append(a.tangent)
-            else:
-                primals.append(a)
-                tangents.append(None)
-        if prim.jvp is None:
-            raise NotImplementedError(f"lt.jvp: the primitive {prim.__name__} has no forward-mode rule")
-        out, t_out = prim.jvp(primals, tangents, **options)
-        if isinstance(out, tuple):
-            return tuple(self.wrap(o, t) for o, t in zip(out, t_out))
-        return self.wrap(out, t_out)
+    @staticmethod
+    def parts(t):
+        return t.primal, t.tangent
 
     def wrap(self, primal, tangent):
         return primal if tangent is None else JVPTracer(primal, tangent, self)
@@ -235,6 +244,7 @@ class JVPTracer(ArrayMethods):
 
 
 TRANSFORM_TRACERS.update({BatchTracer, JVPTracer})
+BatchTrace.tracer, JVPTrace.tracer = BatchTracer, JVPTracer
 
 
 # ----------------------------------------------------------------- helpers for batching rules

@@ -296,11 +296,11 @@ def global_norm(updates) -> float:
 
 
 def traced_global_norm(updates):
-    """:func:`global_norm` as an lt.ops value (under ``lt.vmap``, one norm per member), in float64."""
+    """:func:`global_norm` as an lt.ops value (under ``lt.vmap``, one norm per member): each
+    leaf's sum of squares in its own dtype (as ``np.vdot`` there), added up in float64."""
     total = None
     for x in tree.leaves(updates):
-        x64 = x.astype(np.float64)
-        sq = (x64 * x64).sum()
+        sq = (x * x).sum().astype(np.float64)
         total = sq if total is None else total + sq
     return np.sqrt(total)
 
