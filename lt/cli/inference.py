@@ -236,4 +236,22 @@ def cmd_info(args) -> int:
         "int8: one scale per output channel; int4: one per 32 weights (lt quantize, lt generate --quantize); "
         "wpe, norms and biases stay float32"
     )
+    print(f"\nkernels: {_kernels_line()}")
     return 0
+
+
+def _kernels_line() -> str:
+    """What the primitives run here: numba's compiled kernels or the NumPy reference, and why."""
+    from ..ops import kernels
+
+    try:
+        active = kernels.active()
+    except (RuntimeError, ValueError) as e:
+        return str(e)
+    if active == "numba":
+        from importlib.metadata import version
+
+        return f"compiled (numba {version('numba')}); LT_KERNELS=numpy runs the NumPy reference"
+    if kernels.available():
+        return "the NumPy reference (LT_KERNELS=numpy); unset it for numba's compiled kernels"
+    return "the NumPy reference; pip install 'lt[fast]' adds numba's compiled kernels"

@@ -16,9 +16,11 @@ Model code is written once on these; outside ``lt.value_and_grad`` they are plai
 - ``rotary``: the rotary position embedding (RoPE).  ``gated``: the SwiGLU gate.
 - ``quantized``: products and gathers with int8/int4 leaves (``lt.quant``), a tile at a time.
 - ``primitive``: what makes them differentiable (``primitive``, ``Tracer``, ``Tape``).
+- ``kernels``: compiled kernels (numba, the ``fast`` extra) that primitives run where they cover a call;
+  ``LT_KERNELS=numpy`` or ``kernels.use("numpy")`` runs the NumPy code, the reference.
 """
 
-from . import attention_rules, basic_rules  # noqa: F401  (the vmap and jvp rules kept apart from their primitives)
+from . import attention_rules, basic_rules, kernels  # noqa: F401  (rules kept apart from their primitives)
 from .attention import attention
 from .basic import (
     add,
