@@ -55,14 +55,12 @@ def _lt_steps(cfg: dict):
     model = lt.GPT(**{k: cfg[k] for k in FIELDS[:6]})
     params = lt.tree.freeze(lt.tree.map(lambda p: np.full(p.shape, 0.02, np.float32), model.spec()))
     ids = np.arange(cfg["batch"] * cfg["seq"]).reshape(cfg["batch"], cfg["seq"]) % cfg["vocab_size"]
-    loss_and_grad = lt.value_and_grad(model.loss)
     opt = lt.optim.adamw(3e-4, weight_decay=0.1)
-    state = [params, opt.init(params)]
+    train_step = lt.make_train_step(model, opt, donate=True)   # as lt.train and lt train run it
+    state = [lt.TrainState.create(params, opt)]
 
     def step():
-        _, grads = loss_and_grad(state[0], ids, ids)
-        updates, state[1] = opt.update(grads, state[1], state[0])
-        state[0] = lt.optim.apply_updates(state[0], updates)
+        state[0], _ = train_step(state[0], (ids, ids))
     return step
 
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _checks, guards, quant, safetensors_io, tree
+from . import _checks, donation, guards, quant, safetensors_io, tree
 from .nn import GPT, config
 from .safetensors_io import SafetensorsError
 
@@ -80,6 +80,7 @@ def save(path, model: GPT, params, opt_state=None, step: int = 0, metadata: dict
     :class:`NonFiniteCheckpointError` naming the step and the first bad leaf, and nothing is
     written: a diverged model never replaces the last good checkpoint.
     """
+    donation.check((params, opt_state), "checkpoint.save")
     model.check_params(params)
     step = _checks.integer(step, "checkpoint step", low=0)
     opt_items = tree.items(opt_state) if opt_state is not None else []

@@ -1,9 +1,9 @@
 """Training: one state value, a pure step, evaluation, and a plain loop over the step.
 
-``train_step(state, batch, rng) -> (state, metrics)`` never changes its inputs. The loop
-gives step ``s`` the key ``fold_in(run_rng, s)`` and the batch drawn from
-``fold_in(data_rng, s)``, so a run resumed from the checkpoint of step ``k`` makes exactly
-the same steps as one that never stopped.
+``train_step(state, batch, rng) -> (state, metrics)`` never changes its inputs unless they are
+donated (``make_train_step(..., donate=True)``, JAX's ``donate_argnums``). The loop gives step
+``s`` the key ``fold_in(run_rng, s)`` and the batch drawn from ``fold_in(data_rng, s)``, so a
+run resumed from the checkpoint of step ``k`` makes exactly the same steps as one that never stopped.
 
 :func:`train` is that loop and nothing else; what it does besides stepping is a small piece
 each, usable (and tested) on its own: :func:`batch_sampler` (the batch of a step),
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import checkpoint, data, optim, random, tree
+from . import checkpoint, data, donation, optim, random, tree
 from ._allocator import tune_malloc
 from ._checks import integer
 from .autodiff import value_and_grad
@@ -72,7 +72,7 @@ def _count(targets, ignore_index: int) -> int:
 
 
 def make_train_step(
-    model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100, strategy=None
+    model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100, strategy=None, donate=False
 ) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``model`` and ``optimizer``.
 
@@ -85,22 +85,43 @@ def make_train_step(
     and tokens in the metrics are global; under ``TensorParallel`` ``state`` is this rank's
     share (``strategy.start``). The gradient's global norm is computed once, reported, and
     handed to the optimizer (``grad_norm``), whose clipping uses it.
+
+    ``donate=True`` (JAX's ``donate_argnums``): the caller gives ``state`` up; the step writes the
+    new params and optimizer state over its buffers (the update over the gradient's), so it holds
+    one state, not two, with the same bits. ``state`` (any tree of its arrays) is then refused by
+    the step, the optimizers, ``apply_updates`` and checkpoint writes (:class:`lt.optim.DonatedError`:
+    "this TrainState was donated to train_step at step N; use the state it returned"). A step that
+    raises before its update (:class:`NonFiniteError`) donates nothing. See :mod:`lt.donation`.
     """
     strategy = DataParallel() if strategy is None else strategy
     local = strategy.model(model)
     grads_of = gradient_fn(local, ignore_index)
 
     def train_step(state: TrainState, batch, rng=None):
+        donation.check((state.params, state.opt_state), "train_step")
         (inputs, targets), rng = strategy.local_batch(batch, rng)
         loss, grads, tokens = grads_of(state.params, inputs, targets, rng)
         loss, grads, tokens = strategy.reduce(loss, grads, tokens)  # global values: every rank decides alike
         grad_norm = strategy.global_norm(local, grads)
         check_finite(state.step, loss, grad_norm)
-        params, opt_state = strategy.update(optimizer, grads, state.opt_state, state.params, grad_norm=grad_norm)
+        if donate:
+            why = f"this TrainState was donated to train_step at step {state.step}"
+            update = lambda given: _update(strategy, optimizer, grads, state, grad_norm, given)  # noqa: E731
+            params, opt_state = donation.give_up((state.params, state.opt_state), why, update, grads)
+        else:
+            params, opt_state = _update(strategy, optimizer, grads, state, grad_norm)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": optim.current_learning_rate(opt_state), "tokens": tokens}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step
+
+
+def _update(strategy, optimizer, grads, state: TrainState, grad_norm: float, given=None) -> tuple:
+    """``(params, opt_state)`` after the update; over ``given``'s buffers under ``DataParallel``."""
+    if given is None or type(strategy).update is not DataParallel.update:
+        return strategy.update(optimizer, grads, state.opt_state, state.params, grad_norm=grad_norm)
+    updates, opt_state = optimizer.update_with(grads, state.opt_state, state.params, grad_norm=grad_norm, donated=given)
+    return optim.apply_updates(state.params, updates, donated=given), opt_state
 
 
 def check_finite(step: int, loss: float, grad_norm: float) -> None:
@@ -233,6 +254,7 @@ def make_checkpointer(
     strategy = DataParallel() if strategy is None else strategy
 
     def save(state: TrainState) -> None:
+        donation.check((state.params, state.opt_state), "checkpoint save")
         strategy.check_in_sync(model, state)
         whole = strategy.gather(model, state, optimizer)
         if strategy.is_root and whole is not None:
@@ -273,6 +295,7 @@ def train(
     verbose: bool = True,
     strategy=None,
     stop: Callable[[int], bool] | None = None,
+    donate: bool = False,
 ) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
@@ -299,6 +322,9 @@ def train(
     record, evaluation and checkpoint, and the returned state is at it. Under several ranks it
     must answer alike on every rank (decide on one and broadcast).
 
+    Each state the loop makes is donated to the next step (nobody else holds it: one state in
+    memory, not two); ``donate=True`` gives up the caller's ``state`` too, else it is left as it was.
+
     Calls :func:`lt.tune_malloc` first (glibc keeps a step's freed pages for the next step).
     """
     _check_counts(
@@ -317,8 +343,8 @@ def train(
     strategy = DataParallel() if strategy is None else strategy
     root = strategy.is_root
     batch_for = batch_sampler(train_tokens, random.fold_in(rng, "data"), batch_size, seq_len, accumulate)
-    state = strategy.start(model, state, optimizer)  # this rank's share
-    train_step = make_train_step(model, optimizer, strategy=strategy)
+    given, state, mine = state, strategy.start(model, state, optimizer), donate  # mine: the step may donate it
+    keep_step, donated_step = (make_train_step(model, optimizer, strategy=strategy, donate=d) for d in (False, True))
     eval_loss = (
         make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, strategy)
         if val_tokens is not None and eval_every
@@ -331,7 +357,9 @@ def train(
     log, window = [], LogWindow(time.perf_counter())
     try:
         while state.step < steps:
-            state, metrics = train_step(state, batch_for(state.step), random.fold_in(rng, state.step))
+            step = donated_step if mine else keep_step
+            state, metrics = step(state, batch_for(state.step), random.fold_in(rng, state.step))
+            mine = mine or not donation.shares(state, given)  # the loop's own state from now on, not the caller's
             window = window.add(metrics)
             bar.update(state.step, loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
             last = state.step if stop is not None and state.step < steps and stop(state.step) else steps

@@ -26,7 +26,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("imports nothing of lt", frozenset({"threads", "_allocator", "_version", "files", "progress"})),
     ("argument checks and file guards", frozenset({"_checks", "guards"})),
     ("trees and keys", frozenset({"tree", "random"})),
-    ("leaf kinds, text and files", frozenset({"quant", "safetensors_io", "corpus", "tokenizers", "data"})),
+    (
+        "leaf kinds, donated trees, text and files",
+        frozenset({"quant", "donation", "safetensors_io", "corpus", "tokenizers", "data"}),
+    ),
     ("primitives", frozenset({"ops"})),
     ("autodiff", frozenset({"autodiff"})),
     ("components", frozenset({"nn"})),

@@ -305,6 +305,7 @@ def _train(args, world, run, optimizer, stop=None) -> int:
             on_log=on_log,
             strategy=strategy,
             stop=stop,
+            donate=True,  # the run's state is the command's own: each step writes over the last
         )[0]
 
     start = time.perf_counter()

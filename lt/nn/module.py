@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .. import random, tree
+from .. import donation, random, tree
 
 __all__ = [
     "Param",
@@ -189,6 +189,7 @@ def check_params(component, params, owner: str) -> None:
     component's ``spec()``; a params tree that fits costs one flatten."""
     if not isinstance(params, Mapping):
         raise TypeError(f"{owner} params must be a mapping (from {owner}.init), got {type(params).__name__}")
+    donation.check(params, f"{owner}.apply")
     key = (component, id(params))
     if _checked.get(key) is params:
         return

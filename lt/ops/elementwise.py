@@ -1,7 +1,9 @@
 """Fused elementwise primitives: GELU, ReLU, dropout (the norms are in :mod:`lt.ops.norms`).
 
 Each is one primitive with a hand-derived VJP beside it, keeping only what the backward
-needs, working in the input's dtype and reusing its temporaries (``out=``, in place).
+needs, working in the input's dtype and reusing its temporaries (``out=``, in place). With the
+kernels (``lt.ops.kernels.activations``), GELU and ReLU² forward and backward take one pass for
+C-contiguous float32/float64 arrays; the NumPy code below each stays the reference.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import numpy as np
 
 from .. import random as lrandom
 from .. import threads
+from . import kernels
 from .basic import add, mul, sub, tanh
+from .kernels import activations as fused
 from .primitive import primitive
 from .traces import broadcast_front, constant_map, shape_of
 
@@ -32,6 +36,14 @@ def _unary_batch(prim):
 
 # ----------------------------------------------------------------- activations
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes the kernels cover
+
+
+def _fused(x) -> bool:
+    """Whether the elementwise kernels take ``x``: on, a C-contiguous float32/float64 array."""
+    return kernels.enabled() and isinstance(x, np.ndarray) and x.dtype in _FLOATS and x.flags.c_contiguous
+
+
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
@@ -39,10 +51,16 @@ _GELU_A = 0.044715
 @primitive
 def gelu(x):
     """GPT-2's GELU, the tanh form: ``0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))``.
-    Block by block on the free cores (``lt.threads``); keeps x and tanh(u) for the backward."""
+    Block by block on the free cores (``lt.threads``); keeps x and tanh(u) for the backward.
+    With the kernels (float32/float64): one pass (``kernels.activations``)."""
     x = np.ascontiguousarray(x)
     t, y = np.empty_like(x), np.empty_like(x)
-    threads.elementwise(_gelu_into, x, t, y, passes=12)
+    if _fused(x):
+        c, itype, bias, shift = fused.gelu_constants(x.dtype)
+        run = fused.pick(fused.gelu_forward, 3 * x.nbytes)
+        run(x.reshape(-1), t.reshape(-1), y.reshape(-1), y.reshape(-1).view(itype), c, bias, shift)
+    else:
+        threads.elementwise(_gelu_into, x, t, y, passes=12)
     return y, (x, t)
 
 
@@ -63,7 +81,12 @@ def _gelu_into(x, t, y) -> None:
 def _gelu_vjp(res, g):
     x, t = res
     d = np.empty_like(x)
-    threads.elementwise(_gelu_vjp_into, x, t, np.ascontiguousarray(g, x.dtype), d, passes=16)
+    g = np.ascontiguousarray(g, x.dtype)
+    if _fused(x):
+        c = fused.gelu_constants(x.dtype)[0]
+        fused.pick(fused.gelu_backward, 4 * x.nbytes)(x.reshape(-1), t.reshape(-1), g.reshape(-1), d.reshape(-1), c)
+    else:
+        threads.elementwise(_gelu_vjp_into, x, t, g, d, passes=16)
     return (d,)
 
 
@@ -126,13 +149,24 @@ def _relu_jvp(primals, tangents):
 
 @primitive
 def relu_squared(x):
-    """``max(x, 0)²`` (the speedrun's feed-forward activation); the VJP is ``2 g max(x, 0)``."""
+    """``max(x, 0)²`` (the speedrun's feed-forward activation); the VJP is ``2 g max(x, 0)``.
+    With the kernels: one pass (the same bits)."""
+    if _fused(x):
+        r, y = np.empty_like(x), np.empty_like(x)
+        run = fused.pick(fused.relu_squared_forward, 3 * x.nbytes)
+        run(x.reshape(-1), r.reshape(-1), y.reshape(-1), x.dtype.type(0))
+        return y, r
     r = np.maximum(x, 0)
     return r * r, r
 
 
 @relu_squared.defvjp
 def _relu_squared_vjp(r, g):
+    if _fused(r) and g.shape == r.shape:
+        d = np.empty_like(r)
+        g = np.ascontiguousarray(g, r.dtype)
+        fused.pick(fused.relu_squared_backward, 3 * r.nbytes)(r.reshape(-1), g.reshape(-1), d.reshape(-1))
+        return (d,)
     d = g * r
     d *= d.dtype.type(2)
     return (d,)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .basic import add, mul, sub, tanh
+from .kernels import activations as fused
 from .primitive import primitive
 from .traces import add_tangents, batch_size, broadcast_front, shape_of
 
@@ -19,8 +21,15 @@ __all__ = ["swiglu"]
 def swiglu(gate, up):
     """``silu(gate) * up`` with ``silu(a) = a * sigmoid(a)``: the gated feed-forward's middle.
 
-    Keeps ``gate``, ``up`` and ``sigmoid(gate)``.
+    Keeps ``gate``, ``up`` and ``sigmoid(gate)``. With the kernels (one float dtype, one shape,
+    contiguous): one pass (``kernels.activations``).
     """
+    if _fused(gate, up):
+        sig, h = np.empty_like(gate), np.empty_like(gate)
+        c, itype, bias, shift = fused.exp_constants(gate.dtype)
+        run = fused.pick(fused.swiglu_forward, 4 * gate.nbytes)
+        run(gate.reshape(-1), up.reshape(-1), sig.reshape(-1), h.reshape(-1), h.reshape(-1).view(itype), c, bias, shift)
+        return h, (gate, up, sig)
     sig = np.negative(gate)
     np.exp(sig, out=sig)
     sig += 1
@@ -30,9 +39,30 @@ def swiglu(gate, up):
     return h, (gate, up, sig)
 
 
+def _fused(gate, up) -> bool:
+    """Whether the kernels take this call: on, float32/float64, one shape and dtype, C-contiguous."""
+    return (
+        kernels.enabled()
+        and isinstance(gate, np.ndarray)
+        and isinstance(up, np.ndarray)
+        and gate.dtype in (np.float32, np.float64)
+        and up.dtype == gate.dtype
+        and up.shape == gate.shape
+        and gate.flags.c_contiguous
+        and up.flags.c_contiguous
+    )
+
+
 @swiglu.defvjp
 def _swiglu_vjp(res, g):
     gate, up, sig = res
+    if _fused(gate, up) and g.shape == gate.shape:
+        g = np.ascontiguousarray(g, gate.dtype)
+        dgate, dup = np.empty_like(gate), np.empty_like(gate)
+        run = fused.pick(fused.swiglu_backward, 6 * gate.nbytes)
+        flat = (a.reshape(-1) for a in (gate, up, sig, g, dgate, dup))  # (n,) views
+        run(*flat, gate.dtype.type(1))
+        return dgate, dup
     silu = gate * sig
     dup = g * silu
     # d silu / d a = sig * (1 + a * (1 - sig))

@@ -1,4 +1,9 @@
-"""Softmax cross-entropy with ignored positions, fused with its backward ``(p - onehot) g / n``."""
+"""Softmax cross-entropy with ignored positions, fused with its backward ``(p - onehot) g / n``.
+
+With the kernels (``lt.ops.kernels.cross_entropy``; float32/float64) the forward's softmax and
+per-row loss take one visit of each row and the backward one pass writing the logits' gradient
+in place over the softmax; the residuals are the NumPy path's, so either VJP follows either forward.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ import math
 import numpy as np
 
 from .. import _checks, threads
+from . import kernels
 from .basic import div, mul, sub
 from .basic import sum as sum_
+from .kernels import activations as fused
+from .kernels import cross_entropy as rowwise
 from .primitive import primitive
 from .softmax import exp_normalize_, softmax
 from .traces import batch_size, broadcast_front, constant_map, ndim_of, shape_of
@@ -32,14 +40,20 @@ def cross_entropy(logits, targets, ignore_index=-100, batch_dims=0):
     kept = t != ignore_index
     safe_t = _checks.index_array(np.where(kept, t, 0), V, f"targets (other than ignore_index={ignore_index})")
     p = np.empty(x.shape, x.dtype)  # p = softmax(x), nll = logsumexp(x) - x[t]
-    picked, total = np.empty(len(t), x.dtype), np.empty((len(t), 1), x.dtype)
-    threads.run(
-        [
-            functools.partial(_softmax_rows, x, safe_t, p, picked, total, rows)
-            for rows in threads.blocks(len(t), V * x.itemsize * 5)
-        ]
-    )
-    nll = np.log(total[:, 0]) - picked
+    if _fused(x):  # one visit of each row (kernels.cross_entropy)
+        nll = np.empty(len(t), x.dtype)
+        c, itype, bias, shift = fused.exp_constants(x.dtype)
+        run = fused.pick(rowwise.forward, 2 * x.nbytes)
+        run(x, x.max(axis=-1), safe_t, p, p.view(itype), nll, c, bias, shift)
+    else:
+        picked, total = np.empty(len(t), x.dtype), np.empty((len(t), 1), x.dtype)
+        threads.run(
+            [
+                functools.partial(_softmax_rows, x, safe_t, p, picked, total, rows)
+                for rows in threads.blocks(len(t), V * x.itemsize * 5)
+            ]
+        )
+        nll = np.log(total[:, 0]) - picked
     if batch_dims:
         lead = logits.shape[:batch_dims]
         members = math.prod(lead)
@@ -52,6 +66,11 @@ def cross_entropy(logits, targets, ignore_index=-100, batch_dims=0):
     return np.asarray(loss), (p, safe_t, kept, n, logits.shape)
 
 
+def _fused(x) -> bool:
+    """Whether the row kernels take this call: on, float32/float64 (N, V) rows with V > 0."""
+    return kernels.enabled() and x.dtype in (np.float32, np.float64) and x.shape[1] > 0 and x.flags.c_contiguous
+
+
 def _softmax_rows(x, safe_t, p, picked, total, rows: slice) -> None:
     """Rows ``rows`` of p = softmax(x), the shifted logit of each target, and exp's row sums."""
     xs, ps = x[rows], p[rows]
@@ -62,6 +81,11 @@ def _softmax_rows(x, safe_t, p, picked, total, rows: slice) -> None:
 
 @cross_entropy.defvjp
 def _cross_entropy_vjp(res, g):
+    """``(p - onehot) · g / n`` per row (0 on ignored rows). With the kernels it is written over the
+    softmax ``p`` itself, which this residual alone holds: no second (N, V) buffer (51 MB at gpt2's
+    256 x 50257 float32 logits). Reverse mode runs each VJP once and drops its residual after
+    (``lt.autodiff.reverse.backward``), so nothing reads ``p`` again; a caller that runs this VJP
+    twice on one residual must copy ``p`` first."""
     p, safe_t, kept, n, shape = res
     if isinstance(n, np.ndarray):  # one mean per member (batch_dims): n counts each member's rows
         rows = len(kept) // len(n) if len(n) else 0
@@ -69,6 +93,9 @@ def _cross_entropy_vjp(res, g):
         weight = (kept.reshape(len(n), rows) * scale[:, None]).astype(p.dtype).reshape(-1, 1)
     else:
         weight = (kept * (g / max(n, 1))).astype(p.dtype)[:, None]  # (N, 1): 0 where ignored
+    if _fused(p):  # (p - onehot) · weight in one pass, written over p (see the docstring)
+        fused.pick(rowwise.backward, 2 * p.nbytes)(p, safe_t, np.ascontiguousarray(weight[:, 0]), p)
+        return p.reshape(shape), None
     d = np.empty_like(p)
     threads.run(
         [

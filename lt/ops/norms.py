@@ -2,13 +2,19 @@
 
 Shapes: ... any leading axes, D the normalised axis, N = the leading axes flattened. Each
 forward keeps only what its VJP needs: ``xhat`` (the normalised input), ``1/std`` and ``scale``.
+With the kernels (``lt.ops.kernels.norms``; C-contiguous float32/float64, (D,) parameters) each
+forward and VJP is one visit of each row, keeping the same residuals; the NumPy code stays the
+reference (and runs for whatever the kernels do not cover).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .basic import add, exp, log, mean, mul, sub
+from .kernels import activations as fused
+from .kernels import norms as rowwise
 from .primitive import primitive
 from .traces import add_tangents, align_front, ndim_of, shape_of, to_front
 
@@ -46,6 +52,37 @@ def _normalised_tangent(xhat, rstd, dc):
     return mul(sub(dc, mul(xhat, mean(mul(dc, xhat), -1, True))), rstd)
 
 
+def _fused(x, *params) -> bool:
+    """Whether the row kernels take this call: on, x float32/float64, C-contiguous, with rows,
+    and each parameter a contiguous (D,) vector of x's dtype."""
+    if not (kernels.enabled() and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)):
+        return False
+    if x.ndim == 0 or x.size == 0 or not x.flags.c_contiguous:
+        return False
+    return all(
+        isinstance(p, np.ndarray) and p.shape == x.shape[-1:] and p.dtype == x.dtype and p.flags.c_contiguous
+        for p in params
+    )
+
+
+def _constants(x, eps) -> tuple:
+    """The kernels' scalars in x's dtype: (1/D, eps, 1)."""
+    t = x.dtype.type
+    return t(1.0 / x.shape[-1]), t(eps), t(1.0)
+
+
+def _fused_backward(pair, g, xhat, rstd, scale, *outs):
+    """A norm's backward kernel: returns dx (..., D) and fills ``outs``, the (D,) gradients of the
+    parameters (scale[, bias]), each summed over rows through its own (chunks, D) partial sums."""
+    g2, h2 = rows(np.ascontiguousarray(g, xhat.dtype)), rows(xhat)
+    dx = np.empty_like(h2)
+    parts = [np.empty((rowwise.chunks(len(h2)), h2.shape[1]), h2.dtype) for _ in outs]
+    run = fused.pick(pair, 3 * h2.nbytes)
+    r = np.ascontiguousarray(rstd, xhat.dtype).reshape(-1)  # (N,)
+    run(g2, h2, r, scale, dx, *parts, *outs, _constants(xhat, 0.0))
+    return dx.reshape(xhat.shape)
+
+
 def rows(a: np.ndarray) -> np.ndarray:
     """``a`` as a 2-D (rows, last axis) array: a view when ``a`` is contiguous."""
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
@@ -58,8 +95,15 @@ def rows(a: np.ndarray) -> np.ndarray:
 def layer_norm(x, scale, bias, eps=1e-5):
     """Normalise the last axis to zero mean and unit variance, then ``* scale + bias``.
 
-    Keeps ``xhat`` and ``1/std`` for the backward (as llm.c does).
+    Keeps ``xhat`` and ``1/std`` for the backward (as llm.c does). With the kernels: one
+    pass over each row (``kernels.norms``).
     """
+    if _fused(x, scale, bias):
+        x2 = rows(x)  # (N, D)
+        y, xhat, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1] + (1,), x.dtype)
+        run = fused.pick(rowwise.layer_norm_forward, 3 * x.nbytes)
+        run(x2, scale, bias, rows(y), rows(xhat), rstd.reshape(-1), _constants(x, eps))
+        return y, (xhat, rstd, scale)
     inv_d = x.dtype.type(1.0 / x.shape[-1])
     xhat = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_d  # (..., D)
     var = np.einsum("...d,...d->...", xhat, xhat)[..., None] * inv_d
@@ -73,6 +117,9 @@ def layer_norm(x, scale, bias, eps=1e-5):
 @layer_norm.defvjp
 def _layer_norm_vjp(res, g):
     xhat, rstd, scale = res
+    if _fused(xhat, scale) and g.shape == xhat.shape:
+        dscale, dbias = np.empty_like(scale), np.empty_like(scale)
+        return _fused_backward(rowwise.layer_norm_backward, g, xhat, rstd, scale, dscale, dbias), dscale, dbias
     g2, xhat2 = rows(g), rows(xhat)  # (N, D)
     dscale = np.einsum("nd,nd->d", g2, xhat2)
     dbias = g2.sum(axis=0)
@@ -121,8 +168,14 @@ def _layer_norm_jvp(primals, tangents, **options):
 def rms_norm(x, scale, eps=1e-6):
     """``x / sqrt(mean(x²) + eps) * scale`` over the last axis (Llama's and Qwen2's RMSNorm).
 
-    No mean is subtracted and there is no bias. Keeps ``xhat = x / rms`` and ``1/rms``.
+    No mean is subtracted and there is no bias. Keeps ``xhat = x / rms`` and ``1/rms``. With
+    the kernels: one pass over each row (``kernels.norms``).
     """
+    if _fused(x, scale):
+        y, xhat, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1] + (1,), x.dtype)
+        run = fused.pick(rowwise.rms_norm_forward, 3 * x.nbytes)
+        run(rows(x), scale, rows(y), rows(xhat), rstd.reshape(-1), _constants(x, eps))
+        return y, (xhat, rstd, scale)
     inv_d = x.dtype.type(1.0 / x.shape[-1])
     ms = np.einsum("...d,...d->...", x, x)[..., None] * inv_d  # (..., 1) mean square
     rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))
@@ -133,6 +186,9 @@ def rms_norm(x, scale, eps=1e-6):
 @rms_norm.defvjp
 def _rms_norm_vjp(res, g):
     xhat, rstd, scale = res
+    if _fused(xhat, scale) and g.shape == xhat.shape:
+        dscale = np.empty_like(scale)
+        return _fused_backward(rowwise.rms_norm_backward, g, xhat, rstd, scale, dscale), dscale
     dscale = np.einsum("nd,nd->d", rows(g), rows(xhat))
     # dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), dxhat = g * scale
     dx = g * scale

@@ -253,7 +253,9 @@ class Primitive:
     ``forward(*args, **options) -> (out, residual)`` runs on plain arrays; ``out`` may be a
     tuple for several outputs. ``vjp(residual, g) -> cotangents``, one per positional
     argument (``None`` where there is none), with ``g`` a tuple when ``out`` is. The VJP
-    must not modify ``g`` or the residual in place.
+    must not modify ``g`` in place. It runs once per recorded call (the tape drops the residual
+    after it), so it may write its result into a buffer of the residual the forward made itself
+    (cross-entropy's softmax becomes the logits' gradient), never into one it was given.
 
     The other transforms need two more rules, each written with lt.ops primitives so that it
     composes with every transform (``lt.ops.traces`` has the helpers):

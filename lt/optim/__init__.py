@@ -1,6 +1,8 @@
 """Optimizers and schedules in optax's vocabulary: each optimizer an ``(init, update)`` pair
 of pure functions over immutable trees."""
 
+from ..donation import DonatedError, Donation
+from .adam_update import AdamState, adam, adamw, decay_mask
 from .muon import NS_COEFFICIENTS, MuonState, muon, muon_labels, newton_schulz, scale_by_muon
 from .partition import add_decayed_weights, partition, scale_by_learning_rate
 from .schedules import (
@@ -13,18 +15,14 @@ from .schedules import (
     warmup_stable_decay,
 )
 from .transforms import (
-    AdamState,
     EmptyState,
     GradientTransformation,
     MomentumState,
     ScheduleState,
-    adam,
-    adamw,
     apply_updates,
     chain,
     clip_by_global_norm,
     current_learning_rate,
-    decay_mask,
     global_norm,
     sgd,
     traced_global_norm,
@@ -46,6 +44,8 @@ __all__ = [
     "apply_updates",
     "decay_mask",
     "current_learning_rate",
+    "DonatedError",
+    "Donation",
     "Schedule",
     "constant",
     "linear_warmup",

@@ -27,10 +27,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import tree
+from .. import donation, tree
 from .._checks import integer, real
+from .adam_update import adamw
 from .partition import add_decayed_weights, partition, scale_by_learning_rate
-from .transforms import GradientTransformation, adamw, chain
+from .transforms import GradientTransformation, chain
 
 __all__ = ["NS_COEFFICIENTS", "newton_schulz", "MuonState", "scale_by_muon", "muon", "muon_labels"]
 
@@ -108,6 +109,8 @@ def scale_by_muon(
         return MuonState(tuple(tree.seal(np.zeros(np.shape(p), np.asarray(p).dtype)) for p in flat))
 
     def update(grads, state, params=None, **extra):
+        if extra.get("donated") is None:  # (a donated step checked its state already)
+            donation.check((grads, state), "the optimizer's update")
         flat, treedef = tree.flatten(grads)
         layouts = blocks if blocks is not None else [None] * len(flat)
         bufs, directions = [], []
