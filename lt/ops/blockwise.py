@@ -17,6 +17,10 @@ masks entirely are skipped. The conventions are the full kernel's (``lt.ops.atte
 masked scores get the dtype's most negative finite value, a fully masked row gets uniform
 weights over all S keys (its q and k get no gradient), and dropout drops the same weights
 (``dropout_keep`` draws by position), so both kernels give the same numbers.
+
+Where the compiled kernels cover the call (``lt.ops.attention.layout``: numba, float32/64, no
+dropout), the same algorithm runs as compiled tile loops (``lt.ops.kernels.attention_tiles``);
+the NumPy code below is the reference, and runs everywhere else.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import math
 import numpy as np
 
 from .. import threads
-from .attention import attention, dropout_keep
+from .attention import Layout, attention, dropout_keep, flash, flash_vjp, layout
 from .basic import unbroadcast
 from .primitive import primitive
 from .softmax import masked_fill_value
@@ -43,6 +47,8 @@ _TILE = 1 << 19
 # forward and 0.99 forward + backward, at 256 1.45 and 1.06, and it grows with T (2.6x and
 # 1.5x at 2048 in the full run); at 4 x 4 heads of 16 (bench_llm's sdpa row) blockwise was
 # also ahead at T = 128. Shorter sequences keep the full matrix, where one tile is all there is.
+# With the compiled kernels (lt.ops.kernels) the same crossover holds: at T = 128 the compiled
+# tiles ran 1.2-1.4x the fused full kernel forward and forward + backward (AMD EPYC, shared).
 BLOCKWISE_FROM = 128 * 128
 # The backward deals its query blocks to this many groups, each with its own dk, dv sums (memory:
 # that many copies of dk and dv): enough for the cores of a laptop to share, fixed by the code.
@@ -206,6 +212,9 @@ def blockwise_attention(q, k, v, mask=None, dropout=0.0, rng=None, causal=False,
     weights when ``rng`` is given; ``block`` (bq, bk) overrides the tile. Keeps q, k, v (no
     copies), the output and the row log-sum-exp (..., T, 1).
     """
+    plan = None if dropout > 0.0 and rng is not None else layout(q, k, v, mask, scores=False)
+    if plan is not None:  # the compiled tiles (lt.ops.kernels.attention_tiles)
+        return flash(plan, causal, block)
     dtype = q.dtype
     T, d = q.shape[-2:]
     S, dv = k.shape[-2], v.shape[-1]
@@ -282,6 +291,8 @@ def _forward_rows(q, k, v, out, lse, tiles, scale, qbound, kbound, ones, i0, i1)
 
 @blockwise_attention.defvjp
 def _blockwise_attention_vjp(res, g):
+    if isinstance(res[0], Layout):  # the compiled kernel's residuals
+        return flash_vjp(res, g)
     q, k, v, out, lse, tiles, scale = res
     shapes = q.shape, k.shape, v.shape
     q, k, v = (x if x.shape[:-2] == tiles.lead else np.broadcast_to(x, tiles.lead + x.shape[-2:]) for x in (q, k, v))
