@@ -28,7 +28,7 @@ import lt
 from lt.ops import kernels
 from lt.ops.elementwise import gelu, relu_squared
 from lt.ops.gated import swiglu
-from lt.ops.kernels import activations as fused
+from lt.ops.kernels import jit
 from lt.ops.loss import cross_entropy
 from lt.ops.norms import layer_norm, rms_norm
 
@@ -44,7 +44,7 @@ CASES = settings(max_examples=25, deadline=None)
 @contextlib.contextmanager
 def path(parallel: bool, threads: int = 2):
     """The parallel kernels (at any size, on ``threads`` threads) or the serial ones."""
-    with mock.patch.object(fused, "PARALLEL_BYTES", 0 if parallel else 1 << 62), lt.threads.pin(threads):
+    with mock.patch.object(jit, "PARALLEL_BYTES", 0 if parallel else 1 << 62), lt.threads.pin(threads):
         yield
 
 

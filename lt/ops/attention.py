@@ -163,7 +163,6 @@ def _full_kernel(plan: Layout, return_weights: bool):
     """The forward by ``full_forward``; its residuals are the plan and the weights."""
     from .kernels import attention as kern
 
-    kern.ready(vars(kern))
     N, T, S, dv = plan.N, plan.T, plan.S, plan.v.shape[-1]
     weights, p = plan.empty(T, S)
     out, out3 = plan.empty(T, dv)
@@ -233,7 +232,6 @@ def flash(plan: Layout, causal: bool, block=None):
     Fully masked rows get the reference's uniform weights (the mean of v) here."""
     from .kernels import attention_tiles as kern
 
-    kern.prepare()
     N, T, S, dv = plan.N, plan.T, plan.S, plan.v.shape[-1]
     bq, bk = flash_block(T, S) if block is None else (min(T, max(1, int(block[0]))), min(S, max(1, int(block[1]))))
     (out, out3), lse, alive = plan.empty(T, dv), np.empty((N, T), plan.dtype), np.empty((N, T), np.uint8)

@@ -57,7 +57,7 @@ def gelu(x):
     t, y = np.empty_like(x), np.empty_like(x)
     if _fused(x):
         c, itype, bias, shift = fused.gelu_constants(x.dtype)
-        run = fused.pick(fused.gelu_forward, 3 * x.nbytes)
+        run = kernels.pick(fused.gelu_forward, 3 * x.nbytes)
         run(x.reshape(-1), t.reshape(-1), y.reshape(-1), y.reshape(-1).view(itype), c, bias, shift)
     else:
         threads.elementwise(_gelu_into, x, t, y, passes=12)
@@ -84,7 +84,7 @@ def _gelu_vjp(res, g):
     g = np.ascontiguousarray(g, x.dtype)
     if _fused(x):
         c = fused.gelu_constants(x.dtype)[0]
-        fused.pick(fused.gelu_backward, 4 * x.nbytes)(x.reshape(-1), t.reshape(-1), g.reshape(-1), d.reshape(-1), c)
+        kernels.pick(fused.gelu_backward, 4 * x.nbytes)(x.reshape(-1), t.reshape(-1), g.reshape(-1), d.reshape(-1), c)
     else:
         threads.elementwise(_gelu_vjp_into, x, t, g, d, passes=16)
     return (d,)
@@ -153,7 +153,7 @@ def relu_squared(x):
     With the kernels: one pass (the same bits)."""
     if _fused(x):
         r, y = np.empty_like(x), np.empty_like(x)
-        run = fused.pick(fused.relu_squared_forward, 3 * x.nbytes)
+        run = kernels.pick(fused.relu_squared_forward, 3 * x.nbytes)
         run(x.reshape(-1), r.reshape(-1), y.reshape(-1), x.dtype.type(0))
         return y, r
     r = np.maximum(x, 0)
@@ -165,7 +165,7 @@ def _relu_squared_vjp(r, g):
     if _fused(r) and g.shape == r.shape:
         d = np.empty_like(r)
         g = np.ascontiguousarray(g, r.dtype)
-        fused.pick(fused.relu_squared_backward, 3 * r.nbytes)(r.reshape(-1), g.reshape(-1), d.reshape(-1))
+        kernels.pick(fused.relu_squared_backward, 3 * r.nbytes)(r.reshape(-1), g.reshape(-1), d.reshape(-1))
         return (d,)
     d = g * r
     d *= d.dtype.type(2)

@@ -27,7 +27,7 @@ def swiglu(gate, up):
     if _fused(gate, up):
         sig, h = np.empty_like(gate), np.empty_like(gate)
         c, itype, bias, shift = fused.exp_constants(gate.dtype)
-        run = fused.pick(fused.swiglu_forward, 4 * gate.nbytes)
+        run = kernels.pick(fused.swiglu_forward, 4 * gate.nbytes)
         run(gate.reshape(-1), up.reshape(-1), sig.reshape(-1), h.reshape(-1), h.reshape(-1).view(itype), c, bias, shift)
         return h, (gate, up, sig)
     sig = np.negative(gate)
@@ -59,7 +59,7 @@ def _swiglu_vjp(res, g):
     if _fused(gate, up) and g.shape == gate.shape:
         g = np.ascontiguousarray(g, gate.dtype)
         dgate, dup = np.empty_like(gate), np.empty_like(gate)
-        run = fused.pick(fused.swiglu_backward, 6 * gate.nbytes)
+        run = kernels.pick(fused.swiglu_backward, 6 * gate.nbytes)
         flat = (a.reshape(-1) for a in (gate, up, sig, g, dgate, dup))  # (n,) views
         run(*flat, gate.dtype.type(1))
         return dgate, dup

@@ -43,7 +43,7 @@ def cross_entropy(logits, targets, ignore_index=-100, batch_dims=0):
     if _fused(x):  # one visit of each row (kernels.cross_entropy)
         nll = np.empty(len(t), x.dtype)
         c, itype, bias, shift = fused.exp_constants(x.dtype)
-        run = fused.pick(rowwise.forward, 2 * x.nbytes)
+        run = kernels.pick(rowwise.forward, 2 * x.nbytes)
         run(x, x.max(axis=-1), safe_t, p, p.view(itype), nll, c, bias, shift)
     else:
         picked, total = np.empty(len(t), x.dtype), np.empty((len(t), 1), x.dtype)
@@ -94,7 +94,7 @@ def _cross_entropy_vjp(res, g):
     else:
         weight = (kept * (g / max(n, 1))).astype(p.dtype)[:, None]  # (N, 1): 0 where ignored
     if _fused(p):  # (p - onehot) · weight in one pass, written over p (see the docstring)
-        fused.pick(rowwise.backward, 2 * p.nbytes)(p, safe_t, np.ascontiguousarray(weight[:, 0]), p)
+        kernels.pick(rowwise.backward, 2 * p.nbytes)(p, safe_t, np.ascontiguousarray(weight[:, 0]), p)
         return p.reshape(shape), None
     d = np.empty_like(p)
     threads.run(

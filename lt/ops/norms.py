@@ -13,7 +13,6 @@ import numpy as np
 
 from . import kernels
 from .basic import add, exp, log, mean, mul, sub
-from .kernels import activations as fused
 from .kernels import norms as rowwise
 from .primitive import primitive
 from .traces import add_tangents, align_front, ndim_of, shape_of, to_front
@@ -77,7 +76,7 @@ def _fused_backward(pair, g, xhat, rstd, scale, *outs):
     g2, h2 = rows(np.ascontiguousarray(g, xhat.dtype)), rows(xhat)
     dx = np.empty_like(h2)
     parts = [np.empty((rowwise.chunks(len(h2)), h2.shape[1]), h2.dtype) for _ in outs]
-    run = fused.pick(pair, 3 * h2.nbytes)
+    run = kernels.pick(pair, 3 * h2.nbytes)
     r = np.ascontiguousarray(rstd, xhat.dtype).reshape(-1)  # (N,)
     run(g2, h2, r, scale, dx, *parts, *outs, _constants(xhat, 0.0))
     return dx.reshape(xhat.shape)
@@ -101,7 +100,7 @@ def layer_norm(x, scale, bias, eps=1e-5):
     if _fused(x, scale, bias):
         x2 = rows(x)  # (N, D)
         y, xhat, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1] + (1,), x.dtype)
-        run = fused.pick(rowwise.layer_norm_forward, 3 * x.nbytes)
+        run = kernels.pick(rowwise.layer_norm_forward, 3 * x.nbytes)
         run(x2, scale, bias, rows(y), rows(xhat), rstd.reshape(-1), _constants(x, eps))
         return y, (xhat, rstd, scale)
     inv_d = x.dtype.type(1.0 / x.shape[-1])
@@ -173,7 +172,7 @@ def rms_norm(x, scale, eps=1e-6):
     """
     if _fused(x, scale):
         y, xhat, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1] + (1,), x.dtype)
-        run = fused.pick(rowwise.rms_norm_forward, 3 * x.nbytes)
+        run = kernels.pick(rowwise.rms_norm_forward, 3 * x.nbytes)
         run(rows(x), scale, rows(y), rows(xhat), rstd.reshape(-1), _constants(x, eps))
         return y, (xhat, rstd, scale)
     inv_d = x.dtype.type(1.0 / x.shape[-1])

@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import functools
 import math
-import types
 
 import numpy as np
 
-from .jit import Kernel, kernel, prange
+from .jit import prange, twin
 
 __all__ = [
     "BLOCK",
-    "PARALLEL_BYTES",
     "exp_constants",
     "gelu_constants",
-    "pick",
-    "twin",
     "gelu_forward",
     "gelu_backward",
     "swiglu_forward",
@@ -46,35 +42,9 @@ __all__ = [
 ]
 
 BLOCK = 2048  # elements per block: a few arrays of it stay in L1 between a block's two loops
-# A call moving fewer bytes runs serial: ~4 ms on one core of the 2-core VMs. numba's parallel
-# loop hands each thread a fixed share, so one thread descheduled by a busy neighbour stalls the
-# call for a time slice (measured: a 0.2 ms SwiGLU VJP took 20-30 ms beside 5 busy processes),
-# and memory-bound passes gain little from a second core here (lt.threads.cost's numbers).
-PARALLEL_BYTES = 64 << 20
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
-
-
-def twin(fn) -> tuple[Kernel, Kernel]:
-    """``(serial, parallel)`` kernels of one loop nest: the serial one for small calls (a parallel
-    kernel costs a few microseconds to start, more when a thread was asleep).
-
-    The serial one compiles a copy of ``fn`` under another ``__qualname__``: numba's disk cache
-    files are named by it and keyed by signature and bytecode, not by ``parallel``, so two
-    compilations of one function would read each other's cached code."""
-    serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
-    serial.__qualname__ = fn.__qualname__ + "_serial"
-    serial.__doc__ = fn.__doc__
-    return kernel(serial), kernel(fn, parallel=True)
-
-
-def pick(pair: tuple[Kernel, Kernel], nbytes: int) -> Kernel:
-    """The serial or the parallel kernel of a :func:`twin` for a call moving ``nbytes`` bytes:
-    parallel from ``PARALLEL_BYTES``, whatever the thread count (the parallel one runs on
-    :func:`lt.threads.workers` threads, one on a busy machine), so the choice, and the bits (the
-    two may sum a row in another order), depend on the shapes alone."""
-    return pair[1] if nbytes >= PARALLEL_BYTES else pair[0]
 
 
 @functools.cache

@@ -18,8 +18,7 @@ against 3.8 for a scalar ``math.exp``); float64 uses ``math.exp``. Clamps and ma
 written as selects (``a if a > b else b``): numba's ``max()`` does not vectorise.
 
 ``ab``, ``transpose``, ``exp_row``, ``exp_cols`` (and the tiles module's ``mask_tile``) are
-helpers: :func:`ready` compiles them into a kernel module's namespace before its kernels first
-compile (the kernels call them by name).
+helpers the kernels call by name (``jit`` compiles a callee before its caller).
 """
 
 from __future__ import annotations
@@ -30,20 +29,9 @@ import numpy as np
 
 from .jit import kernel, prange
 
-__all__ = ["ab", "transpose", "exp_row", "exp_cols", "ready", "full_forward", "full_backward"]
+__all__ = ["ab", "transpose", "exp_row", "exp_cols", "full_forward", "full_backward"]
 
-_HELPERS = ("ab", "transpose", "exp_row", "exp_cols", "mask_tile")
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 0.693359375, -2.12194440e-4
-
-
-def ready(namespace: dict) -> None:
-    """Put the compiled helpers into ``namespace`` (a kernel module's globals), once."""
-    for name in _HELPERS:
-        helper = namespace.get(name)
-        if helper is None:
-            continue
-        if not hasattr(helper, "py_func"):  # still the lazy wrapper: compile it
-            namespace[name] = helper.compiled or helper.compile()
 
 
 @kernel

@@ -27,15 +27,10 @@ import math
 
 import numpy as np
 
-from .attention import ab, exp_cols, ready, transpose
+from .attention import ab, exp_cols, transpose
 from .jit import kernel, prange
 
-__all__ = ["flash_forward", "flash_backward", "prepare"]
-
-
-def prepare() -> None:
-    """Compile the shared tile helpers into this module before its kernels compile."""
-    ready(globals())
+__all__ = ["flash_forward", "flash_backward"]
 
 
 @kernel

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import twin
-from .jit import prange
+from .jit import prange, twin
 
 __all__ = ["forward", "backward"]
 

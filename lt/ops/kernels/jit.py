@@ -8,18 +8,28 @@ only the first process after an install pays the compile.
 Every kernel releases the GIL (lt's pool may run them in pieces) and allows reassociation
 (``fastmath``'s ``reassoc``/``contract``, so reductions vectorise: results then differ from
 NumPy's in the last bits, within the tolerances the tests state; each kernel's order is fixed
-by its shapes, so it is deterministic). A ``parallel`` kernel spreads its ``prange`` loop over
-:func:`lt.threads.workers` threads, the count the BLAS gets: one policy for both.
+by its shapes, so it is deterministic). Division follows NumPy (``error_model="numpy"``: x/0 is
+inf or nan, not an exception; Python's check for a zero divisor kept loops from vectorising,
+4x slower measured). A ``parallel`` kernel spreads its ``prange`` loop over
+:func:`lt.threads.workers` threads, the count the BLAS gets: one policy for both. A kernel may
+call another by its name in the module: the callee compiles first.
+
+Habits that decide whether numba vectorises a loop (measured on these machines): no ``/`` (fixed
+above), no index with a runtime offset (``c[k + j]``: slice the row first, ``c = C[r][k:]``),
+selects rather than ``max()`` (``a if a > b else b``), no Python float literals in float32 code
+(they widen it to float64), and no ``np.exp``/``np.tanh`` in hot loops (scalar libm calls here;
+the activation and attention kernels inline a polynomial exp that vectorises).
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
 from ...threads import workers
 
-__all__ = ["kernel", "prange", "FASTMATH"]
+__all__ = ["kernel", "prange", "twin", "pick", "FASTMATH", "PARALLEL_BYTES"]
 
 prange = range
 """A kernel's parallel loop: ``for i in prange(n)``. Plain ``range`` when the kernel runs as Python
@@ -27,6 +37,12 @@ prange = range
 
 # No "nnan"/"ninf": masked scores and overflowing exponentials must behave as in NumPy.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+# A call moving fewer bytes runs a twin's serial kernel: ~4 ms on one core of the 2-core VMs.
+# numba's parallel loop hands each thread a fixed share, so one thread descheduled by a busy
+# neighbour stalls the call for a time slice (measured: a 0.2 ms SwiGLU VJP took 20-30 ms beside
+# 5 busy processes), and memory-bound passes gain little from a second core there.
+PARALLEL_BYTES = 64 << 20
 
 
 class Kernel:
@@ -40,9 +56,16 @@ class Kernel:
     def compile(self) -> Callable[..., Any]:
         import numba  # the fast extra; only imported when a kernel first runs
 
-        if self.fn.__globals__.get("prange") is range:  # the kernel's module imported this file's prange
-            self.fn.__globals__["prange"] = numba.prange
-        compiled = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=self.parallel)(self.fn)
+        names = self.fn.__globals__
+        if names.get("prange") is range:  # the kernel's module imported this file's prange
+            names["prange"] = numba.prange
+        for name in self.fn.__code__.co_names:  # kernels this one calls: compiled first, called compiled
+            callee = names.get(name)
+            if isinstance(callee, Kernel):
+                names[name] = callee.compiled or callee.compile()
+        compiled = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", parallel=self.parallel)(
+            self.fn
+        )
         self.compiled = compiled
         return compiled
 
@@ -64,3 +87,24 @@ def kernel(fn: Callable[..., Any] | None = None, *, parallel: bool = False):
     if fn is None:
         return lambda f: Kernel(f, parallel)
     return Kernel(fn, parallel)
+
+
+def twin(fn: Callable[..., Any]) -> tuple[Kernel, Kernel]:
+    """``(serial, parallel)`` kernels of one loop nest: the serial one for small calls (a parallel
+    kernel costs a few microseconds to start, more when a thread was asleep).
+
+    The serial one compiles a copy of ``fn`` under another ``__qualname__``: numba's disk cache
+    files are named by it and keyed by signature and bytecode, not by ``parallel``, so two
+    compilations of one function would read each other's cached code."""
+    serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    serial.__qualname__ = fn.__qualname__ + "_serial"
+    serial.__doc__ = fn.__doc__
+    return Kernel(serial, False), Kernel(fn, True)
+
+
+def pick(pair: tuple[Kernel, Kernel], nbytes: int) -> Kernel:
+    """The serial or the parallel kernel of a :func:`twin` for a call moving ``nbytes`` bytes:
+    parallel from ``PARALLEL_BYTES``, whatever the thread count (the parallel one runs on
+    :func:`lt.threads.workers` threads, one on a busy machine), so the choice, and the bits (the
+    two may sum a row in another order), depend on the shapes alone."""
+    return pair[1] if nbytes >= PARALLEL_BYTES else pair[0]

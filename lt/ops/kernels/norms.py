@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import twin
-from .jit import prange
+from .jit import prange, twin
 
 __all__ = ["chunks", "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 
