@@ -12,7 +12,11 @@ For each preset (random weights; the shapes are what matter) and each type (F32,
    ``--prompt``-token prompt, tokens/s in llama.cpp (``--threads`` threads) and in lt (the KV
    cache, the same threads for the BLAS), both on the file's own weights, both with a float32 KV
    cache; ``agree``: the share of greedy tokens that are the same, position by position; the best of
-   ``--repeats`` rounds. This is the number lt's own quantized decoding is measured against.
+   ``--repeats`` rounds. This is the number lt's own quantized decoding is measured against:
+   ``lt/llama`` is lt's tokens/s over llama.cpp's (targets: F32 >= 0.9, Q8_0 >= 0.8, Q4_0 >= 0.7),
+   ``GB/s`` the weights each reads per token (lt: its params' bytes; llama.cpp: the file's) times
+   tokens/s, against the machine's bandwidth (~31 GB/s on the 2-core EPYC measured), and
+   ``vs f32`` each type's lt tokens/s over lt's F32 on the same preset.
 
 Both run on the same cores; the figures are for comparison on one machine, not absolutes.
 """
@@ -79,7 +83,16 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cpus, "
           f"llama-cpp-python {getattr(llama_cpp, '__version__', 'not installed')}")  # fmt: skip
     header = f"{'preset':12} {'type':5} {'file':>9} {'save s':>7} {'load s':>7}"
-    print(header + ("" if llama_cpp is None else f" {'llama.cpp tok/s':>15} {'lt tok/s':>9} {'ratio':>6} {'agree':>6}"))
+    targets = {"f32": 0.9, "q8_0": 0.8, "q4_0": 0.7}
+    print(
+        header
+        + (
+            ""
+            if llama_cpp is None
+            else f" {'llama.cpp tok/s':>15} {'lt tok/s':>9} {'lt/llama':>8} {'target':>6} {'llama GB/s':>10}"
+            f" {'lt GB/s':>8} {'vs f32':>6} {'agree':>6}"
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             model = lt.GPT.preset(preset)
@@ -87,6 +100,7 @@ def main() -> None:
             params = lt.tree.map(lambda w: 4 * w if w.ndim == 2 else w, model.init(lt.random.key(0)))
             tok = lt.BPETokenizer.train(text, min(300, model.vocab_size))  # the table padded past it
             prompt = tok.encode(text)[: args.prompt]
+            lt_f32 = None
             for kind in args.types:
                 path = os.path.join(tmp, f"{preset}-{kind}.gguf")
                 start = time.perf_counter()
@@ -105,8 +119,12 @@ def main() -> None:
                     t_llama = _best(functools.partial(_llama_decode, llm, prompt.tolist(), args.new), args.repeats)
                     t_lt = _best(functools.partial(_lt_decode, model2, params2, prompt, args.new), args.repeats)
                     agree = np.mean(np.array(theirs) == np.array(ours))
-                    row += (f" {args.new / t_llama:15.1f} {args.new / t_lt:9.1f} {t_lt / t_llama:5.1f}x"
-                            f" {agree:6.0%}")  # fmt: skip
+                    ours_tps, theirs_tps = args.new / t_lt, args.new / t_llama
+                    lt_f32 = ours_tps if kind == "f32" else lt_f32
+                    vs = f"{ours_tps / lt_f32:5.2f}x" if lt_f32 else "     -"
+                    row += (f" {theirs_tps:15.1f} {ours_tps:9.1f} {ours_tps / theirs_tps:7.2f}x"
+                            f" {targets.get(kind, 0):5.1f}x {os.path.getsize(path) * theirs_tps / 1e9:10.1f}"
+                            f" {lt.tree.nbytes(params2) * ours_tps / 1e9:8.1f} {vs} {agree:6.0%}")  # fmt: skip
                     del llm
                 print(row, flush=True)
                 os.remove(path)

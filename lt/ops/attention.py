@@ -167,7 +167,8 @@ def _full_kernel(plan: Layout, return_weights: bool):
     weights, p = plan.empty(T, S)
     out, out3 = plan.empty(T, dv)
     alive = np.empty((N, T), np.uint8)
-    kern.full_forward(*plan.operands(), *plan.mask_args(), plan.scale, plan.exact, p, out3, alive)
+    run = kern.work(kern.full_forward, 2.0 * N * T * S * (plan.q.shape[-1] + dv))
+    run(*plan.operands(), *plan.mask_args(), plan.scale, plan.exact, p, out3, alive)
     return ((out, weights) if return_weights else out), (plan, p, alive)
 
 
@@ -184,7 +185,8 @@ def _full_kernel_vjp(res, g):
     gw = p[:0] if g_weights is None else plan.flat(g_weights, S)
     (dq, dq3), (dk, dk3), (dvv, dv3) = plan.empty(T, d), plan.empty(S, d), plan.empty(S, dv)
     q, k, v, qi, ki, vi = plan.operands()
-    kern.full_backward(q, k, v, p, g3, gw, g_weights is not None, qi, ki, vi, alive, plan.scale, dq3, dk3, dv3)
+    run = kern.work(kern.full_backward, 4.0 * plan.N * T * S * (d + dv))
+    run(q, k, v, p, g3, gw, g_weights is not None, qi, ki, vi, alive, plan.scale, dq3, dk3, dv3)
     return plan.gradients(dq, dk, dvv)
 
 

@@ -11,7 +11,8 @@ import itertools
 import numpy as np
 
 from ..quant import QuantizedArray
-from . import quantized
+from . import kernels, quantized
+from .kernels import matvec
 from .primitive import primitive
 
 __all__ = [
@@ -181,6 +182,40 @@ def _matmul_vjp(res, g):
     return unbroadcast(g @ _swap(b), a.shape), unbroadcast(_swap(a) @ g, b.shape)
 
 
+DECODE_ROWS = 4  # up to this many input rows a float product may stream its weights (decoding)
+# Off by default: alone the kernels beat the BLAS (M = 1: 28-32 GB/s against 18-20), but in gpt2's
+# decoding their parallel threads fight OpenBLAS's spin-waiting ones (30.7 tok/s against 42.9).
+FLOAT_DECODE_KERNELS = False
+DECODE_MIN_SIZE = 1 << 18  # smaller weights go to the BLAS: from cache its call is cheaper (measured)
+
+
+def decode_product(x2: np.ndarray, w: np.ndarray, transposed: bool = False) -> np.ndarray | None:
+    """``x2 @ w`` (or ``x2 @ w.T``) on the matrix-vector kernels (``lt.ops.kernels.matvec``) where
+    they cover the call (kernels on, few rows of one float dtype, a large C-contiguous ``w``), else
+    None. x2 (M, K); w (K, N), or (N, K) when ``transposed``; -> (M, N)."""
+    M = x2.shape[0]
+    if not (
+        FLOAT_DECODE_KERNELS
+        and M <= DECODE_ROWS
+        and w.size >= DECODE_MIN_SIZE
+        and x2.dtype == w.dtype
+        and w.dtype in (np.float32, np.float64)
+        and w.flags.c_contiguous
+        and kernels.enabled()
+    ):
+        return None
+    x2 = np.ascontiguousarray(x2)
+    if transposed:
+        out = np.empty((M, w.shape[0]), w.dtype)
+        matvec.matvec_t(x2, w, out)
+        return out
+    K, N = w.shape
+    out = np.empty((M, N), w.dtype)
+    part = np.empty((min(8, max(1, K // 192)), M, N), w.dtype)  # pieces of K: fixed by the shapes
+    matvec.vecmat(x2, w, part, out)
+    return out
+
+
 @primitive
 def linear(x, w, b=None):
     """``x @ w + b`` with ``x`` (..., in), ``w`` (in, out), ``b`` (out,): one 2-D matmul.
@@ -190,7 +225,11 @@ def linear(x, w, b=None):
     if w.ndim != 2 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: input (..., {x.shape[-1]}) does not fit a weight of shape {w.shape}")
     x2 = x.reshape(-1, w.shape[0])  # (N, in)
-    y = x2 @ w if type(w) is not QuantizedArray else quantized.matmul(x2, w)  # (N, out)
+    if type(w) is QuantizedArray:
+        y = quantized.matmul(x2, w)  # (N, out)
+    else:
+        y = decode_product(x2, w)
+        y = x2 @ w if y is None else y
     if b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, x.shape, b is not None)

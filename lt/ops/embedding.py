@@ -9,7 +9,7 @@ import numpy as np
 
 from ..quant import QuantizedArray
 from . import quantized
-from .basic import add, index, matmul, reshape, transpose
+from .basic import add, decode_product, index, matmul, reshape, transpose
 from .primitive import primitive
 from .traces import add_tangents, ndim_of, shape_of, to_front
 
@@ -71,6 +71,8 @@ def unembed(h, w):
     h2 = h.reshape(-1, w.shape[1])  # (N, D)
     if type(w) is QuantizedArray:
         scores = quantized.matmul_t(h2, w)  # (N, V)
+    elif (fast := decode_product(h2, w, transposed=True)) is not None:  # few rows: a kernel streams w once
+        scores = fast
     elif h2.shape[0] == 1:  # one row (batch-1 decoding): a matrix-vector
         scores = (w @ h2[0])[None]  # product over w as stored, 1.2-1.4x the
     else:  # (1, D) @ (D, V)-view matmul on gpt2

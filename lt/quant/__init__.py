@@ -10,6 +10,7 @@ The products of quantized leaves are in ``lt.ops.quantized``.
 
 from .arrays import (
     DEFAULT_GROUP_SIZE,
+    INT4_DIVISORS,
     SCHEMES,
     QuantizedArray,
     dequantize_array,
@@ -38,4 +39,5 @@ __all__ = [
     "planned_nbytes",
     "SCHEMES",
     "DEFAULT_GROUP_SIZE",
+    "INT4_DIVISORS",
 ]

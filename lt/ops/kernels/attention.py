@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .jit import kernel, prange
+from .jit import kernel, prange, twin
 
 __all__ = ["ab", "transpose", "exp_row", "exp_cols", "full_forward", "full_backward"]
 
@@ -153,8 +153,7 @@ def exp_cols(x, n, shift, bits, exact, total, add):
             total[j] += x[j]
 
 
-@kernel(parallel=True)
-def full_forward(q, k, v, qi, ki, vi, mask, mi, mrs, mcs, has_mask, scale, exact, p, out, alive):
+def _full_forward(q, k, v, qi, ki, vi, mask, mi, mrs, mcs, has_mask, scale, exact, p, out, alive):
     """Fused ``p = softmax(q kᵀ·scale, mask)``, ``out = p v`` per slice n, in one pass per row.
 
     p (N, T, S) the weights (written), out (N, T, dv), alive (N, T) uint8: 0 for a fully masked
@@ -192,8 +191,7 @@ def full_forward(q, k, v, qi, ki, vi, mask, mi, mrs, mcs, has_mask, scale, exact
         ab(P, 0, 0, V, 0, 0, out[n], 0, 0, T, dv, S, False)  # out = p v
 
 
-@kernel(parallel=True)
-def full_backward(q, k, v, p, g, gw, has_gw, qi, ki, vi, alive, scale, dq, dk, dv):
+def _full_backward(q, k, v, p, g, gw, has_gw, qi, ki, vi, alive, scale, dq, dk, dv):
     """The full kernel's VJP from its weights p (N, T, S) and the output's cotangent g (N, T, dv)
     (and the weights' own, ``gw`` (N, T, S), when ``has_gw``): dv = pᵀ g, ds = p (dp - Σ dp·p)
     with dp = g vᵀ (0 in fully masked rows), dq = ds k · scale, dk = dsᵀ q · scale; per slice n
@@ -231,3 +229,16 @@ def full_backward(q, k, v, p, g, gw, has_gw, qi, ki, vi, alive, scale, dq, dk, d
         for j in range(S):
             for c in range(d):
                 dk[n, j, c] *= scale
+
+
+# Serial and parallel versions: a decoding step's attention (one query over a short context)
+# is a few microseconds of work, less than waking a second thread costs (see ``work``).
+full_forward = twin(_full_forward)
+full_backward = twin(_full_backward)
+PARALLEL_FLOPS = 4e6  # ~40 us on one core: below it, the serial kernel
+
+
+def work(pair, flops: float):
+    """The serial or the parallel kernel of ``pair`` for a call of ``flops`` multiply-adds × 2;
+    fixed by the shapes, so the bits do not depend on the thread count."""
+    return pair[1] if flops >= PARALLEL_FLOPS else pair[0]
