@@ -118,6 +118,7 @@ def test_read_only_install_caches_where_the_user_can_write(tmp_path):
 def test_lt_info_says_what_the_primitives_run(monkeypatch, capsys):
     from lt.cli import main
 
+    monkeypatch.setattr(kernels, "available", lambda: True)
     monkeypatch.setenv("LT_KERNELS", "numpy")
     assert main(["info"]) == 0
     assert (
