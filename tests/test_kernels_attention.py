@@ -22,6 +22,14 @@ SETTINGS = settings(deadline=None, max_examples=25)
 TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fused_at_every_size():
+    """The fused kernel at every size here (lt leaves small calls to NumPy: ``FUSED_MIN_WORK``)."""
+    least, ATTENTION.FUSED_MIN_WORK = ATTENTION.FUSED_MIN_WORK, 0
+    yield
+    ATTENTION.FUSED_MIN_WORK = least
+
+
 def normal(shape, seed, dtype):
     return random.normal(random.key(seed), shape, dtype)
 
