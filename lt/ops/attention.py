@@ -19,6 +19,8 @@ import numpy as np
 from .. import random as lrandom
 from . import kernels
 from .basic import unbroadcast
+from .kernels import attention as fused_kernel
+from .kernels import attention_tiles as tile_kernels
 from .primitive import primitive
 from .softmax import dead_rows_mask, softmax_
 
@@ -169,21 +171,18 @@ def attention(q, k, v, mask=None, dropout=0.0, rng=None, return_weights=False):
 
 def _full_kernel(plan: Layout, return_weights: bool):
     """The forward by ``full_forward``; its residuals are the plan and the weights."""
-    from .kernels import attention as kern
-
     N, T, S, dv = plan.N, plan.T, plan.S, plan.v.shape[-1]
     weights, p = plan.empty(T, S)
     out, out3 = plan.empty(T, dv)
     alive = np.empty((N, T), np.uint8)
-    run = kern.work(kern.full_forward, 2.0 * N * T * S * (plan.q.shape[-1] + dv))
+    flops = 2.0 * N * T * S * (plan.q.shape[-1] + dv)
+    run = kernels.pick(fused_kernel.full_forward, flops, fused_kernel.PARALLEL_FLOPS)
     run(*plan.operands(), *plan.mask_args(), plan.scale, plan.exact, p, out3, alive)
     return ((out, weights) if return_weights else out), (plan, p, alive)
 
 
 def _full_kernel_vjp(res, g):
     """dq, dk, dv by ``full_backward`` from the weights the forward kept."""
-    from .kernels import attention as kern
-
     plan, p, alive = res
     g_weights = None
     if isinstance(g, tuple):
@@ -193,7 +192,7 @@ def _full_kernel_vjp(res, g):
     gw = p[:0] if g_weights is None else plan.flat(g_weights, S)
     (dq, dq3), (dk, dk3), (dvv, dv3) = plan.empty(T, d), plan.empty(S, d), plan.empty(S, dv)
     q, k, v, qi, ki, vi = plan.operands()
-    run = kern.work(kern.full_backward, 4.0 * plan.N * T * S * (d + dv))
+    run = kernels.pick(fused_kernel.full_backward, 4.0 * plan.N * T * S * (d + dv), fused_kernel.PARALLEL_FLOPS)
     run(q, k, v, p, g3, gw, g_weights is not None, qi, ki, vi, alive, plan.scale, dq3, dk3, dv3)
     return plan.gradients(dq, dk, dvv)
 
@@ -240,13 +239,11 @@ def flash_block(T: int, S: int) -> tuple[int, int]:
 def flash(plan: Layout, causal: bool, block=None):
     """``blockwise_attention``'s forward by ``flash_forward``: (output (lead..., T, dv), residuals).
     Fully masked rows get the reference's uniform weights (the mean of v) here."""
-    from .kernels import attention_tiles as kern
-
     N, T, S, dv = plan.N, plan.T, plan.S, plan.v.shape[-1]
     bq, bk = flash_block(T, S) if block is None else (min(T, max(1, int(block[0]))), min(S, max(1, int(block[1]))))
     (out, out3), lse, alive = plan.empty(T, dv), np.empty((N, T), plan.dtype), np.empty((N, T), np.uint8)
     args = (*plan.operands(), *plan.mask_args(), bool(causal), plan.scale, bq, bk, plan.exact)
-    kern.flash_forward(*args, out3, lse, alive)
+    tile_kernels.flash_forward(*args, out3, lse, alive)
     dead = alive == 0
     if dead.any():  # uniform over all S keys
         np.copyto(out3, plan.v.mean(1, dtype=plan.dtype)[plan.vi][:, None, :], where=dead[..., None])
@@ -255,8 +252,6 @@ def flash(plan: Layout, causal: bool, block=None):
 
 def flash_vjp(res, g) -> tuple:
     """dq, dk, dv by ``flash_backward``, recomputing the weights from the row log-sum-exp."""
-    from .kernels import attention_tiles as kern
-
     plan, out, lse, dead, causal, bq, bk = res
     N, T, S, d, dv = plan.N, plan.T, plan.S, plan.q.shape[-1], plan.v.shape[-1]
     g3 = plan.flat(g, dv, view=True)  # (the kernel reads it through its strides)
@@ -265,7 +260,8 @@ def flash_vjp(res, g) -> tuple:
     (dq, dq3), (dk, dk3), (dvv, dv3) = plan.empty(T, d), plan.empty(S, d), plan.empty(S, dv)
     dq_part = np.zeros((N, G, d, T) if G > 1 else (1, 1, 1, 1), plan.dtype)  # G = 1: dq written directly
     args = (*plan.mask_args(), causal, plan.scale, bq, bk, plan.exact, G)
-    kern.flash_backward(plan.q, plan.k, plan.v, g3, D, lse, plan.qi, plan.ki, plan.vi, *args, dq_part, dq3, dk3, dv3)
+    operands = (plan.q, plan.k, plan.v, g3, D, lse, plan.qi, plan.ki, plan.vi)
+    tile_kernels.flash_backward(*operands, *args, dq_part, dq3, dk3, dv3)
     if G > 1:
         np.multiply(np.swapaxes(dq_part.sum(1), -1, -2), plan.scale, out=dq3)
     if dead.any():  # the uniform rows: each key's v gets g/S

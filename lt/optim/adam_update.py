@@ -26,7 +26,7 @@ from .._checks import real
 from ..ops import kernels
 from ..ops.traces import BatchTracer
 from .schedules import as_schedule
-from .transforms import GradientTransformation, ScheduleState, _zeros_like, schedule_init, schedule_step, traced
+from .transforms import GradientTransformation, ScheduleState, schedule_init, schedule_step, traced, zeros_like
 
 __all__ = ["AdamState", "adam", "adamw", "decay_mask"]
 
@@ -70,7 +70,7 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, mask) -> GradientTransformat
     schedule = as_schedule(learning_rate)
 
     def init(params):
-        return AdamState(schedule_init(schedule), _zeros_like(params), _zeros_like(params))
+        return AdamState(schedule_init(schedule), zeros_like(params), zeros_like(params))
 
     def update(grads, state, params=None, *, donated: donation.Donation | None = None, **extra):
         """``donated``: the buffers this update may overwrite (a donated train step's)."""

@@ -104,8 +104,9 @@ def schedule_step(schedule, state: ScheduleState) -> tuple[float, ScheduleState]
     return lr, ScheduleState(_scalar(count + 1, np.int64), _scalar(lr, np.float64))
 
 
-def _zeros_like(params):
-    return tree.map(lambda p: np.zeros_like(p), params)
+def zeros_like(params):
+    """A tree of zeros shaped like ``params``: a moment's initial state (SGD's momentum, Adam's m and v)."""
+    return tree.map(np.zeros_like, params)
 
 
 def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> GradientTransformation:
@@ -120,7 +121,7 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False) -> Gradien
     schedule = as_schedule(learning_rate)
 
     def init(params):
-        return MomentumState(schedule_init(schedule), _zeros_like(params) if momentum else None)
+        return MomentumState(schedule_init(schedule), zeros_like(params) if momentum else None)
 
     def update(grads, state, params=None, **extra):
         if extra.get("donated") is None:  # (a donated step checked its state already)

@@ -232,13 +232,7 @@ def _full_backward(q, k, v, p, g, gw, has_gw, qi, ki, vi, alive, scale, dq, dk, 
 
 
 # Serial and parallel versions: a decoding step's attention (one query over a short context)
-# is a few microseconds of work, less than waking a second thread costs (see ``work``).
+# is a few microseconds of work, less than waking a second thread costs (``jit.pick``).
 full_forward = twin(_full_forward)
 full_backward = twin(_full_backward)
 PARALLEL_FLOPS = 4e6  # ~40 us on one core: below it, the serial kernel
-
-
-def work(pair, flops: float):
-    """The serial or the parallel kernel of ``pair`` for a call of ``flops`` multiply-adds × 2;
-    fixed by the shapes, so the bits do not depend on the thread count."""
-    return pair[1] if flops >= PARALLEL_FLOPS else pair[0]

@@ -108,9 +108,10 @@ def twin(fn: Callable[..., Any]) -> tuple[Kernel, Kernel]:
     return Kernel(serial, False), Kernel(fn, True)
 
 
-def pick(pair: tuple[Kernel, Kernel], nbytes: int) -> Kernel:
-    """The serial or the parallel kernel of a :func:`twin` for a call moving ``nbytes`` bytes:
-    parallel from ``PARALLEL_BYTES``, whatever the thread count (the parallel one runs on
+def pick(pair: tuple[Kernel, Kernel], amount: float, least: float | None = None) -> Kernel:
+    """The serial or the parallel kernel of a :func:`twin` for a call of size ``amount``: parallel
+    from ``least`` (default ``PARALLEL_BYTES``, for an amount in bytes moved; a compute-bound
+    kernel passes its own threshold in flops), whatever the thread count (the parallel one runs on
     :func:`lt.threads.workers` threads, one on a busy machine), so the choice, and the bits (the
     two may sum a row in another order), depend on the shapes alone."""
-    return pair[1] if nbytes >= PARALLEL_BYTES else pair[0]
+    return pair[1] if amount >= (PARALLEL_BYTES if least is None else least) else pair[0]
