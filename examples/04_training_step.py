@@ -40,7 +40,10 @@ print(f"one step by hand: loss {float(loss):.4f} -> {new_loss:.4f} | "
 print("learning rate in the optimizer state:", lt.optim.current_learning_rate(opt_state))
 
 # 3. The same step as one pure function: train_step(state, batch, rng) -> (state, metrics).
-train_step = lt.make_train_step(model, opt)
+# row_pieces=1: the whole batch at once, as by hand. By default a small model's step cuts the
+# batch's rows in two pieces that run on two cores and adds their gradients: the same numbers up
+# to float rounding, which Adam's first steps can magnify where a gradient is near 0.
+train_step = lt.make_train_step(model, opt, row_pieces=1)
 state = lt.TrainState.create(params, opt)                           # (params, opt_state, step=0)
 state, metrics = train_step(state, batch)                           # rng=None: no dropout
 print("make_train_step, step", state.step, {k: round(v, 4) for k, v in metrics.items()})

@@ -30,10 +30,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import checkpoint, data, donation, optim, random, tree
+from . import checkpoint, data, donation, optim, random
 from ._allocator import tune_malloc
 from ._checks import integer
-from .autodiff import value_and_grad
+from .batch_gradient import count_tokens, gradient_fn
 from .nn import GPT
 from .parallel import DataParallel
 from .progress import Progress
@@ -67,12 +67,14 @@ class NonFiniteError(FloatingPointError):
     """The loss or the gradient stopped being finite; training stops before the update."""
 
 
-def _count(targets, ignore_index: int) -> int:
-    return int(np.count_nonzero(np.asarray(targets) != ignore_index))
-
-
 def make_train_step(
-    model: GPT, optimizer: optim.GradientTransformation, *, ignore_index: int = -100, strategy=None, donate=False
+    model: GPT,
+    optimizer: optim.GradientTransformation,
+    *,
+    ignore_index: int = -100,
+    strategy=None,
+    donate=False,
+    row_pieces: int | None = None,
 ) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``model`` and ``optimizer``.
 
@@ -92,10 +94,15 @@ def make_train_step(
     the step, the optimizers, ``apply_updates`` and checkpoint writes (:class:`lt.optim.DonatedError`:
     "this TrainState was donated to train_step at step N; use the state it returned"). A step that
     raises before its update (:class:`NonFiniteError`) donates nothing. See :mod:`lt.donation`.
+
+    ``row_pieces``: a batch's rows are cut into that many pieces that share the cores, their
+    gradients added (:mod:`lt.batch_gradient`); None (the default) cuts a small model's batch
+    without dropout in two, 1 keeps it whole (the gradient of ``lt.value_and_grad(model.loss)``
+    to the bit; a cut one equals it up to float rounding).
     """
     strategy = DataParallel() if strategy is None else strategy
     local = strategy.model(model)
-    grads_of = gradient_fn(local, ignore_index)
+    grads_of = gradient_fn(local, ignore_index, row_pieces)
 
     def train_step(state: TrainState, batch, rng=None):
         donation.check((state.params, state.opt_state), "train_step")
@@ -132,39 +139,11 @@ def check_finite(step: int, loss: float, grad_norm: float) -> None:
         )
 
 
-def gradient_fn(model: GPT, ignore_index: int = -100) -> Callable:
-    """``grads_of(params, inputs, targets, rng) -> (loss, grads, tokens)``: the mean loss over the
-    counted target tokens of (B, T) inputs, or of (k, B, T) micro-batches each weighted by its
-    tokens, and its gradient."""
-    loss_and_grad = value_and_grad(model.loss)
-
-    def grads_of(params, inputs, targets, rng):
-        if np.ndim(inputs) == 2:
-            loss, grads = loss_and_grad(params, inputs, targets, rng=rng, ignore_index=ignore_index)
-            return float(loss), grads, _count(targets, ignore_index)
-        counts = [_count(t, ignore_index) for t in targets]
-        total = max(sum(counts), 1)
-        loss, grads = 0.0, None
-        for i, (x, y, n) in enumerate(zip(inputs, targets, counts)):
-            micro_rng = random.fold_in(rng, i)
-            l_i, g_i = loss_and_grad(params, x, y, rng=micro_rng, ignore_index=ignore_index)
-            w = n / total
-            loss += float(l_i) * w
-            grads = (
-                tree.map(lambda g, w=w: g * g.dtype.type(w), g_i)
-                if grads is None
-                else tree.map(lambda a, g, w=w: a + g * g.dtype.type(w), grads, g_i)
-            )
-        return loss, grads, sum(counts)
-
-    return grads_of
-
-
 def evaluate(model: GPT, params, batches: Iterable, *, ignore_index: int = -100) -> dict:
     """Mean loss over all counted target tokens of ``batches`` (no dropout), and perplexity."""
     total, tokens = 0.0, 0
     for inputs, targets in batches:
-        n = _count(targets, ignore_index)
+        n = count_tokens(targets, ignore_index)
         total += float(model.loss(params, inputs, targets, ignore_index=ignore_index)) * n
         tokens += n
     if tokens == 0:
@@ -296,6 +275,7 @@ def train(
     strategy=None,
     stop: Callable[[int], bool] | None = None,
     donate: bool = False,
+    row_pieces: int | None = None,
 ) -> tuple[TrainState, list]:
     """Train from ``state`` until ``state.step == steps``; returns the final state and the log.
 
@@ -324,6 +304,7 @@ def train(
 
     Each state the loop makes is donated to the next step (nobody else holds it: one state in
     memory, not two); ``donate=True`` gives up the caller's ``state`` too, else it is left as it was.
+    ``row_pieces`` as in :func:`make_train_step`.
 
     Calls :func:`lt.tune_malloc` first (glibc keeps a step's freed pages for the next step).
     """
@@ -344,7 +325,9 @@ def train(
     root = strategy.is_root
     batch_for = batch_sampler(train_tokens, random.fold_in(rng, "data"), batch_size, seq_len, accumulate)
     given, state, mine = state, strategy.start(model, state, optimizer), donate  # mine: the step may donate it
-    keep_step, donated_step = (make_train_step(model, optimizer, strategy=strategy, donate=d) for d in (False, True))
+    keep_step, donated_step = (
+        make_train_step(model, optimizer, strategy=strategy, donate=d, row_pieces=row_pieces) for d in (False, True)
+    )
     eval_loss = (
         make_evaluator(model, val_tokens, batch_size, seq_len, eval_batches, strategy)
         if val_tokens is not None and eval_every

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("primitives", frozenset({"ops"})),
     ("autodiff", frozenset({"autodiff"})),
     ("components", frozenset({"nn"})),
-    ("built on a model", frozenset({"optim", "generate", "checkpoint", "testing"})),
+    ("built on a model", frozenset({"optim", "generate", "checkpoint", "testing", "batch_gradient"})),
     ("parallelism", frozenset({"parallel"})),
     ("training and Hugging Face", frozenset({"training", "ensemble", "hf"})),
     ("fine-tuning adapters", frozenset({"lora"})),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .basic import unbroadcast
+from .kernels import rotary as rotate
 from .primitive import primitive
 from .traces import align_front, batch_size, broadcast_front, ndim_of
 
@@ -38,14 +40,44 @@ def rope(x, cos, sin):
     """
     if x.shape[-1] % 2:
         raise ValueError(f"rope: the rotated axis must have an even size, got {x.shape[-1]}")
+    if _fused(x, cos, sin):
+        return _rotated(x, cos, sin, 1), (cos, sin, x.shape)
     y = x * cos
     y += rotate_half(x) * sin
     return y, (cos, sin, x.shape)
 
 
+def _fused(x, cos, sin) -> bool:
+    """Whether the kernel takes this call: on, x (B, H, T, d) float32/float64 (any strides: the
+    heads are often a transposed view), cos and sin contiguous (1 or B, 1, T, d) of x's dtype."""
+    if not (kernels.enabled() and isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype in (np.float32, np.float64)):
+        return False
+    B, _, T, d = x.shape
+    return all(
+        isinstance(a, np.ndarray)
+        and a.dtype == x.dtype
+        and a.flags.c_contiguous
+        and a.ndim == 4
+        and a.shape[0] in (1, B)
+        and a.shape[1:] == (1, T, d)
+        for a in (cos, sin)
+    )
+
+
+def _rotated(x, cos, sin, sign: int) -> np.ndarray:
+    """The kernel's rotation of x (B, H, T, d): ``sign`` 1 the forward, -1 its transpose (the VJP)."""
+    y = np.empty(x.shape, x.dtype)
+    flat = (cos.shape[0],) + cos.shape[2:]  # (1 or B, T, d)
+    run = kernels.pick(rotate.rope_rotate, 4 * x.nbytes)
+    run(x, cos.reshape(flat), sin.reshape(flat), y, sign)
+    return y
+
+
 @rope.defvjp
 def _rope_vjp(res, g):
     cos, sin, shape = res
+    if g.shape == shape and _fused(g, cos, sin):
+        return _rotated(g, cos, sin, -1), None, None
     dx = g * cos
     dx += _rotate_half_transposed(g * sin)
     return unbroadcast(dx, shape), None, None

@@ -22,12 +22,13 @@ update equals that of three separate q, k and v matrices.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import donation, tree
+from .. import donation, threads, tree
 from .._checks import integer, real
 from .adam_update import adamw
 from .partition import add_decayed_weights, partition, scale_by_learning_rate
@@ -72,18 +73,32 @@ def _blocks_of(shape: tuple[int, int], layout: tuple[int, tuple[int, ...]] | Non
 def _orthogonalised(directions: list[np.ndarray], layouts: Sequence, steps: int) -> list[np.ndarray]:
     """Each (in, out) direction orthogonalised block by block (see :func:`_blocks_of`), each block
     scaled by ``sqrt(max(1, out / in))`` of its own shape. Blocks of one shape (the same matrix of
-    every layer) go through :func:`newton_schulz` as one stack: a few large products, not many small."""
+    every layer) go through :func:`newton_schulz` together where they are small.
+
+    Stacks worth it are cut into one piece a block, which lt's workers share (:func:`lt.threads.run`):
+    the BLAS runs products as small as these on one thread, so one stack at a time left a core
+    idle. A block's result does not depend on the stack it is in, so the bits do not depend on the cut."""
     outs = [np.empty_like(u) for u in directions]
     by_shape: dict[tuple, list] = {}
     for i, (u, layout) in enumerate(zip(directions, layouts)):
         for index in _blocks_of(u.shape, layout):
             by_shape.setdefault((u[index].shape, u.dtype.str), []).append((i, index))
-    for ((rows, cols), _), places in by_shape.items():
+
+    def orthogonalise(places, rows: int, cols: int) -> None:
         stack = np.stack([directions[i][index] for i, index in places])  # (n, rows, cols)
         done = newton_schulz(stack, steps)
         done *= done.dtype.type(np.sqrt(max(1.0, cols / rows)))
         for (i, index), block in zip(places, done):
             outs[i][index] = block
+
+    tasks, total = [], 0.0
+    for ((rows, cols), _), places in by_shape.items():
+        short, long = sorted((rows, cols))
+        us = threads.flops_us(len(places) * steps * (4 * short * short * long + 2 * short**3))
+        total += us
+        cut = [[place] for place in places] if us >= threads.PIECE_US else [places]  # a block a piece, if worth it
+        tasks += [functools.partial(orthogonalise, part, rows, cols) for part in cut]
+    threads.run(tasks, total)
     return outs
 
 

@@ -73,6 +73,7 @@ class _Pool:
                 self.jobs.put(job)
         job.work()
         job.done.wait()
+        job.tasks = ()  # a helper keeps its last job: not what the tasks hold (a donated state's arrays)
         if job.error is not None:
             raise job.error
 
