@@ -169,3 +169,35 @@ def test_partition_gives_each_leaf_its_own_transforms_update():
     updates, _ = opt.update(grads, opt.init(params), params)
     np.testing.assert_allclose(updates["a"], -0.05)
     np.testing.assert_allclose(updates["b"], 0.01, rtol=1e-6)  # Adam's first step is lr * sign(g)
+
+
+def test_an_ensemble_trains_with_muon_each_member_as_alone():
+    """Under lt.vmap (lt.ensemble) Muon updates the stacked members at once: each member ends
+    where its run alone ends (float64, to rounding; the weight decay and rates batched too)."""
+    model = lt.GPT.preset("llama-tiny", vocab_size=30, max_seq_len=8)
+    opt = optim.chain(
+        optim.clip_by_global_norm(1.0),
+        optim.muon(0.01, model=model, adam_learning_rate=2e-3, weight_decay=0.05, adam_weight_decay=0.1),
+    )
+    keys = [random.key(s) for s in (3, 4)]
+    ids = random.randint(random.key(0), (400,), 0, 30)
+    starts = [tree.map(lambda p: p.astype(np.float64), model.init(k)) for k in keys]
+    state = lt.ensemble.stack_states([lt.TrainState.create(p, opt) for p in starts])
+    trained, _ = lt.ensemble.train_ensemble(
+        model, opt, state, ids, rngs=keys, steps=4, batch_size=2, seq_len=8, verbose=False
+    )
+    for member, start, k in zip(lt.ensemble.member_states(trained), starts, keys):
+        alone, _ = lt.train(
+            model, opt, lt.TrainState.create(start, opt), ids, steps=4, batch_size=2, seq_len=8, rng=k, verbose=False
+        )
+        for (path, a), (_, b) in zip(tree.items(member.params), tree.items(alone.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=path)
+
+
+def test_muon_under_another_transform_is_refused_by_name():
+    """A gradient batched by lt.vmap beside a momentum that is not: a TypeError naming Muon's limit."""
+    opt = optim.scale_by_muon()
+    params = {"w": np.ones((4, 3))}
+    state = opt.init(params)
+    with pytest.raises(TypeError, match="scale_by_muon under lt.vmap needs every gradient"):
+        lt.vmap(lambda g: opt.update({"w": g}, state)[0]["w"])(np.ones((2, 4, 3)))

@@ -113,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
-        help="the defaults: 'default' (5 minutes of llama-mini with QK-norm), 'baseline' (the previous "
-        "default: the same without QK-norm), 'finetune' (the default with --init-hf: peak lr 3e-4, warmup a "
-        "tenth of the run) or 'nanogpt' (2,000 steps of mini, nanoGPT's CPU recipe); flags override them",
+        help="the defaults: 'default' (5 minutes of llama-mini with QK-norm and Muon), 'adamw' (the previous "
+        "default: the same with AdamW alone), 'baseline' (the one before: AdamW without QK-norm), 'finetune' "
+        "(with --init-hf: AdamW, peak lr 3e-4, warmup a tenth of the run) or 'nanogpt' (2,000 steps of mini, "
+        "nanoGPT's CPU recipe); flags override them",
     )
     t.add_argument(
         "--time",
@@ -167,10 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--optimizer",
         choices=["adamw", "muon"],
-        help="AdamW for every weight (default), or Muon for the hidden matrices (orthogonalised momentum, "
-        "at --muon-lr) with AdamW at --lr for embeddings, head, norms and biases",
+        help="Muon for the hidden matrices (orthogonalised momentum, at --muon-lr) with AdamW at --lr for "
+        "embeddings, head, norms and biases (the default recipe's), or AdamW for every weight (the other recipes')",
     )
-    t.add_argument("--muon-lr", type=_positive(float), help="Muon's peak learning rate (default 0.02)")
+    t.add_argument("--muon-lr", type=_positive(float), help="Muon's peak learning rate (default 0.01)")
     t.add_argument(
         "--schedule",
         choices=["cosine", "wsd"],

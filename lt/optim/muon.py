@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import donation, threads, tree
 from .._checks import integer, real
+from ..ops.traces import BatchTracer
 from .adam_update import adamw
 from .partition import add_decayed_weights, partition, scale_by_learning_rate
 from .transforms import GradientTransformation, chain
@@ -60,13 +61,15 @@ class MuonState(NamedTuple):
     momentum: tuple  # one buffer per leaf the transform updates
 
 
-def _blocks_of(shape: tuple[int, int], layout: tuple[int, tuple[int, ...]] | None) -> list[tuple[slice, slice]]:
-    """The index of each block a (in, out) leaf is orthogonalised in: the whole leaf, or its
-    column (axis 1) or row (axis 0) blocks of ``layout = (axis, widths)``."""
-    axis, widths = (1, (shape[1],)) if layout is None else layout
+def _blocks_of(shape: tuple[int, ...], layout: tuple[int, tuple[int, ...]] | None) -> list[tuple]:
+    """The index of each block a (..., in, out) leaf is orthogonalised in: the whole leaf, or its
+    column (axis 1) or row (axis 0) blocks of ``layout = (axis, widths)``; leading axes (an
+    ensemble's members) are kept whole."""
+    axis, widths = (1, (shape[-1],)) if layout is None else layout
     starts = np.cumsum((0,) + tuple(widths[:-1]))
     return [
-        (slice(None), slice(a, a + w)) if axis == 1 else (slice(a, a + w), slice(None)) for a, w in zip(starts, widths)
+        (..., slice(None), slice(a, a + w)) if axis == 1 else (..., slice(a, a + w), slice(None))
+        for a, w in zip(starts, widths)
     ]
 
 
@@ -85,16 +88,17 @@ def _orthogonalised(directions: list[np.ndarray], layouts: Sequence, steps: int)
             by_shape.setdefault((u[index].shape, u.dtype.str), []).append((i, index))
 
     def orthogonalise(places, rows: int, cols: int) -> None:
-        stack = np.stack([directions[i][index] for i, index in places])  # (n, rows, cols)
+        stack = np.stack([directions[i][index] for i, index in places])  # (n, ..., rows, cols)
         done = newton_schulz(stack, steps)
         done *= done.dtype.type(np.sqrt(max(1.0, cols / rows)))
         for (i, index), block in zip(places, done):
             outs[i][index] = block
 
     tasks, total = [], 0.0
-    for ((rows, cols), _), places in by_shape.items():
+    for ((*_, rows, cols), _), places in by_shape.items():
         short, long = sorted((rows, cols))
-        us = threads.flops_us(len(places) * steps * (4 * short * short * long + 2 * short**3))
+        matrices = len(places) * int(np.prod(directions[places[0][0]].shape[:-2]))  # (an ensemble's members too)
+        us = threads.flops_us(matrices * steps * (4 * short * short * long + 2 * short**3))
         total += us
         cut = [[place] for place in places] if us >= threads.PIECE_US else [places]  # a block a piece, if worth it
         tasks += [functools.partial(orthogonalise, part, rows, cols) for part in cut]
@@ -128,16 +132,43 @@ def scale_by_muon(
             donation.check((grads, state), "the optimizer's update")
         flat, treedef = tree.flatten(grads)
         layouts = blocks if blocks is not None else [None] * len(flat)
+        members = _ensemble_of(flat, state.momentum)
+        momentum = state.momentum
+        if members is not None:  # an ensemble's (lt.vmap) leaves: each a stack, the members first
+            flat, momentum = ([np.moveaxis(x.value, x.bdim, 0) for x in xs] for xs in (flat, momentum))
         bufs, directions = [], []
-        for g, buf in zip(flat, state.momentum):
+        for g, buf in zip(flat, momentum):
             g = np.asarray(g, buf.dtype)
             dt = buf.dtype.type
             new = buf * dt(beta) + g * dt(1 - beta)
             directions.append(g * dt(1 - beta) + new * dt(beta) if nesterov else new)
             bufs.append(tree.seal(new))
-        return tree.unflatten(treedef, _orthogonalised(directions, layouts, ns_steps)), MuonState(tuple(bufs))
+        outs = _orthogonalised(directions, layouts, ns_steps)
+        if members is not None:
+            trace, bdim = members
+            outs, bufs = ([BatchTracer(np.moveaxis(x, 0, bdim), bdim, trace) for x in xs] for xs in (outs, bufs))
+        return tree.unflatten(treedef, outs), MuonState(tuple(bufs))
 
     return GradientTransformation(init, update)
+
+
+def _ensemble_of(grads: list, momentum) -> tuple | None:
+    """``(trace, axis)`` when the leaves are an ensemble's under ``lt.vmap`` (every gradient and
+    momentum a stack batched along one axis by one vmap), None when none is traced. Each member's
+    update is then computed on the stacks (Newton–Schulz takes leading axes), the same bits as alone."""
+    leaves = [*grads, *momentum]
+    traced = [x for x in leaves if isinstance(x, BatchTracer)]
+    if not traced:
+        return None
+    first = traced[0]
+    if len(traced) < len(leaves) or any(
+        x.trace is not first.trace or x.bdim != first.bdim or not isinstance(x.value, np.ndarray) for x in traced
+    ):
+        raise TypeError(
+            "scale_by_muon under lt.vmap needs every gradient and momentum batched along one axis by one vmap "
+            "(an ensemble's stacked states); other transforms of Muon are not supported"
+        )
+    return first.trace, first.bdim
 
 
 def _spec(model):

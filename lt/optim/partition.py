@@ -79,7 +79,7 @@ def scale_by_learning_rate(learning_rate) -> GradientTransformation:
 
     def update(grads, state, params=None, **extra):
         lr, sched = schedule_step(schedule, state)
-        return tree.map(lambda g: g * np.asarray(g).dtype.type(-lr), grads), sched
+        return tree.map(lambda g: g * g.dtype.type(-lr), grads), sched
 
     return GradientTransformation(lambda params: schedule_init(schedule), update)
 
@@ -94,6 +94,6 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
             return grads, state
         if params is None:
             raise ValueError("add_decayed_weights needs params in update")
-        return tree.map(lambda g, p: g + np.asarray(p) * np.asarray(g).dtype.type(weight_decay), grads, params), state
+        return tree.map(lambda g, p: g + p * g.dtype.type(weight_decay), grads, params), state  # (traced leaves too)
 
     return GradientTransformation(lambda params: EmptyState(), update)
