@@ -3,6 +3,7 @@
     python benchmarks/sweep_recipe.py                      # every candidate, 5 minutes each
     python benchmarks/sweep_recipe.py --budget 2m --only default nanogpt
     python benchmarks/sweep_recipe.py --only baseline muon wsd qk-norm relu2 softcap zero-init untied speedrun
+    python benchmarks/sweep_recipe.py --only default adamw muon-lr0.005 muon-batch32 qk-seq256
 
 Measured on 2026-12-06, one quiet 2-core AMD EPYC, five minutes each (bits per character on the
 validation text; steps the budget fitted): baseline 2.133 (1,623), muon 2.111 (1,476), wsd 2.139
@@ -40,8 +41,9 @@ CANDIDATES = {
     "llama-char-16x128": ["--tokenizer", "char"],
     "llama-char-24x64": ["--tokenizer", "char", "--seq-len", "64", "--batch-size", "24"],
     "llama-char-16x128-lr1e-3": ["--tokenizer", "char", "--lr", "1e-3", "--min-lr", "1e-4"],
-    "default": [],                                            # llama-mini with QK-norm, BPE 512, 16 x 128, lr 2e-3
-    "baseline": ["--recipe", "baseline"],                     # the previous default: the same without QK-norm
+    "default": [],                                            # llama-mini, QK-norm, Muon 0.01, BPE 512, 16 x 128, lr 2e-3
+    "adamw": ["--recipe", "adamw"],                           # the previous default: QK-norm with AdamW alone
+    "baseline": ["--recipe", "baseline"],                     # the one before: AdamW without QK-norm
     # The NanoGPT speedrun's techniques, each alone on the baseline, then together:
     "muon": ["--recipe", "baseline", "--optimizer", "muon"],  # Muon (lr 0.02) for the hidden matrices
     "wsd": ["--recipe", "baseline", "--schedule", "wsd"],     # warmup, stable, linear decay over the last 20%
@@ -52,11 +54,19 @@ CANDIDATES = {
     "untied": ["--recipe", "baseline", "--model-option", "tie_embeddings=false"],
     "speedrun": ["--recipe", "baseline", "--optimizer", "muon", "--schedule", "wsd", "--model-option",
                  "qk_norm=true", "--model-option", "zero_init_projections=true"],
-    "qk-relu2": ["--model-option", "activation=relu2"],       # the default plus ReLU²
-    "qk-muon": ["--optimizer", "muon"],                       # the default plus Muon
-    "qk-bpe1024": ["--vocab-size", "1024"],                   # the default on a larger BPE vocabulary
-    "qk-bpe2048": ["--vocab-size", "2048"],
-    "qk-muon-lr0.01": ["--optimizer", "muon", "--muon-lr", "0.01"],
+    # On QK-norm with AdamW (the adamw recipe):
+    "qk-relu2": ["--recipe", "adamw", "--model-option", "activation=relu2"],
+    "qk-muon-lr0.02": ["--recipe", "adamw", "--optimizer", "muon", "--muon-lr", "0.02"],
+    "qk-bpe1024": ["--recipe", "adamw", "--vocab-size", "1024"],
+    "qk-bpe2048": ["--recipe", "adamw", "--vocab-size", "2048"],
+    "qk-seq256": ["--recipe", "adamw", "--seq-len", "256", "--batch-size", "8"],
+    "qk-batch8": ["--recipe", "adamw", "--batch-size", "8"],
+    "qk-lr4e-3": ["--recipe", "adamw", "--lr", "4e-3", "--min-lr", "4e-4"],
+    # On the default (QK-norm and Muon at 0.01):
+    "muon-lr0.005": ["--muon-lr", "0.005"],
+    "muon-lr0.015": ["--muon-lr", "0.015"],
+    "muon-batch32": ["--batch-size", "32"],
+    "muon-warmup50-min0": ["--warmup", "50", "--min-lr", "0"],
 }
 
 

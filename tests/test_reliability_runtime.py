@@ -449,6 +449,37 @@ def test_a_run_slower_than_its_warm_up_stops_within_its_budget_and_records_the_s
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_pause_sizes_the_run_at_the_pace_after_its_first_steps(tmp_path, monkeypatch):
+    """On a fake clock the first half of the steps before the pause take 50 ms, the rest 10 ms (a
+    run's first steps pay for fresh pages and caches): the run is re-sized at 10 ms a step, the
+    second half's pace, not at the 30 ms that counting every step would give."""
+    data = tmp_path / "data.txt"
+    data.write_text("It was the best of times, it was the worst of times.\n" * 60)
+    flags = ["--data", str(data), "--tokenizer", "char", "--preset", "tiny", "--batch-size", "4", "--seq-len", "16",
+             "--eval-every", "1000", "--checkpoint-every", "1000", "--sample-tokens", "0"]  # fmt: skip
+    clock = FakeClock(0.01)
+    monkeypatch.setattr(budget, "clock", clock)
+    real_train, deadlines = cli.train_command.train, []
+
+    def uneven_train(*a, stop=None, **k):
+        deadlines.append(stop)
+
+        def timed(step):
+            clock.tick = 0.0  # each step's time is added here, before the deadline reads the clock
+            clock.now += 0.05 if stop.mark is not None and step <= stop.mark else 0.01
+            return stop(step)
+
+        return real_train(*a, stop=timed, **k)
+
+    monkeypatch.setattr(cli.train_command, "train", uneven_train)
+    assert cli.main(["train", *flags, "--time", "2s", "--out", str(tmp_path / "run")]) == 0
+    [pause, rest] = deadlines
+    assert pause.mark is not None and pause.marked is not None
+    # (the fake adds a step's time at its stop call, which the pause's last step does not get: a
+    # little under 10 ms; counting the first half's steps it would be about 30 ms)
+    assert 0.008 < rest.sizing.step_time <= 0.0101
+
+
 def test_train_stops_after_the_step_stop_names_as_at_a_last_step(tmp_path):
     """``lt.train(stop=...)``: the step it says True after is the last one: its record, its
     evaluation and the checkpoint are there, and the steps before are the run's own."""

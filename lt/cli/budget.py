@@ -162,6 +162,8 @@ class Deadline:
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
         self.last: tuple[int, float] | None = None  # (step, time) of the previous call
         self.ratios: list[float] = []  # recent steps: time taken / time the warm-up predicted
+        self.mark: int | None = None  # a step whose time is noted (when it is reached) in ``marked``
+        self.marked: float | None = None
 
     def _jobs(self, step: int) -> float:
         """The warm-up's seconds of the jobs :func:`lt.train` runs after ``step``."""
@@ -170,6 +172,8 @@ class Deadline:
 
     def __call__(self, step: int) -> bool:
         now, s = clock(), self.sizing
+        if step == self.mark:
+            self.marked = now
         if self.last is not None and step == self.last[0] + 1:
             predicted = self._jobs(self.last[0]) + s.step_time
             if predicted > 0:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from .. import tree
 from .._checks import real
 from .schedules import as_schedule
