@@ -61,10 +61,11 @@ BASELINE = dict(
 # 2.138, WSD 2.139, an untied head 2.151; Muon, WSD, QK-norm and zero-init together 2.124).
 ADAMW = dict(BASELINE, model_option=(("qk_norm", True),))
 # `lt train`'s recipe: QK-norm with Muon at lr 0.01 for the hidden matrices (AdamW at --lr for
-# the rest). Once a small model's step cut its batch in two pieces for the two cores (2,280
-# steps in five minutes), Muon's ~25% longer step (1,794 steps) learned more than it cost:
-# validation loss 2.718 per token against AdamW's 2.733 in the same time (Muon at lr 0.005
-# 2.725; at batch 32 2.748; AdamW at 8 x 256 tokens a step 2.769).
+# the rest). Once a small model's step cut its batch in two pieces for the two cores, AdamW fitted
+# 2,280 steps in five minutes and Muon's longer step 1,794-1,891; Muon learned more than it cost,
+# by a little: validation loss 2.729 per token against AdamW's 2.733 in five-minute runs of `lt
+# train` (2.05 and 2.06 bits per character), 2.718 against 2.733 at the step counts those five
+# minutes fit (Muon at lr 0.005: 2.725; at batch 32: 2.748; AdamW at 8 x 256 tokens a step: 2.769).
 DEFAULT = dict(ADAMW, optimizer="muon")
 # `lt train --init-hf`'s recipe: fine-tuning a trained checkpoint. Peak lr 3e-4 (2e-3 is for
 # training from scratch), warmup a tenth of the run (at most 100 steps), cosine to a tenth.
