@@ -394,6 +394,18 @@ def test_a_budgeted_run_ends_within_its_budget_whatever_the_machine(
     assert ended > end - one_more - overestimate - 1e-9 or step == 1
 
 
+def _timed_run(tmp_path, monkeypatch, sample_tokens: int):
+    """Flags of a tiny character-level run on a small text, and the fake clock (10 ms a reading)
+    that lt train's budget now reads."""
+    data = tmp_path / "data.txt"
+    data.write_text("It was the best of times, it was the worst of times.\n" * 60)
+    flags = ["--data", str(data), "--tokenizer", "char", "--preset", "tiny", "--batch-size", "4", "--seq-len", "16",
+             "--eval-every", "1000", "--checkpoint-every", "1000", "--sample-tokens", str(sample_tokens)]  # fmt: skip
+    clock = FakeClock(0.01)
+    monkeypatch.setattr(budget, "clock", clock)
+    return flags, clock
+
+
 def test_a_run_slower_than_its_warm_up_stops_within_its_budget_and_records_the_steps_done(
     tmp_path, monkeypatch, capsys
 ):
@@ -401,12 +413,7 @@ def test_a_run_slower_than_its_warm_up_stops_within_its_budget_and_records_the_s
     times slower. The run stops at the step after which one more would pass the budget, run.json
     records the steps done, ``--resume`` finds the run complete, and ``--resume --steps N`` trains
     exactly the steps of the run that never stopped."""
-    data = tmp_path / "data.txt"
-    data.write_text("It was the best of times, it was the worst of times.\n" * 60)
-    flags = ["--data", str(data), "--tokenizer", "char", "--preset", "tiny", "--batch-size", "4", "--seq-len", "16",
-             "--eval-every", "1000", "--checkpoint-every", "1000", "--sample-tokens", "16"]  # fmt: skip
-    clock = FakeClock(0.01)
-    monkeypatch.setattr(budget, "clock", clock)
+    flags, clock = _timed_run(tmp_path, monkeypatch, sample_tokens=16)
     real_train, deadlines = cli.train_command.train, []
 
     def slower_train(*a, stop=None, **k):
@@ -453,12 +460,7 @@ def test_the_pause_sizes_the_run_at_the_pace_after_its_first_steps(tmp_path, mon
     """On a fake clock the first half of the steps before the pause take 50 ms, the rest 10 ms (a
     run's first steps pay for fresh pages and caches): the run is re-sized at 10 ms a step, the
     second half's pace, not at the 30 ms that counting every step would give."""
-    data = tmp_path / "data.txt"
-    data.write_text("It was the best of times, it was the worst of times.\n" * 60)
-    flags = ["--data", str(data), "--tokenizer", "char", "--preset", "tiny", "--batch-size", "4", "--seq-len", "16",
-             "--eval-every", "1000", "--checkpoint-every", "1000", "--sample-tokens", "0"]  # fmt: skip
-    clock = FakeClock(0.01)
-    monkeypatch.setattr(budget, "clock", clock)
+    flags, clock = _timed_run(tmp_path, monkeypatch, sample_tokens=0)
     real_train, deadlines = cli.train_command.train, []
 
     def uneven_train(*a, stop=None, **k):
