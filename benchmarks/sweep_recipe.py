@@ -12,6 +12,15 @@ validation text; steps the budget fitted): baseline 2.133 (1,623), muon 2.111 (1
 qk-muon 2.145 (1,202). QK-norm became `lt train`'s default. Later (same machine, same day):
 qk-bpe1024 2.119 (1,477), qk-bpe2048 2.095 (1,401), qk-muon-lr0.01 2.087 (1,067): none beats it.
 
+Then a small model's step cut its batch in two row pieces for the two cores (lt.batch_gradient:
+AdamW's step 119 ms, was 152; Muon's 151, was 179), and the five minutes fit 2,280 AdamW steps:
+adamw 2.056 (2,280), default with Muon at lr 0.01 2.053 (1,891). Muon became the default. Its
+variants and the others were measured as fixed-step runs (`--steps N`, N the steps five minutes
+fit at the recipe's own step time; one thread each, two at a time; validation loss per token):
+default 2.718 (1,794) against adamw 2.733 (2,280), muon-lr0.005 2.725, muon-batch32 2.748
+(1,046), muon-warmup50-min0 2.769, qk-seq256 2.769 (2,222); muon-lr0.015 was behind at step
+1,000 (2.914 against 2.874). Earlier, at 1,673 steps: qk-lr4e-3 2.762 against 2.759.
+
 Each row is one `lt train --time BUDGET ...` command (printed, so it can be rerun alone;
 seeds are fixed, and the step count it measured is in the run's run.json), run in its own
 process, one after another. The table: steps, tokens seen, the final validation loss, bits
