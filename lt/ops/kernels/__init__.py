@@ -8,7 +8,8 @@ against. Layers never see the difference.
 - ``select``: the choice (``LT_KERNELS``, :func:`use`, :func:`enabled`).
 - ``jit``: ``@kernel``, lazy compilation cached on disk, threads from ``lt.threads``; ``twin`` and
   ``pick``, a kernel's serial and parallel versions chosen by the bytes a call moves.
-- ``norms``, ``activations`` (GELU, SwiGLU, ReLU²), ``cross_entropy``: fused passes, forward and backward.
+- ``norms``, ``activations`` (GELU, SwiGLU, ReLU²), ``cross_entropy``, ``rotary`` (rotary embedding): fused
+  passes, forward and backward.
 - ``adam``: the whole Adam/AdamW update of a block in one pass (in place for a donated step).
 - ``attention`` (the fused kernel for short sequences, tile helpers), ``attention_tiles`` (the
   online-softmax tile loops, forward and backward from the saved logsumexp).
