@@ -90,16 +90,15 @@ def gradient_fn(model, ignore_index: int = -100, pieces: int | None = None) -> C
         if n == 1:
             loss, grads = loss_and_grad(params, x, y, rng=rng, ignore_index=ignore_index)
             return float(loss), grads, count_tokens(y, ignore_index)
-        cuts = np.array_split(np.arange(len(x)), n)
+        cuts = [slice(c[0], c[-1] + 1) for c in np.array_split(np.arange(len(x)), n)]
         parts: list = [None] * n
 
         def piece(i: int) -> None:
-            rows = slice(cuts[i][0], cuts[i][-1] + 1)
             key = random.fold_in(rng, i)  # its own dropout masks (the automatic cut has no dropout)
-            parts[i] = loss_and_grad(params, x[rows], y[rows], rng=key, ignore_index=ignore_index)
+            parts[i] = loss_and_grad(params, x[cuts[i]], y[cuts[i]], rng=key, ignore_index=ignore_index)
 
         threads.run([functools.partial(piece, i) for i in range(n)])
-        counts = [count_tokens(y[c[0] : c[-1] + 1], ignore_index) for c in cuts]
+        counts = [count_tokens(y[rows], ignore_index) for rows in cuts]
         return (*_weighted_sum(parts, counts), sum(counts))
 
     def grads_of(params, inputs, targets, rng):

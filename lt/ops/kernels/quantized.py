@@ -99,7 +99,7 @@ def rows4(x, codes, scales, out):
             b = cr[k]
             t_lo[k] = np.int8((b & 15) - 8)
             t_hi[k] = np.int8((b >> 4) - 8)
-        for m in range(M):
+        for m in range(M):  # rows8's loop, written again: as a kernel both called, rows8 ran 1.6x slower
             xm = x[m]
             acc = zero
             for j in range(g):
